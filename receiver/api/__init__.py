@@ -1,0 +1,1 @@
+"""HTTP handlers: webhooks (providers call us), messages (the app asks us), health."""

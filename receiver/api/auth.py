@@ -1,0 +1,28 @@
+"""Who may read and register messages: a bearer token, or loopback clients when none is set."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from receiver.api.errors import ApiError
+from receiver.api.origin import client_ip, is_loopback
+from receiver.settings import Settings
+
+
+def require_api_access(request: Request) -> None:
+    """Raise ApiError 401/403 unless the caller may use the query API."""
+    settings: Settings = request.state.settings
+    if settings.api_token is None:
+        if not is_loopback(client_ip(request, settings)):
+            raise ApiError(
+                403, "loopback_only",
+                "RECEIVER_API_TOKEN is not set, so the API answers loopback clients only",
+            )
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <RECEIVER_API_TOKEN>")
+    if not hmac.compare_digest(token.strip().encode(), settings.api_token.encode()):
+        raise ApiError(401, "unauthorized", "the bearer token is not valid")

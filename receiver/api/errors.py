@@ -1,0 +1,80 @@
+"""JSON errors with stable `error_code`s, and the handlers that turn every failure into one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.store import StoreUnavailable
+
+log = structlog.get_logger("receiver.http")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.details = details
+
+
+def error_response(
+    status: int,
+    error_code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **details: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"error_code": error_code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.error_code, exc.message, **exc.details)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log, never to the caller.
+    log.exception("unhandled_error", path=request.url.path, method=request.method)
+    return error_response(500, "internal_error", "internal error; see the service log")
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("store_unavailable", path=request.url.path, error=str(exc))
+    return error_response(
+        503, "store_unavailable", "the database is unavailable; retry", headers={"Retry-After": "5"}
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    StoreUnavailable: store_unavailable,
+    Exception: unexpected_error,
+}

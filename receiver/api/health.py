@@ -1,0 +1,27 @@
+"""Liveness (the process answers) and readiness (the database takes a committed write)."""
+
+from __future__ import annotations
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver import __version__
+from receiver.api.errors import error_response
+from receiver.store import StoreUnavailable
+
+log = structlog.get_logger("receiver.health")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def readyz(request: Request) -> Response:
+    store = request.state.store
+    try:
+        await store.check_writable()
+    except StoreUnavailable as exc:
+        log.warning("not_ready", error=str(exc))
+        return error_response(503, "store_unavailable", str(exc))
+    return JSONResponse({"status": "ready", "store": store.kind})

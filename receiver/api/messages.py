@@ -1,0 +1,221 @@
+"""The query API the business's app uses: register messages, read status, history, lists, stats."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.api.auth import require_api_access
+from receiver.api.errors import ApiError
+from receiver.engine import Status
+from receiver.store import MessageFilter, Registration, Store
+from receiver.store.base import format_time
+
+MAX_BATCH = 1000
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+MAX_ID_LENGTH = 256
+MAX_NUMBER_LENGTH = 64
+MAX_METADATA_BYTES = 4096
+
+
+def _store(request: Request) -> Store:
+    require_api_access(request)
+    store: Store = request.state.store
+    return store
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if not k.startswith("_")}
+
+
+def parse_time(value: str, name: str) -> str:
+    """An ISO 8601 time (a date alone means its midnight UTC) in the stored form."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ApiError(
+            400, "invalid_parameter", f"{name} must be an ISO 8601 time, like 2026-11-25T10:00:00Z",
+            parameter=name,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return format_time(moment)
+
+
+def _query(request: Request, allowed: set[str]) -> Mapping[str, str]:
+    params = request.query_params
+    unknown = sorted(set(params.keys()) - allowed)
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter: {unknown[0]}",
+                       allowed=sorted(allowed))
+    for key in params:
+        if len(params.getlist(key)) > 1:
+            raise ApiError(400, "invalid_parameter", f"{key} given more than once",
+                           parameter=key)
+    return params
+
+
+def _filter(request: Request, params: Mapping[str, str]) -> MessageFilter:
+    status = params.get("status")
+    if status is not None and status not in Status.__members__.values():
+        raise ApiError(400, "invalid_parameter", f"unknown status {status!r}",
+                       parameter="status", allowed=[s.value for s in Status])
+    provider = params.get("provider")
+    if provider is not None and provider not in request.state.providers:
+        raise ApiError(400, "invalid_parameter", f"unknown provider {provider!r}",
+                       parameter="provider", allowed=sorted(request.state.providers))
+    since = parse_time(params["since"], "since") if "since" in params else None
+    until = parse_time(params["until"], "until") if "until" in params else None
+    if since and until and since >= until:
+        raise ApiError(400, "invalid_parameter", "since must be before until", parameter="since")
+    return MessageFilter(status=status, provider=provider, to_number=params.get("to"),
+                         since=since, until=until)
+
+
+def _encode_cursor(before_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{before_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, number = raw.partition(":")
+        if version != "v1" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned",
+                       parameter="cursor") from None
+
+
+async def list_messages(request: Request) -> Response:
+    store = _store(request)
+    params = _query(request, {"status", "provider", "to", "since", "until", "limit", "cursor"})
+    f = _filter(request, params)
+    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}",
+                       parameter="limit")
+    cursor = params.get("cursor")
+    f = MessageFilter(
+        status=f.status, provider=f.provider, to_number=f.to_number, since=f.since,
+        until=f.until, limit=int(raw_limit),
+        before_id=_decode_cursor(cursor) if cursor else None,
+    )
+    rows, next_id = await store.list_messages(f)
+    return JSONResponse({
+        "messages": [_public(r) for r in rows],
+        "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
+    })
+
+
+async def _one_message(request: Request) -> dict[str, Any]:
+    store = _store(request)
+    params = _query(request, {"provider"})
+    message_id = request.path_params["message_id"]
+    matches = await store.get_messages(message_id, params.get("provider"))
+    if not matches:
+        raise ApiError(404, "message_not_found", f"no message {message_id!r} is tracked")
+    if len(matches) > 1:
+        raise ApiError(409, "ambiguous_message_id",
+                       "several providers use this id; add ?provider=",
+                       providers=sorted(m["provider"] for m in matches))
+    return matches[0]
+
+
+async def get_message(request: Request) -> Response:
+    return JSONResponse(_public(await _one_message(request)))
+
+
+async def get_message_events(request: Request) -> Response:
+    message = await _one_message(request)
+    events = await request.state.store.get_events(message["_pk"])
+    return JSONResponse({"message": _public(message), "events": events})
+
+
+async def stats(request: Request) -> Response:
+    store = _store(request)
+    params = _query(request, {"since", "until", "provider"})
+    return JSONResponse(await store.stats(_filter(request, params)))
+
+
+def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> str | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise ApiError(400, "invalid_message", f"{key} must be a non-empty string of at most "
+                       f"{limit} characters", index=index, field=key)
+    return value.strip()
+
+
+def _registration(item: Any, index: int, providers: Mapping[str, Any]) -> Registration:
+    if not isinstance(item, dict):
+        raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
+    unknown = sorted(set(item) - {"provider", "message_id", "to", "from", "sent_at", "metadata"})
+    if unknown:
+        raise ApiError(400, "invalid_message", f"unknown field {unknown[0]!r}", index=index,
+                       field=unknown[0])
+    provider = item.get("provider")
+    if provider not in providers:
+        raise ApiError(400, "invalid_message", f"provider must be one of {sorted(providers)}",
+                       index=index, field="provider")
+    message_id = _optional_str(item, "message_id", MAX_ID_LENGTH, index)
+    if message_id is None:
+        raise ApiError(400, "invalid_message", "message_id is required", index=index,
+                       field="message_id")
+    sent_at = _optional_str(item, "sent_at", 64, index)
+    metadata = item.get("metadata")
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES
+    ):
+        raise ApiError(400, "invalid_message", f"metadata must be a JSON object of at most "
+                       f"{MAX_METADATA_BYTES} bytes", index=index, field="metadata")
+    return Registration(
+        provider=provider,
+        message_id=message_id,
+        to_number=_optional_str(item, "to", MAX_NUMBER_LENGTH, index),
+        from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
+        sent_at=parse_time(sent_at, "sent_at") if sent_at else None,
+        metadata=metadata,
+    )
+
+
+async def register_messages(request: Request) -> Response:
+    """One message (a JSON object) or a batch (`{"messages": [...]}` or a JSON array)."""
+    store = _store(request)
+    try:
+        payload = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body must be JSON") from None
+    single = isinstance(payload, dict) and "messages" not in payload
+    items = [payload] if single else (
+        payload.get("messages") if isinstance(payload, dict) else payload
+    )
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "invalid_message", "send a message object or a non-empty list")
+    if len(items) > MAX_BATCH:
+        raise ApiError(400, "batch_too_large", f"at most {MAX_BATCH} messages per request",
+                       limit=MAX_BATCH)
+    registrations = [_registration(item, i, request.state.providers)
+                     for i, item in enumerate(items)]
+    results = [
+        {"provider": r.provider, "message_id": r.message_id, "created": r.created,
+         "status": r.status, "pending_applied": r.pending_applied}
+        for r in await store.register(registrations)
+    ]
+    if single:
+        return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
+    return JSONResponse({
+        "messages": results,
+        "created": sum(1 for r in results if r["created"]),
+    })

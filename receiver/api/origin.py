@@ -1,0 +1,69 @@
+"""Where a request really came from and which URL it really called, behind proxies or not.
+
+Signatures such as Twilio's cover the URL the provider called, so it must be rebuilt exactly:
+from RECEIVER_PUBLIC_URL when set, else from X-Forwarded-Proto/-Host when
+RECEIVER_TRUST_FORWARDED is on, else from the request itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.requests import Request
+
+from receiver.settings import Settings
+
+
+def _first(value: str | None) -> str | None:
+    if not value:
+        return None
+    first = value.split(",")[0].strip()
+    return first or None
+
+
+def external_url(request: Request, settings: Settings) -> str:
+    """The absolute URL the caller used, raw path and query exactly as sent."""
+    scope = request.scope
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    path = path.split("?", 1)[0]  # some servers keep the query in raw_path
+    query = scope.get("query_string", b"").decode("latin-1")
+    tail = path + ("?" + query if query else "")
+    if settings.public_url:
+        return settings.public_url + tail
+    headers = request.headers
+    scheme: str = scope.get("scheme", "http")
+    host = headers.get("host")
+    if settings.trust_forwarded:
+        # The first value is the one the outermost proxy saw from the provider.
+        scheme = _first(headers.get("x-forwarded-proto")) or scheme
+        forwarded_host = _first(headers.get("x-forwarded-host"))
+        if forwarded_host:
+            host = forwarded_host
+            port = _first(headers.get("x-forwarded-port"))
+            if port and ":" not in forwarded_host.rsplit("]", 1)[-1]:
+                host = f"{forwarded_host}:{port}"
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return f"{scheme}://{host}{tail}"
+
+
+def client_ip(request: Request, settings: Settings) -> str | None:
+    """The caller's address; behind a trusted proxy, the last X-Forwarded-For hop it added."""
+    if settings.trust_forwarded:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            last = forwarded.split(",")[-1].strip()
+            if last:
+                return last
+    return request.client.host if request.client else None
+
+
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return address == "localhost"

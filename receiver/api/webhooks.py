@@ -1,0 +1,75 @@
+"""Provider callbacks: authenticate, record durably, then acknowledge.
+
+A 2xx is sent only after the event and its status change are committed; a write that fails
+answers 503 so the provider retries. One log line per event tells what happened.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver.api.errors import error_response
+from receiver.api.origin import client_ip, external_url
+from receiver.providers.base import CallbackRejected, InboundRequest, Provider
+from receiver.settings import Settings
+from receiver.store import Store, StoreUnavailable
+
+log = structlog.get_logger("receiver.webhook")
+
+
+async def receive_callback(request: Request, provider_name: str) -> Response:
+    started = time.perf_counter()
+    settings: Settings = request.state.settings
+    provider: Provider = request.state.providers[provider_name]
+    store: Store = request.state.store
+    structlog.contextvars.bind_contextvars(provider=provider_name)
+    inbound = InboundRequest(
+        method=request.method,
+        url=external_url(request, settings),
+        headers=request.headers,
+        body=await request.body(),
+        client_host=client_ip(request, settings),
+    )
+    try:
+        events = provider.read_callback(inbound)
+    except CallbackRejected as exc:
+        log.warning("callback_rejected", status=exc.status, error_code=exc.error_code,
+                    reason=exc.message, url=inbound.url, client=inbound.client_host)
+        return error_response(exc.status, exc.error_code, exc.message)
+    try:
+        recorded = await store.record(events)
+    except StoreUnavailable as exc:
+        log.error("callback_not_stored", error=str(exc), events=len(events))
+        return error_response(503, "store_unavailable", "could not store the callback; retry",
+                              headers={"Retry-After": "5"})
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    for item in recorded:
+        event = item.event
+        fields = dict(
+            message_id=event.message_id,
+            provider_status=event.provider_status,
+            old_status=item.previous_status,
+            new_status=item.status,
+            outcome=item.outcome.value,
+            created=item.created,
+            latency_ms=latency_ms,
+        )
+        if item.outcome.value == "unmapped":
+            log.warning("callback_unmapped_status", **fields)
+        else:
+            log.info("callback", **fields)
+    return Response(status_code=204)
+
+
+def endpoint(provider_name: str):  # type: ignore[no-untyped-def]
+    """A Starlette endpoint bound to one provider's adapter."""
+
+    async def handle(request: Request) -> Response:
+        return await receive_callback(request, provider_name)
+
+    handle.__name__ = f"{provider_name}_callback"
+    return handle

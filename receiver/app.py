@@ -1,0 +1,82 @@
+"""The application factory: routes, middleware and the lifespan that owns the store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from receiver import __version__
+from receiver.api import health, messages, webhooks
+from receiver.api.errors import EXCEPTION_HANDLERS
+from receiver.logging import RequestContextMiddleware
+from receiver.providers import REGISTRY, build_providers, callback_path
+from receiver.settings import Settings
+from receiver.store import Store, open_store
+
+log = structlog.get_logger("receiver")
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
+    """A new, isolated app. The store is opened (and migrated) at startup, closed at shutdown."""
+    settings = settings or Settings.from_env()
+    providers = build_providers(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        the_store = store or open_store(settings)
+        applied = the_store.open()
+        _log_startup(settings, applied)
+        try:
+            yield {"settings": settings, "store": the_store, "providers": providers}
+        finally:
+            the_store.close()
+            log.info("stopped")
+
+    routes = [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/v1/messages", messages.list_messages, methods=["GET"]),
+        Route("/v1/messages", messages.register_messages, methods=["POST"]),
+        Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),
+        Route("/v1/messages/{message_id}/events", messages.get_message_events, methods=["GET"]),
+        Route("/v1/stats", messages.stats, methods=["GET"]),
+    ]
+    routes += [
+        Route(callback_path(name), webhooks.endpoint(name), methods=["POST"]) for name in REGISTRY
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+def _log_startup(settings: Settings, migrations: list[str]) -> None:
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    log.info(
+        "started",
+        version=__version__,
+        database=settings.database,
+        migrations_applied=migrations,
+        public_url=settings.public_url,
+        callback_urls={name: base + callback_path(name) for name in REGISTRY},
+        twilio_configured=settings.twilio_configured,
+    )
+    if settings.api_token is None:
+        log.warning(
+            "api_token_unset",
+            detail="RECEIVER_API_TOKEN is not set: the query API answers loopback clients only",
+        )
+    if not settings.twilio_configured:
+        log.warning(
+            "provider_not_configured",
+            provider="twilio",
+            detail="TWILIO_AUTH_TOKEN/TWILIO_ACCOUNTS unset: Twilio callbacks will get 403",
+        )

@@ -1,0 +1,86 @@
+"""The `receiver` command: serve, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from receiver import __version__
+from receiver.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"receiver: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+    from receiver.logging import configure_logging
+
+    settings = _settings()
+    overrides = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = settings.replace(**overrides) if overrides else settings
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # We read forwarded headers ourselves, only when RECEIVER_TRUST_FORWARDED says so.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,  # configure_logging() already routed uvicorn's loggers
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from receiver.store import open_store
+
+    settings = _settings()
+    applied = open_store(settings).migrate()
+    print(
+        f"{settings.database}: applied {len(applied)} migration(s)"
+        + (f": {', '.join(applied)}" if applied else " (up to date)")
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="receiver",
+        description="Delivery-tracking sidecar for SMS status callbacks. "
+        "Settings come from environment variables (see README.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"receiver {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = commands.add_parser("serve", help="run the HTTP service (default: 127.0.0.1:8000)")
+    p.add_argument("--host", help="bind address (overrides HOST)")
+    p.add_argument("--port", type=int, help="port (overrides PORT)")
+    p.set_defaults(func=serve)
+    p = commands.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    p.set_defaults(func=migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result: int = args.func(args)
+    return result

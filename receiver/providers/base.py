@@ -1,0 +1,67 @@
+"""What every provider adapter produces and the small interface it implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.datastructures import Headers
+
+from receiver.engine import Status
+
+
+class CallbackRejected(Exception):
+    """A callback the adapter refuses; `status` and `error_code` become the JSON error."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """The parts of an HTTP request an adapter needs, framework-free."""
+
+    method: str
+    url: str  # the URL the provider called, as rebuilt for signature checks
+    headers: Headers
+    body: bytes
+    client_host: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One status report about one message, normalized."""
+
+    provider: str
+    message_id: str
+    provider_status: str
+    status: Status | None  # None when the provider's status has no canonical meaning
+    source: str = "callback"  # callback | poll | timeout
+    account: str | None = None
+    to_number: str | None = None
+    from_number: str | None = None
+    error_code: str | None = None
+    event_time: str | None = None  # ISO 8601 UTC, when the provider says it happened
+    dedupe_key: str | None = None
+    body: str | None = None  # raw body as received, for the history
+    headers: Mapping[str, str] = field(default_factory=dict)  # headers worth keeping
+
+
+class Provider(Protocol):
+    """A provider adapter, built once at start from the settings (keys parsed, tables ready)."""
+
+    name: str
+    status_map: Mapping[str, Status]
+
+    def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
+        """Authenticate the request, then parse it into normalized events.
+
+        Raise CallbackRejected(403, ...) unless the request is genuinely from the provider
+        (checked before anything else is believed), and CallbackRejected(400, ...) when an
+        authentic request is malformed.
+        """
+        ...

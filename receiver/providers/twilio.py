@@ -1,0 +1,132 @@
+"""Twilio: status callbacks signed with X-Twilio-Signature (form or JSON with bodySHA256)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+from receiver.engine import Status
+from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
+from receiver.providers.twilio_signature import validate
+from receiver.settings import Settings
+
+# Twilio's MessageStatus values and what they mean here (README: "Twilio").
+STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
+    {
+        "accepted": Status.QUEUED,
+        "scheduled": Status.QUEUED,
+        "queued": Status.QUEUED,
+        "sending": Status.SENDING,
+        "sent": Status.SENT,
+        "delivered": Status.DELIVERED,
+        "read": Status.DELIVERED,
+        "undelivered": Status.UNDELIVERED,
+        "failed": Status.FAILED,
+        "canceled": Status.CANCELED,
+    }
+)
+
+# Request headers kept in the event history (never the signature's secret inputs).
+KEPT_HEADERS: Final = ("content-type", "user-agent", "i-twilio-idempotency-token")
+
+
+def _dlr_done_date(raw: str | None) -> str | None:
+    """RawDlrDoneDate (YYMMDDhhmm, UTC) as ISO 8601, or None when absent or malformed."""
+    if not raw or len(raw) != 10 or not raw.isdigit():
+        return None
+    try:
+        moment = datetime.strptime(raw, "%y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class TwilioProvider:
+    name = "twilio"
+    status_map = STATUS_MAP
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._tokens_by_account: dict[str | None, list[str]] = {}
+
+    def _tokens(self, account: str | None) -> list[str]:
+        # Memoised: the settings are frozen, and the hot path should not rebuild lists.
+        tokens = self._tokens_by_account.get(account)
+        if tokens is None:
+            tokens = self._settings.twilio_tokens_for(account)
+            if len(self._tokens_by_account) < 1024:  # AccountSid is attacker-chosen: cap it
+                self._tokens_by_account[account] = tokens
+        return tokens
+
+    def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
+        signature = request.headers.get("x-twilio-signature")
+        if not signature:
+            raise CallbackRejected(403, "signature_missing", "X-Twilio-Signature header missing")
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CallbackRejected(403, "signature_invalid", "signature check failed") from None
+
+        # The account is read before the signature is checked only to choose which token to
+        # try; the signature then proves it.
+        json_variant = "bodySHA256" in parse_qs(urlsplit(request.url).query)
+        params: dict[str, list[str]] | None = None
+        fields: dict[str, str] | None
+        if json_variant:
+            fields = _json_fields(text)
+        else:
+            params = parse_qs(text, keep_blank_values=True)
+            fields = {name: values[0] for name, values in params.items()}
+        account = fields.get("AccountSid") if fields is not None else None
+
+        tokens = self._tokens(account)
+        if not tokens:
+            raise CallbackRejected(
+                403, "provider_not_configured", "no Twilio auth token is configured"
+            )
+        body = request.body if json_variant else None
+        if not validate(request.url, params, body, signature, tokens):
+            raise CallbackRejected(403, "signature_invalid", "signature check failed")
+        if fields is None:
+            raise CallbackRejected(400, "invalid_body", "body is not a JSON object")
+
+        message_id = fields.get("MessageSid") or fields.get("SmsSid")
+        raw_status = fields.get("MessageStatus") or fields.get("SmsStatus")
+        if not message_id or not raw_status:
+            raise CallbackRejected(
+                400, "missing_field", "a Twilio status callback needs MessageSid and MessageStatus"
+            )
+        raw_status = raw_status.strip().lower()
+        return [
+            StatusEvent(
+                provider=self.name,
+                message_id=message_id,
+                provider_status=raw_status,
+                status=STATUS_MAP.get(raw_status),
+                account=account,
+                to_number=fields.get("To") or None,
+                from_number=fields.get("From") or None,
+                error_code=fields.get("ErrorCode") or None,
+                event_time=_dlr_done_date(fields.get("RawDlrDoneDate")),
+                dedupe_key=request.headers.get("i-twilio-idempotency-token"),
+                body=text,
+                headers={h: v for h in KEPT_HEADERS if (v := request.headers.get(h)) is not None},
+            )
+        ]
+
+
+def _json_fields(text: str) -> dict[str, str] | None:
+    """Top-level scalar fields of a JSON object body, as strings; None if it is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {
+        str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float) and v != ""
+    }

@@ -1,0 +1,189 @@
+"""Every setting of the service, read once from the environment and checked at start.
+
+Each field names the environment variable it comes from; README.md documents them all in one
+table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names the variable."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}; got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    value = _str(env, "RECEIVER_PUBLIC_URL")
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(
+            "RECEIVER_PUBLIC_URL must be the external base URL, like https://sms.example.com "
+            f"(scheme and host, optional path, no query); got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _twilio_accounts(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    raw = env.get("TWILIO_ACCOUNTS", "")
+    pairs: list[tuple[str, str]] = []
+    for item in raw.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        sid, sep, token = item.partition(":")
+        sid, token = sid.strip(), token.strip()
+        if not sep or not sid.startswith("AC") or not token:
+            raise SettingsError(
+                "TWILIO_ACCOUNTS must be comma-separated AccountSid:auth_token pairs "
+                f"(AC...:token); got an item starting {item[:6]!r}"
+            )
+        pairs.append((sid, token))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Build it with `Settings.from_env(os.environ)`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database: str = "./receiver.db"
+    db_busy_timeout_ms: int = 5000
+    api_token: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    trust_forwarded: bool = False
+    unknown_messages: str = "create"
+    log_level: str = "info"
+    log_format: str = "auto"
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_auth_token_secondary: str | None = field(default=None, repr=False)
+    twilio_accounts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    # The environment variable behind each field, for docs and error messages.
+    ENV: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "host": "HOST",
+            "port": "PORT",
+            "database": "RECEIVER_DATABASE",
+            "db_busy_timeout_ms": "RECEIVER_DB_BUSY_TIMEOUT_MS",
+            "api_token": "RECEIVER_API_TOKEN",
+            "public_url": "RECEIVER_PUBLIC_URL",
+            "trust_forwarded": "RECEIVER_TRUST_FORWARDED",
+            "unknown_messages": "RECEIVER_UNKNOWN_MESSAGES",
+            "log_level": "RECEIVER_LOG_LEVEL",
+            "log_format": "RECEIVER_LOG_FORMAT",
+            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+            "twilio_auth_token_secondary": "TWILIO_AUTH_TOKEN_SECONDARY",
+            "twilio_accounts": "TWILIO_ACCOUNTS",
+        }
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting; raise SettingsError naming the first bad one."""
+        env = os.environ if env is None else env
+        host = _str(env, "HOST") or "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise SettingsError(
+                    f"HOST must be an IP address or localhost; got {host!r}"
+                ) from None
+        return cls(
+            host=host,
+            port=_int(env, "PORT", 8000, minimum=0, maximum=65535),
+            database=_str(env, "RECEIVER_DATABASE") or "./receiver.db",
+            db_busy_timeout_ms=_int(
+                env, "RECEIVER_DB_BUSY_TIMEOUT_MS", 5000, minimum=0, maximum=600_000
+            ),
+            api_token=_str(env, "RECEIVER_API_TOKEN"),
+            public_url=_public_url(env),
+            trust_forwarded=_bool(env, "RECEIVER_TRUST_FORWARDED", False),
+            unknown_messages=_choice(
+                env, "RECEIVER_UNKNOWN_MESSAGES", "create", ("create", "hold")
+            ),
+            log_level=_choice(
+                env, "RECEIVER_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ),
+            log_format=_choice(env, "RECEIVER_LOG_FORMAT", "auto", ("auto", "json", "console")),
+            twilio_auth_token=_str(env, "TWILIO_AUTH_TOKEN"),
+            twilio_auth_token_secondary=_str(env, "TWILIO_AUTH_TOKEN_SECONDARY"),
+            twilio_accounts=_twilio_accounts(env),
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def env_names(self) -> list[str]:
+        """Every environment variable the service reads."""
+        return list(self.ENV.values())
+
+    def twilio_tokens_for(self, account_sid: str | None) -> list[str]:
+        """Auth tokens to try for a callback from `account_sid`, most likely first.
+
+        A subaccount listed in TWILIO_ACCOUNTS uses its own token(s) (list a SID twice to rotate
+        its token); any other account uses TWILIO_AUTH_TOKEN. The secondary token is accepted
+        for every account while a rotation is under way.
+        """
+        tokens = [tok for sid, tok in self.twilio_accounts if sid == account_sid]
+        if not tokens and self.twilio_auth_token:
+            tokens.append(self.twilio_auth_token)
+        if self.twilio_auth_token_secondary:
+            tokens.append(self.twilio_auth_token_secondary)
+        return tokens
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_auth_token or self.twilio_accounts)

@@ -1,0 +1,87 @@
+"""The store's contract: the records it takes and gives, and the interface every store implements.
+
+Only modules under receiver/store/ speak SQL; the rest of the service sees this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from receiver.engine import Outcome
+from receiver.providers.base import StatusEvent
+
+
+def utcnow() -> str:
+    """Now as stored: ISO 8601 UTC with milliseconds, which sorts correctly as text."""
+    return format_time(datetime.now(UTC))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one event did."""
+
+    event: StatusEvent
+    outcome: Outcome
+    previous_status: str | None  # None when the message was unknown
+    status: str | None  # the message's status afterwards (None while held as pending)
+    created: bool = False  # the message was created from this event
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A message the app says it sent."""
+
+    provider: str
+    message_id: str
+    to_number: str | None = None
+    from_number: str | None = None
+    sent_at: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    provider: str
+    message_id: str
+    created: bool
+    status: str
+    pending_applied: int  # held events decided by this registration
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    status: str | None = None
+    provider: str | None = None
+    to_number: str | None = None
+    since: str | None = None  # created_at >= since
+    until: str | None = None  # created_at < until
+    limit: int = 100
+    before_id: int | None = None  # keyset cursor
+
+
+class Store(Protocol):
+    """Durable state: every method that writes returns only after its write is committed."""
+
+    kind: str
+
+    def open(self) -> list[str]: ...
+    def close(self) -> None: ...
+    def migrate(self) -> list[str]: ...
+    async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]: ...
+    async def register(self, registrations: Sequence[Registration]) -> list[Registered]: ...
+    async def check_writable(self) -> None: ...
+    async def get_messages(
+        self, message_id: str, provider: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def get_events(self, message_pk: int) -> list[dict[str, Any]]: ...
+    async def list_messages(self, f: MessageFilter) -> tuple[list[dict[str, Any]], int | None]: ...
+    async def stats(self, f: MessageFilter) -> dict[str, Any]: ...

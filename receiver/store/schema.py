@@ -1,0 +1,108 @@
+"""The SQLite schema, as named forward migrations recorded in the `_sqlite_migrations` table."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("receiver")
+
+
+@migrations(name="0001_messages_and_events")
+def _messages_and_events(db: Database) -> None:
+    db["messages"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "provider": str,
+            "message_id": str,
+            "account": str,
+            "status": str,
+            "provider_status": str,
+            "error_code": str,
+            "to_number": str,
+            "from_number": str,
+            "metadata": str,  # JSON object given at registration
+            "registered": int,  # 1 once the app registered it (else created from a callback)
+            "is_final": int,
+            "final_via": str,  # callback | poll | timeout
+            "created_at": str,  # ISO 8601 UTC, millisecond precision, sortable as text
+            "updated_at": str,
+            "sent_at": str,
+            "final_at": str,
+        },
+        pk="id",
+        not_null={
+            "provider",
+            "message_id",
+            "status",
+            "registered",
+            "is_final",
+            "created_at",
+            "updated_at",
+        },
+    )
+    messages = db["messages"]
+    messages.create_index(["provider", "message_id"], unique=True)  # type: ignore[union-attr]
+    # Each list filter walks its own index newest-first (ORDER BY id DESC).
+    messages.create_index(["message_id"])  # type: ignore[union-attr]
+    messages.create_index(["status", "id"])  # type: ignore[union-attr]
+    messages.create_index(["provider", "id"])  # type: ignore[union-attr]
+    messages.create_index(["to_number", "id"])  # type: ignore[union-attr]
+    messages.create_index(["created_at"])  # type: ignore[union-attr]
+
+    db["events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "provider": str,
+            "message_id": str,
+            "message_pk": int,  # NULL while the message is unknown (pending_unknown)
+            "source": str,  # callback | poll | timeout
+            "provider_status": str,
+            "status": str,  # canonical; NULL when the provider status has no mapping
+            "previous_status": str,  # the message's status when the event was decided
+            "outcome": str,
+            "error_code": str,
+            "event_time": str,
+            "received_at": str,
+            "resolved_at": str,  # when a pending_unknown event was later decided
+            "dedupe_key": str,
+            "headers": str,  # JSON object of the request headers worth keeping
+            "body": str,  # the raw body as received
+        },
+        pk="id",
+        not_null={"provider", "message_id", "source", "provider_status", "outcome", "received_at"},
+    )
+    db.execute("CREATE INDEX idx_events_message_pk ON events (message_pk, id)")
+    db.execute(
+        "CREATE INDEX idx_events_pending ON events (provider, message_id, id) "
+        "WHERE outcome = 'pending_unknown'"
+    )
+    db.execute(
+        "CREATE INDEX idx_events_dedupe ON events (provider, dedupe_key) "
+        "WHERE dedupe_key IS NOT NULL"
+    )
+    db["_receiver_health"].create({"id": int, "checked_at": str}, pk="id")  # type: ignore[union-attr]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations in one write transaction; return the names applied.
+
+    BEGIN IMMEDIATE takes the write lock first, so two processes starting on one file apply
+    each migration once: the second waits, then finds nothing pending.
+    """
+    db = Database(conn, execute_plugins=False)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        pending = [m.name for m in migrations.pending(db)]
+        migrations.apply(db)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return pending
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    return [m.name for m in migrations.applied(Database(conn, execute_plugins=False))]

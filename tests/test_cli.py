@@ -1,0 +1,89 @@
+"""The `receiver` command, run as a user would: as a separate process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent / "receiver"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [[str(BIN)], [sys.executable, "-m", "receiver"]])
+def test_help_lists_the_commands(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "migrate" in result.stdout
+
+
+def test_migrate_creates_the_database_and_is_repeatable(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "r.db"
+    first = run(str(BIN), "migrate", env={"RECEIVER_DATABASE": str(db)})
+    second = run(str(BIN), "migrate", env={"RECEIVER_DATABASE": str(db)})
+    assert first.returncode == 0 and "applied 1 migration" in first.stdout
+    assert second.returncode == 0 and "up to date" in second.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+
+
+def test_a_bad_setting_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    result = run(
+        str(BIN), "serve", env={"PORT": "eighty", "RECEIVER_DATABASE": str(tmp_path / "x")}
+    )
+    assert result.returncode == 2
+    assert "PORT must be a whole number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "RECEIVER_DATABASE": str(tmp_path / "s.db"),
+        "RECEIVER_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [str(BIN), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert response.status_code == 200 and response.json()["status"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal, as a process should.
+    assert proc.returncode in (0, -signal.SIGTERM)
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    assert any('"event": "started"' in line for line in lines)
+    assert any('"event": "api_token_unset"' in line for line in lines)
+    assert any('"event": "stopped"' in line for line in lines)

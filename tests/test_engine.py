@@ -1,0 +1,111 @@
+"""The transition rule, with plain function calls."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from receiver.engine import (
+    FINAL_STATUSES,
+    RANK,
+    Outcome,
+    Status,
+    decide,
+    is_final,
+    parse_status,
+)
+
+FAILURES = [Status.UNDELIVERED, Status.FAILED, Status.EXPIRED, Status.REJECTED, Status.CANCELED]
+
+
+def test_ranks_follow_the_documented_order() -> None:
+    order = ["registered", "queued", "sending", "sent", "unconfirmed"]
+    assert [RANK[Status(s)] for s in order] == [0, 1, 2, 3, 4]
+    assert {RANK[s] for s in FAILURES} == {5}
+    assert RANK[Status.DELIVERED] == 6
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "expected"),
+    [
+        (None, Status.SENT, Outcome.APPLIED),
+        (Status.REGISTERED, Status.QUEUED, Outcome.APPLIED),
+        (Status.SENT, Status.DELIVERED, Outcome.APPLIED),
+        (Status.SENT, Status.SENT, Outcome.DUPLICATE),
+        (Status.DELIVERED, Status.DELIVERED, Outcome.DUPLICATE),
+        (Status.DELIVERED, Status.SENT, Outcome.REGRESSION),
+        (Status.UNDELIVERED, Status.QUEUED, Outcome.REGRESSION),
+        (Status.DELIVERED, Status.UNDELIVERED, Outcome.REGRESSION),
+        (Status.UNDELIVERED, Status.FAILED, Outcome.CONFLICT),
+        (Status.EXPIRED, Status.REJECTED, Outcome.CONFLICT),
+        (Status.UNDELIVERED, Status.DELIVERED, Outcome.APPLIED),
+        (Status.UNCONFIRMED, Status.DELIVERED, Outcome.APPLIED),
+        (Status.UNCONFIRMED, Status.FAILED, Outcome.APPLIED),
+        (Status.SENT, None, Outcome.UNMAPPED),
+        (None, None, Outcome.UNMAPPED),
+    ],
+)
+def test_decide(current: Status | None, new: Status | None, expected: Outcome) -> None:
+    assert decide(current, new) is expected
+
+
+def test_decide_accepts_plain_strings() -> None:
+    """Stores hand the engine the text they keep."""
+    assert decide("sent", "delivered") is Outcome.APPLIED
+    assert decide("delivered", "sent") is Outcome.REGRESSION
+
+
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(Status, Status)))
+def test_exactly_one_direction_applies_between_different_ranks(a: Status, b: Status) -> None:
+    """The rule is a strict order on ranks: never both a->b and b->a applied."""
+    forward, backward = decide(a, b), decide(b, a)
+    if a == b:
+        assert forward is backward is Outcome.DUPLICATE
+    elif RANK[a] == RANK[b]:
+        assert forward is backward is Outcome.CONFLICT
+    else:
+        assert {forward, backward} == {Outcome.APPLIED, Outcome.REGRESSION}
+
+
+def replay(events: list[Status]) -> Status | None:
+    current: Status | None = None
+    for event in events:
+        if decide(current, event) is Outcome.APPLIED:
+            current = event
+    return current
+
+
+@pytest.mark.parametrize("terminal", [Status.DELIVERED, *FAILURES, Status.UNCONFIRMED])
+def test_any_order_of_a_stream_ends_in_its_highest_status(terminal: Status) -> None:
+    """A realistic stream (at most one status per rank, duplicates allowed) is order-free."""
+    rng = random.Random(f"stream-{terminal}")
+    stream = [Status.QUEUED, Status.SENDING, Status.SENT, terminal, Status.SENT, terminal]
+    for _ in range(200):
+        rng.shuffle(stream)
+        assert replay(stream) is terminal
+
+
+def test_positive_evidence_beats_an_earlier_failure_in_any_order() -> None:
+    for order in itertools.permutations([Status.SENT, Status.UNDELIVERED, Status.DELIVERED]):
+        assert replay(list(order)) is Status.DELIVERED
+
+
+def test_among_equal_ranks_the_first_one_wins() -> None:
+    assert replay([Status.UNDELIVERED, Status.FAILED]) is Status.UNDELIVERED
+    assert replay([Status.FAILED, Status.UNDELIVERED]) is Status.FAILED
+
+
+def test_final_statuses_are_unconfirmed_and_above() -> None:
+    assert {Status.UNCONFIRMED, Status.DELIVERED, *FAILURES} == FINAL_STATUSES
+    assert not any(is_final(s) for s in (Status.REGISTERED, Status.QUEUED, Status.SENT))
+    assert is_final("delivered")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("delivered", Status.DELIVERED), (" Sent ", Status.SENT), ("bogus", None), ("", None)],
+)
+def test_parse_status(text: str, expected: Status | None) -> None:
+    assert parse_status(text) is expected

@@ -1,0 +1,122 @@
+"""Settings: read from the environment once, checked at start, secrets kept out of repr."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from receiver.settings import Settings, SettingsError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_run_a_local_sidecar() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.database) == ("127.0.0.1", 8000, "./receiver.db")
+    assert s.api_token is None and s.public_url is None and s.trust_forwarded is False
+    assert s.unknown_messages == "create"
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "HOST": "0.0.0.0",
+        "PORT": "9000",
+        "RECEIVER_DATABASE": "/data/r.db",
+        "RECEIVER_DB_BUSY_TIMEOUT_MS": "250",
+        "RECEIVER_API_TOKEN": "tok",
+        "RECEIVER_PUBLIC_URL": "https://sms.example.com/prefix/",
+        "RECEIVER_TRUST_FORWARDED": "yes",
+        "RECEIVER_UNKNOWN_MESSAGES": "hold",
+        "RECEIVER_LOG_LEVEL": "debug",
+        "RECEIVER_LOG_FORMAT": "json",
+        "TWILIO_AUTH_TOKEN": "main",
+        "TWILIO_AUTH_TOKEN_SECONDARY": "next",
+        "TWILIO_ACCOUNTS": "AC1:one, AC2:two,AC1:one-new",
+    }
+    s = Settings.from_env(env)
+    assert set(env) == set(s.env_names())
+    assert (s.host, s.port, s.database, s.db_busy_timeout_ms) == (
+        "0.0.0.0",
+        9000,
+        "/data/r.db",
+        250,
+    )
+    assert s.public_url == "https://sms.example.com/prefix"
+    assert s.trust_forwarded and s.unknown_messages == "hold"
+    assert s.twilio_accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
+
+
+@pytest.mark.parametrize(
+    ("account", "tokens"),
+    [
+        ("AC1", ["one", "one-new", "next"]),
+        ("AC2", ["two", "next"]),
+        ("AC9", ["main", "next"]),
+        (None, ["main", "next"]),
+    ],
+)
+def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str]) -> None:
+    s = Settings.from_env(
+        {
+            "TWILIO_AUTH_TOKEN": "main",
+            "TWILIO_AUTH_TOKEN_SECONDARY": "next",
+            "TWILIO_ACCOUNTS": "AC1:one,AC2:two,AC1:one-new",
+        }
+    )
+    assert s.twilio_tokens_for(account) == tokens
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("HOST", "not a host"),
+        ("RECEIVER_TRUST_FORWARDED", "maybe"),
+        ("RECEIVER_UNKNOWN_MESSAGES", "drop"),
+        ("RECEIVER_PUBLIC_URL", "sms.example.com"),
+        ("RECEIVER_PUBLIC_URL", "https://sms.example.com/?x=1"),
+        ("RECEIVER_LOG_LEVEL", "loud"),
+        ("RECEIVER_DB_BUSY_TIMEOUT_MS", "-1"),
+        ("TWILIO_ACCOUNTS", "AC1-without-token"),
+        ("TWILIO_ACCOUNTS", "XX1:token"),
+    ],
+)
+def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    s = Settings.from_env(
+        {
+            "RECEIVER_API_TOKEN": "api-secret",
+            "TWILIO_AUTH_TOKEN": "tw-secret",
+            "TWILIO_AUTH_TOKEN_SECONDARY": "tw-secret-2",
+            "TWILIO_ACCOUNTS": "AC1:sub-secret",
+        }
+    )
+    text = repr(s)
+    assert "Settings(" in text
+    for secret in ("api-secret", "tw-secret", "tw-secret-2", "sub-secret"):
+        assert secret not in text
+
+
+def test_readme_documents_every_setting_and_nothing_else() -> None:
+    """The settings table in README.md and the variables the code reads are the same set."""
+    text = README.read_text()
+    table = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", table, flags=re.M))
+    assert documented == set(Settings().env_names())
+
+
+def test_no_module_reads_the_environment_behind_settings_back() -> None:
+    package = README.parent / "receiver"
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "settings.py" and re.search(r"os\.environ|getenv\(", path.read_text())
+    ]
+    assert offenders == []
