@@ -64,7 +64,7 @@ def _log_startup(settings: Settings, migrations: list[str]) -> None:
         "started",
         version=__version__,
         database=settings.database,
-        migrations_applied=migrations,
+        **({"migrations_applied": migrations} if migrations else {}),
         public_url=settings.public_url,
         callback_urls={name: base + callback_path(name) for name in REGISTRY},
         twilio_configured=settings.twilio_configured,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
+
+import structlog
 
 from receiver import __version__
 from receiver.settings import Settings, SettingsError
@@ -32,6 +35,11 @@ def serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = settings.replace(**overrides) if overrides else settings
     configure_logging(settings.log_level, settings.log_format)
+    applied = _migrate_or_exit(settings)
+    if applied:
+        structlog.get_logger("receiver").info(
+            "migrated", database=settings.database, migrations_applied=applied
+        )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -47,11 +55,21 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def migrate(args: argparse.Namespace) -> int:
+def _migrate_or_exit(settings: Settings) -> list[str]:
+    """Bring the schema up to date, or stop with a readable reason (not a traceback)."""
     from receiver.store import open_store
 
+    try:
+        applied = open_store(settings).migrate()
+    except (OSError, sqlite3.Error) as exc:
+        print(f"receiver: cannot open the database {settings.database!r}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return applied
+
+
+def migrate(args: argparse.Namespace) -> int:
     settings = _settings()
-    applied = open_store(settings).migrate()
+    applied = _migrate_or_exit(settings)
     print(
         f"{settings.database}: applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else " (up to date)")

@@ -48,8 +48,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = T
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        named = logging.getLogger(name)
+        named.handlers[:] = []
+        named.propagate = True
+        named.setLevel(logging.NOTSET)  # the root's level rules
     structlog.configure(
         processors=[
             *shared,

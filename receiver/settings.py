@@ -100,6 +100,7 @@ class Settings:
     port: int = 8000
     database: str = "./receiver.db"
     db_busy_timeout_ms: int = 5000
+    max_body: int = 65536
     api_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
     trust_forwarded: bool = False
@@ -117,6 +118,7 @@ class Settings:
             "port": "PORT",
             "database": "RECEIVER_DATABASE",
             "db_busy_timeout_ms": "RECEIVER_DB_BUSY_TIMEOUT_MS",
+            "max_body": "RECEIVER_MAX_BODY",
             "api_token": "RECEIVER_API_TOKEN",
             "public_url": "RECEIVER_PUBLIC_URL",
             "trust_forwarded": "RECEIVER_TRUST_FORWARDED",
@@ -148,6 +150,7 @@ class Settings:
             db_busy_timeout_ms=_int(
                 env, "RECEIVER_DB_BUSY_TIMEOUT_MS", 5000, minimum=0, maximum=600_000
             ),
+            max_body=_int(env, "RECEIVER_MAX_BODY", 65536, minimum=1024, maximum=16 * 1024 * 1024),
             api_token=_str(env, "RECEIVER_API_TOKEN"),
             public_url=_public_url(env),
             trust_forwarded=_bool(env, "RECEIVER_TRUST_FORWARDED", False),

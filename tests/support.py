@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from receiver.app import create_app
 from receiver.settings import Settings
+from receiver.store import Store
 
 TWILIO_TOKEN = "test-auth-token-primary"
 TWILIO_ACCOUNT = "AC00000000000000000000000000000001"
@@ -29,18 +30,20 @@ class LiveServer:
     """The real app under uvicorn on 127.0.0.1, in a thread, with its own SQLite file."""
 
     settings: Settings
+    store: Store | None = None
     base_url: str = ""
     _server: uvicorn.Server | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> LiveServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, so asyncio sets TCP_NODELAY as it does for servers it binds itself.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            create_app(self.settings),
+            create_app(self.settings, self.store),
             log_level="warning",
             lifespan="on",
             proxy_headers=False,
@@ -120,3 +123,33 @@ def post_status(
 ) -> httpx.Response:
     body, headers = twilio_form(url, status_params(message_sid, status, **extra), token)
     return client.post(url, content=body, headers=headers)
+
+
+def send_head_only(base_url: str, path: str, content_length: int, start: bytes = b"") -> bytes:
+    """POST `path` declaring `content_length` but sending only `start`; return the whole response.
+
+    Proves the server answers before the body arrives (it can't have read what was never sent).
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {content_length}\r\n\r\n".encode()
+            + start
+        )
+        response = b""
+        while b"\r\n\r\n" not in response or not _complete(response):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    return response
+
+
+def _complete(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False

@@ -87,3 +87,12 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert any('"event": "started"' in line for line in lines)
     assert any('"event": "api_token_unset"' in line for line in lines)
     assert any('"event": "stopped"' in line for line in lines)
+
+
+def test_an_unusable_database_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run(str(BIN), "serve", env={"RECEIVER_DATABASE": str(blocker / "r.db")})
+    assert result.returncode == 1
+    assert "cannot open the database" in result.stderr
+    assert "Traceback" not in result.stderr

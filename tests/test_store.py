@@ -76,7 +76,9 @@ def test_indexes_serve_every_query(store: SQLiteStore) -> None:
         "by to": "SELECT * FROM messages WHERE to_number = '+1' ORDER BY id DESC LIMIT 10",
         "history": "SELECT * FROM events WHERE message_pk = 1 ORDER BY id",
         "pending": "SELECT * FROM events WHERE provider='t' AND message_id='x' "
-        "AND outcome='pending_unknown' ORDER BY id",
+        "AND message_pk IS NULL AND outcome='pending_unknown' ORDER BY id",
+        "unattached": "UPDATE events SET message_pk = 1 WHERE provider='t' AND message_id='x' "
+        "AND message_pk IS NULL",
         "dedupe": "SELECT 1 FROM events WHERE provider='t' AND dedupe_key='k'",
     }
     for name, sql in plans.items():
@@ -216,3 +218,21 @@ def test_final_status_records_how_and_when_it_was_learned(store: SQLiteStore) ->
     stats = asyncio.run(store.stats(MessageFilter()))
     assert stats["delivery_rate"] == 1.0
     assert stats["time_to_final_seconds"]["count"] == 1
+
+
+def test_registration_ties_held_events_and_their_duplicates_to_the_message(
+    tmp_path: Path,
+) -> None:
+    s = SQLiteStore(str(tmp_path / "hold2.db"), unknown_messages="hold")
+    s.open()
+    try:
+        held = event("SM7", Status.SENT, dedupe_key="d1", account="AC7", to_number="+1555")
+        asyncio.run(s.record([held]))
+        assert asyncio.run(s.record([held]))[0].outcome is Outcome.DUPLICATE
+        asyncio.run(s.register([Registration("twilio", "SM7")]))
+        message = asyncio.run(s.get_messages("SM7"))[0]
+        outcomes = [e["outcome"] for e in asyncio.run(s.get_events(message["_pk"]))]
+    finally:
+        s.close()
+    assert outcomes == ["applied", "duplicate"]
+    assert (message["account"], message["to"], message["status"]) == ("AC7", "+1555", "sent")

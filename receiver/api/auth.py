@@ -17,7 +17,8 @@ def require_api_access(request: Request) -> None:
     if settings.api_token is None:
         if not is_loopback(client_ip(request, settings)):
             raise ApiError(
-                403, "loopback_only",
+                403,
+                "loopback_only",
                 "RECEIVER_API_TOKEN is not set, so the API answers loopback clients only",
             )
         return

@@ -49,7 +49,9 @@ _HTTP_CODES = {
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.error_code, exc.message, **exc.details)
+    # RFC 6750: a 401 names the scheme the caller should use.
+    headers = {"WWW-Authenticate": 'Bearer realm="receiver"'} if exc.status == 401 else None
+    return error_response(exc.status, exc.error_code, exc.message, headers, **exc.details)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.api.auth import require_api_access
+from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
 from receiver.engine import Status
 from receiver.store import MessageFilter, Registration, Store
@@ -24,6 +25,9 @@ DEFAULT_LIMIT = 100
 MAX_ID_LENGTH = 256
 MAX_NUMBER_LENGTH = 64
 MAX_METADATA_BYTES = 4096
+MAX_ROW_ID = 2**63 - 1
+# A full batch with the largest metadata is about 5 MB.
+MAX_REGISTRATION_BODY = 8 * 1024 * 1024
 
 
 def _store(request: Request) -> Store:
@@ -40,13 +44,19 @@ def parse_time(value: str, name: str) -> str:
     """An ISO 8601 time (a date alone means its midnight UTC) in the stored form."""
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)  # OverflowError near year 1 or 9999
+    except (ValueError, OverflowError):
+        moment = None
+    # Stored times compare as text, which holds only for four-digit years.
+    if moment is None or moment.year < 1000:
         raise ApiError(
-            400, "invalid_parameter", f"{name} must be an ISO 8601 time, like 2026-11-25T10:00:00Z",
+            400,
+            "invalid_parameter",
+            f"{name} must be an ISO 8601 time, like 2026-11-25T10:00:00Z",
             parameter=name,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        )
     return format_time(moment)
 
 
@@ -54,30 +64,49 @@ def _query(request: Request, allowed: set[str]) -> Mapping[str, str]:
     params = request.query_params
     unknown = sorted(set(params.keys()) - allowed)
     if unknown:
-        raise ApiError(400, "unknown_parameter", f"unknown query parameter: {unknown[0]}",
-                       allowed=sorted(allowed))
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown query parameter: {unknown[0]}",
+            allowed=sorted(allowed),
+        )
     for key in params:
         if len(params.getlist(key)) > 1:
-            raise ApiError(400, "invalid_parameter", f"{key} given more than once",
-                           parameter=key)
+            raise ApiError(400, "invalid_parameter", f"{key} given more than once", parameter=key)
     return params
+
+
+def _provider_param(request: Request, params: Mapping[str, str]) -> str | None:
+    provider = params.get("provider")
+    if provider is not None and provider not in request.state.providers:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"unknown provider {provider!r}",
+            parameter="provider",
+            allowed=sorted(request.state.providers),
+        )
+    return provider
 
 
 def _filter(request: Request, params: Mapping[str, str]) -> MessageFilter:
     status = params.get("status")
     if status is not None and status not in Status.__members__.values():
-        raise ApiError(400, "invalid_parameter", f"unknown status {status!r}",
-                       parameter="status", allowed=[s.value for s in Status])
-    provider = params.get("provider")
-    if provider is not None and provider not in request.state.providers:
-        raise ApiError(400, "invalid_parameter", f"unknown provider {provider!r}",
-                       parameter="provider", allowed=sorted(request.state.providers))
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"unknown status {status!r}",
+            parameter="status",
+            allowed=[s.value for s in Status],
+        )
+    provider = _provider_param(request, params)
     since = parse_time(params["since"], "since") if "since" in params else None
     until = parse_time(params["until"], "until") if "until" in params else None
     if since and until and since >= until:
         raise ApiError(400, "invalid_parameter", "since must be before until", parameter="since")
-    return MessageFilter(status=status, provider=provider, to_number=params.get("to"),
-                         since=since, until=until)
+    return MessageFilter(
+        status=status, provider=provider, to_number=params.get("to"), since=since, until=until
+    )
 
 
 def _encode_cursor(before_id: int) -> str:
@@ -88,12 +117,17 @@ def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, number = raw.partition(":")
-        if version != "v1" or not number.isdigit():
+        # ASCII digits only (str.isdigit takes "²"), and within SQLite's INTEGER range.
+        if version != "v1" or not (number.isascii() and number.isdigit()):
             raise ValueError(raw)
-        return int(number)
+        before_id = int(number)
+        if before_id > MAX_ROW_ID:
+            raise ValueError(raw)
+        return before_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned",
-                       parameter="cursor") from None
+        raise ApiError(
+            400, "invalid_cursor", "cursor is not one this API returned", parameter="cursor"
+        ) from None
 
 
 async def list_messages(request: Request) -> Response:
@@ -101,33 +135,43 @@ async def list_messages(request: Request) -> Response:
     params = _query(request, {"status", "provider", "to", "since", "until", "limit", "cursor"})
     f = _filter(request, params)
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}",
-                       parameter="limit")
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise ApiError(
+            400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}", parameter="limit"
+        )
     cursor = params.get("cursor")
     f = MessageFilter(
-        status=f.status, provider=f.provider, to_number=f.to_number, since=f.since,
-        until=f.until, limit=int(raw_limit),
+        status=f.status,
+        provider=f.provider,
+        to_number=f.to_number,
+        since=f.since,
+        until=f.until,
+        limit=int(raw_limit),
         before_id=_decode_cursor(cursor) if cursor else None,
     )
     rows, next_id = await store.list_messages(f)
-    return JSONResponse({
-        "messages": [_public(r) for r in rows],
-        "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
-    })
+    return JSONResponse(
+        {
+            "messages": [_public(r) for r in rows],
+            "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
+        }
+    )
 
 
 async def _one_message(request: Request) -> dict[str, Any]:
     store = _store(request)
     params = _query(request, {"provider"})
     message_id = request.path_params["message_id"]
-    matches = await store.get_messages(message_id, params.get("provider"))
+    matches = await store.get_messages(message_id, _provider_param(request, params))
     if not matches:
         raise ApiError(404, "message_not_found", f"no message {message_id!r} is tracked")
     if len(matches) > 1:
-        raise ApiError(409, "ambiguous_message_id",
-                       "several providers use this id; add ?provider=",
-                       providers=sorted(m["provider"] for m in matches))
+        raise ApiError(
+            409,
+            "ambiguous_message_id",
+            "several providers use this id; add ?provider=",
+            providers=sorted(m["provider"] for m in matches),
+        )
     return matches[0]
 
 
@@ -152,8 +196,13 @@ def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> 
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise ApiError(400, "invalid_message", f"{key} must be a non-empty string of at most "
-                       f"{limit} characters", index=index, field=key)
+        raise ApiError(
+            400,
+            "invalid_message",
+            f"{key} must be a non-empty string of at most {limit} characters",
+            index=index,
+            field=key,
+        )
     return value.strip()
 
 
@@ -162,30 +211,45 @@ def _registration(item: Any, index: int, providers: Mapping[str, Any]) -> Regist
         raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
     unknown = sorted(set(item) - {"provider", "message_id", "to", "from", "sent_at", "metadata"})
     if unknown:
-        raise ApiError(400, "invalid_message", f"unknown field {unknown[0]!r}", index=index,
-                       field=unknown[0])
+        raise ApiError(
+            400, "invalid_message", f"unknown field {unknown[0]!r}", index=index, field=unknown[0]
+        )
     provider = item.get("provider")
-    if provider not in providers:
-        raise ApiError(400, "invalid_message", f"provider must be one of {sorted(providers)}",
-                       index=index, field="provider")
+    if not isinstance(provider, str) or provider not in providers:
+        raise ApiError(
+            400,
+            "invalid_message",
+            f"provider must be one of {sorted(providers)}",
+            index=index,
+            field="provider",
+        )
     message_id = _optional_str(item, "message_id", MAX_ID_LENGTH, index)
     if message_id is None:
-        raise ApiError(400, "invalid_message", "message_id is required", index=index,
-                       field="message_id")
+        raise ApiError(
+            400, "invalid_message", "message_id is required", index=index, field="message_id"
+        )
     sent_at = _optional_str(item, "sent_at", 64, index)
+    try:
+        sent_at = parse_time(sent_at, "sent_at") if sent_at else None
+    except ApiError as exc:
+        raise ApiError(400, "invalid_message", exc.message, index=index, field="sent_at") from None
     metadata = item.get("metadata")
     if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES
+        not isinstance(metadata, dict) or len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES
     ):
-        raise ApiError(400, "invalid_message", f"metadata must be a JSON object of at most "
-                       f"{MAX_METADATA_BYTES} bytes", index=index, field="metadata")
+        raise ApiError(
+            400,
+            "invalid_message",
+            f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes",
+            index=index,
+            field="metadata",
+        )
     return Registration(
         provider=provider,
         message_id=message_id,
         to_number=_optional_str(item, "to", MAX_NUMBER_LENGTH, index),
         from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
-        sent_at=parse_time(sent_at, "sent_at") if sent_at else None,
+        sent_at=sent_at,
         metadata=metadata,
     )
 
@@ -193,29 +257,54 @@ def _registration(item: Any, index: int, providers: Mapping[str, Any]) -> Regist
 async def register_messages(request: Request) -> Response:
     """One message (a JSON object) or a batch (`{"messages": [...]}` or a JSON array)."""
     store = _store(request)
+    body = await read_limited(request, MAX_REGISTRATION_BODY)
+    if body is None:
+        raise ApiError(
+            413,
+            "body_too_large",
+            f"at most {MAX_REGISTRATION_BODY} bytes per request",
+            limit=MAX_REGISTRATION_BODY,
+        )
     try:
-        payload = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(body)
+        # Python parses more than it can serve back (JSONResponse would fail on every later
+        # read): NaN, Infinity, 1e400 and lone surrogates are refused here, as I-JSON does.
+        json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         raise ApiError(400, "invalid_json", "the body must be JSON") from None
     single = isinstance(payload, dict) and "messages" not in payload
-    items = [payload] if single else (
-        payload.get("messages") if isinstance(payload, dict) else payload
+    if isinstance(payload, dict) and not single and set(payload) != {"messages"}:
+        extra = sorted(set(payload) - {"messages"})[0]
+        raise ApiError(
+            400, "invalid_message", f"unknown field {extra!r} beside 'messages'", field=extra
+        )
+    items = (
+        [payload] if single else (payload.get("messages") if isinstance(payload, dict) else payload)
     )
     if not isinstance(items, list) or not items:
         raise ApiError(400, "invalid_message", "send a message object or a non-empty list")
     if len(items) > MAX_BATCH:
-        raise ApiError(400, "batch_too_large", f"at most {MAX_BATCH} messages per request",
-                       limit=MAX_BATCH)
-    registrations = [_registration(item, i, request.state.providers)
-                     for i, item in enumerate(items)]
+        raise ApiError(
+            400, "batch_too_large", f"at most {MAX_BATCH} messages per request", limit=MAX_BATCH
+        )
+    registrations = [
+        _registration(item, i, request.state.providers) for i, item in enumerate(items)
+    ]
     results = [
-        {"provider": r.provider, "message_id": r.message_id, "created": r.created,
-         "status": r.status, "pending_applied": r.pending_applied}
+        {
+            "provider": r.provider,
+            "message_id": r.message_id,
+            "created": r.created,
+            "status": r.status,
+            "pending_applied": r.pending_applied,
+        }
         for r in await store.register(registrations)
     ]
     if single:
         return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
-    return JSONResponse({
-        "messages": results,
-        "created": sum(1 for r in results if r["created"]),
-    })
+    return JSONResponse(
+        {
+            "messages": results,
+            "created": sum(1 for r in results if r["created"]),
+        }
+    )

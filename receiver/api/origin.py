@@ -25,7 +25,7 @@ def external_url(request: Request, settings: Settings) -> str:
     """The absolute URL the caller used, raw path and query exactly as sent."""
     scope = request.scope
     raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
     path = path.split("?", 1)[0]  # some servers keep the query in raw_path
     query = scope.get("query_string", b"").decode("latin-1")
     tail = path + ("?" + query if query else "")
@@ -37,12 +37,11 @@ def external_url(request: Request, settings: Settings) -> str:
     if settings.trust_forwarded:
         # The first value is the one the outermost proxy saw from the provider.
         scheme = _first(headers.get("x-forwarded-proto")) or scheme
-        forwarded_host = _first(headers.get("x-forwarded-host"))
-        if forwarded_host:
-            host = forwarded_host
-            port = _first(headers.get("x-forwarded-port"))
-            if port and ":" not in forwarded_host.rsplit("]", 1)[-1]:
-                host = f"{forwarded_host}:{port}"
+        host = _first(headers.get("x-forwarded-host")) or host
+        # The port also applies to a Host header passed through without one (nginx's $host).
+        port = _first(headers.get("x-forwarded-port"))
+        if host and port and ":" not in host.rsplit("]", 1)[-1]:
+            host = f"{host}:{port}"
     if not host:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
@@ -64,6 +63,9 @@ def is_loopback(address: str | None) -> bool:
     if not address:
         return False
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return address == "localhost"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1
+    return ip.is_loopback

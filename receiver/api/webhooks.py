@@ -12,6 +12,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
+from receiver.api.body import read_limited
 from receiver.api.errors import error_response
 from receiver.api.origin import client_ip, external_url
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
@@ -27,25 +28,53 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
     provider: Provider = request.state.providers[provider_name]
     store: Store = request.state.store
     structlog.contextvars.bind_contextvars(provider=provider_name)
+    url = external_url(request, settings)
+    client_host = client_ip(request, settings)
+    body = await read_limited(request, settings.max_body)
+    if body is None:
+        log.warning(
+            "callback_rejected",
+            status=413,
+            error_code="body_too_large",
+            reason="body too large",
+            url=url,
+            client=client_host,
+        )
+        return error_response(
+            413,
+            "body_too_large",
+            f"the body is larger than {settings.max_body} bytes",
+            limit=settings.max_body,
+        )
     inbound = InboundRequest(
         method=request.method,
-        url=external_url(request, settings),
+        url=url,
         headers=request.headers,
-        body=await request.body(),
-        client_host=client_ip(request, settings),
+        body=body,
+        client_host=client_host,
     )
     try:
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
-        log.warning("callback_rejected", status=exc.status, error_code=exc.error_code,
-                    reason=exc.message, url=inbound.url, client=inbound.client_host)
+        log.warning(
+            "callback_rejected",
+            status=exc.status,
+            error_code=exc.error_code,
+            reason=exc.message,
+            url=inbound.url,
+            client=inbound.client_host,
+        )
         return error_response(exc.status, exc.error_code, exc.message)
     try:
         recorded = await store.record(events)
     except StoreUnavailable as exc:
         log.error("callback_not_stored", error=str(exc), events=len(events))
-        return error_response(503, "store_unavailable", "could not store the callback; retry",
-                              headers={"Retry-After": "5"})
+        return error_response(
+            503,
+            "store_unavailable",
+            "could not store the callback; retry",
+            headers={"Retry-After": "5"},
+        )
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     for item in recorded:
         event = item.event

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from receiver.engine import Status
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
-from receiver.providers.twilio_signature import validate
+from receiver.providers.twilio_signature import BODY_HASH_PARAM, validate
 from receiver.settings import Settings
 
 # Twilio's MessageStatus values and what they mean here (README: "Twilio").
@@ -73,7 +73,7 @@ class TwilioProvider:
 
         # The account is read before the signature is checked only to choose which token to
         # try; the signature then proves it.
-        json_variant = "bodySHA256" in parse_qs(urlsplit(request.url).query)
+        json_variant = _has_body_hash(request.url)
         params: dict[str, list[str]] | None = None
         fields: dict[str, str] | None
         if json_variant:
@@ -119,14 +119,20 @@ class TwilioProvider:
         ]
 
 
+def _has_body_hash(url: str) -> bool:
+    try:
+        query = urlsplit(url).query
+    except ValueError:  # e.g. a Host header with an unclosed "[": validate() refuses it
+        return False
+    return BODY_HASH_PARAM in parse_qs(query)
+
+
 def _json_fields(text: str) -> dict[str, str] | None:
     """Top-level scalar fields of a JSON object body, as strings; None if it is not one."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # parsed before the signature check: expect anything
         return None
     if not isinstance(data, dict):
         return None
-    return {
-        str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float) and v != ""
-    }
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float) and v != ""}

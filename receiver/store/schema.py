@@ -63,6 +63,9 @@ def _messages_and_events(db: Database) -> None:
             "previous_status": str,  # the message's status when the event was decided
             "outcome": str,
             "error_code": str,
+            "account": str,  # the parsed fields a held event needs when it is decided later
+            "to_number": str,
+            "from_number": str,
             "event_time": str,
             "received_at": str,
             "resolved_at": str,  # when a pending_unknown event was later decided
@@ -74,9 +77,10 @@ def _messages_and_events(db: Database) -> None:
         not_null={"provider", "message_id", "source", "provider_status", "outcome", "received_at"},
     )
     db.execute("CREATE INDEX idx_events_message_pk ON events (message_pk, id)")
+    # Events not yet tied to a message: held ones (pending_unknown) and their duplicates.
     db.execute(
-        "CREATE INDEX idx_events_pending ON events (provider, message_id, id) "
-        "WHERE outcome = 'pending_unknown'"
+        "CREATE INDEX idx_events_unattached ON events (provider, message_id, id) "
+        "WHERE message_pk IS NULL"
     )
     db.execute(
         "CREATE INDEX idx_events_dedupe ON events (provider, dedupe_key) "

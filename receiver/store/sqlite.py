@@ -182,8 +182,9 @@ class SQLiteStore:
     ) -> None:
         conn.execute(
             "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
-            "status, previous_status, outcome, error_code, event_time, received_at, dedupe_key, "
-            "headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "status, previous_status, outcome, error_code, account, to_number, from_number, "
+            "event_time, received_at, dedupe_key, headers, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.provider,
                 ev.message_id,
@@ -194,6 +195,9 @@ class SQLiteStore:
                 previous,
                 outcome.value,
                 ev.error_code,
+                ev.account,
+                ev.to_number,
+                ev.from_number,
                 ev.event_time,
                 now,
                 ev.dedupe_key,
@@ -238,7 +242,7 @@ class SQLiteStore:
         # Events that arrived before the registration were held: decide them now, in order.
         pending = conn.execute(
             "SELECT * FROM events WHERE provider = ? AND message_id = ? "
-            "AND outcome = 'pending_unknown' ORDER BY id",
+            "AND message_pk IS NULL AND outcome = 'pending_unknown' ORDER BY id",
             (reg.provider, reg.message_id),
         ).fetchall()
         for event_row in pending:
@@ -250,6 +254,9 @@ class SQLiteStore:
                 provider_status=event_row["provider_status"],
                 status=Status(event_row["status"]) if event_row["status"] else None,
                 source=event_row["source"],
+                account=event_row["account"],
+                to_number=event_row["to_number"],
+                from_number=event_row["from_number"],
                 error_code=event_row["error_code"],
                 event_time=event_row["event_time"],
             )
@@ -261,6 +268,12 @@ class SQLiteStore:
             )
         final = _message_row(conn, reg.provider, reg.message_id)
         assert final is not None
+        # Duplicates of held events (same delivery id) belong to the history too.
+        conn.execute(
+            "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? "
+            "AND message_pk IS NULL",
+            (final["id"], reg.provider, reg.message_id),
+        )
         return Registered(reg.provider, reg.message_id, created, final["status"], len(pending))
 
     async def check_writable(self) -> None:
@@ -421,8 +434,11 @@ def _apply(
         return outcome, row["status"]
     status = ev.status
     final = engine.is_final(status)
-    # A message's sent time is the app's when registered, else when we first saw it under way.
-    sent_at = row["sent_at"] or (now if engine.RANK[status] >= engine.RANK[Status.QUEUED] else None)
+    # A message's sent time is the app's when registered, else when we first saw it under
+    # way; a message first heard of at its final status has no known sent time (and so stays
+    # out of the time-to-final statistics rather than counting as instant).
+    under_way = engine.RANK[Status.QUEUED] <= engine.RANK[status] <= engine.RANK[Status.SENT]
+    sent_at = row["sent_at"] or (now if under_way else None)
     conn.execute(
         "UPDATE messages SET status = ?, provider_status = ?, error_code = ?, updated_at = ?, "
         "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, "

@@ -87,7 +87,13 @@ class Writer:
                 stopping = True
                 batch = [job for job in batch if job is not _STOP]
             if batch:
-                self._commit_batch(self._conn, batch)
+                try:
+                    self._commit_batch(self._conn, batch)
+                except BaseException as exc:  # never leave a caller waiting on a dead thread
+                    log.exception("writer_error", jobs=len(batch))
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(StoreUnavailable(f"writer failed: {exc}"))
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()

@@ -1,0 +1,60 @@
+"""Log configuration: JSON lines for machines, console lines for people, one chain for both."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from receiver.logging import configure_logging
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_lines_carry_level_time_and_bound_context(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json", cache=False)
+    structlog.contextvars.bind_contextvars(request_id="r1")
+    try:
+        structlog.get_logger("t").info("callback", provider="twilio", outcome="applied")
+        structlog.get_logger("t").debug("hidden")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1  # debug is filtered at info level
+    record = json.loads(lines[0])
+    assert record["event"] == "callback" and record["level"] == "info"
+    assert record["request_id"] == "r1" and record["provider"] == "twilio"
+    assert record["timestamp"].endswith("Z")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_stdlib_loggers_such_as_uvicorns_render_as_json_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "json", cache=False)
+    logging.getLogger("uvicorn.error").info("Uvicorn running")
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["event"] == "Uvicorn running"
+    assert record["logger"] == "uvicorn.error"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_console_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "console", cache=False)
+    structlog.get_logger("t").info("started", version="1")
+    out = capsys.readouterr().out
+    assert "started" in out and "version" in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out.strip().splitlines()[-1])
