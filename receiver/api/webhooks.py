@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from receiver.api.body import read_limited
 from receiver.api.errors import error_response
+from receiver.engine import Outcome
 from receiver.api.origin import client_ip, external_url
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.settings import Settings
@@ -87,8 +88,10 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
             created=item.created,
             latency_ms=latency_ms,
         )
-        if item.outcome.value == "unmapped":
-            log.warning("callback_unmapped_status", **fields)
+        # Always one "callback" line per event; a status we cannot map is a warning, since
+        # its mapping table needs a new row.
+        if item.outcome is Outcome.UNMAPPED:
+            log.warning("callback", **fields)
         else:
             log.info("callback", **fields)
     return Response(status_code=204)
