@@ -14,8 +14,8 @@ from starlette.responses import Response
 
 from receiver.api.body import read_limited
 from receiver.api.errors import error_response
-from receiver.engine import Outcome
 from receiver.api.origin import client_ip, external_url
+from receiver.engine import Outcome
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.settings import Settings
 from receiver.store import Store, StoreUnavailable
