@@ -14,6 +14,7 @@ from starlette.routing import Route
 from receiver import __version__
 from receiver.api import health, messages, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
+from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
 from receiver.providers import REGISTRY, build_providers, callback_path
 from receiver.settings import Settings
@@ -30,12 +31,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
-        applied = the_store.open()
+        applied = await the_store.open()
         _log_startup(settings, applied)
         try:
             yield {"settings": settings, "store": the_store, "providers": providers}
         finally:
-            the_store.close()
+            await the_store.close()
             log.info("stopped")
 
     routes = [
@@ -74,6 +75,12 @@ def _log_startup(settings: Settings, migrations: list[str]) -> None:
             "api_token_unset",
             detail="RECEIVER_API_TOKEN is not set: the query API answers loopback clients only",
         )
+        if settings.public_url or settings.trust_forwarded or not _is_loopback(settings.host):
+            # Reachable from elsewhere, or behind a proxy: loopback-only is a thin guard there.
+            log.warning(
+                "api_exposed_without_token",
+                detail="the service is reachable beyond this host; set RECEIVER_API_TOKEN",
+            )
     if not settings.twilio_configured:
         log.warning(
             "provider_not_configured",

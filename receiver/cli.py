@@ -13,9 +13,10 @@ from receiver import __version__
 from receiver.settings import Settings, SettingsError
 
 
-def _settings() -> Settings:
+def _settings(**overrides: str) -> Settings:
+    """Settings from the environment, command-line overrides checked by the same rules."""
     try:
-        return Settings.from_env()
+        return Settings.from_env(overrides=overrides)
     except SettingsError as exc:
         print(f"receiver: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -27,13 +28,10 @@ def serve(args: argparse.Namespace) -> int:
     from receiver.app import create_app
     from receiver.logging import configure_logging
 
-    settings = _settings()
-    overrides = {}
-    if args.host:
-        overrides["host"] = args.host
+    overrides = {"HOST": args.host} if args.host else {}
     if args.port is not None:
-        overrides["port"] = args.port
-    settings = settings.replace(**overrides) if overrides else settings
+        overrides["PORT"] = str(args.port)
+    settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     applied = _migrate_or_exit(settings)
     if applied:
@@ -87,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = commands.add_parser("serve", help="run the HTTP service (default: 127.0.0.1:8000)")
     p.add_argument("--host", help="bind address (overrides HOST)")
-    p.add_argument("--port", type=int, help="port (overrides PORT)")
+    p.add_argument("--port", help="port (overrides PORT)")
     p.set_defaults(func=serve)
     p = commands.add_parser("migrate", help="create or upgrade the database schema, then exit")
     p.set_defaults(func=migrate)

@@ -5,6 +5,8 @@ Pure functions with no I/O, so the rules are tested with plain calls and shared 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -92,3 +94,62 @@ def decide(current: Status | str | None, new: Status | str | None) -> Outcome:
     if RANK[new] < RANK[current]:
         return Outcome.REGRESSION
     return Outcome.CONFLICT
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One status report about one message, normalized: what adapters and pollers produce."""
+
+    provider: str
+    message_id: str
+    provider_status: str
+    status: Status | None  # None when the provider's status has no canonical meaning
+    source: str = "callback"  # callback | poll | timeout
+    account: str | None = None
+    to_number: str | None = None
+    from_number: str | None = None
+    error_code: str | None = None
+    event_time: str | None = None  # ISO 8601 UTC, when the provider says it happened
+    dedupe_key: str | None = None  # a delivery id: the same key twice is one delivery
+    body: str | None = None  # raw body as received, for the history
+    headers: Mapping[str, str] = field(default_factory=dict)  # headers worth keeping
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """The part of a message the rule reads and writes."""
+
+    status: Status
+    sent_at: str | None = None
+    final_at: str | None = None
+    final_via: str | None = None  # callback | poll | timeout
+
+    @property
+    def final(self) -> bool:
+        return is_final(self.status)
+
+
+def apply_event(
+    state: MessageState | None, event: StatusEvent, now: str
+) -> tuple[Outcome, MessageState | None]:
+    """The event's outcome and, when it is applied, the message's new state.
+
+    `state` is None for a message not known yet (it is then created from the event). Times
+    are the store's ISO 8601 strings; `now` is when the event was received.
+    """
+    outcome = decide(state.status if state else None, event.status)
+    if outcome is not Outcome.APPLIED or event.status is None:
+        return outcome, None
+    new = event.status
+    # The sent time is the app's when it registered the message, else when we first saw it
+    # under way. A message first heard of at a final status has no known sent time, so it
+    # stays out of time-to-final statistics rather than counting as instant.
+    under_way = RANK[Status.QUEUED] <= RANK[new] <= RANK[Status.SENT]
+    sent_at = state.sent_at if state and state.sent_at else (now if under_way else None)
+    final = is_final(new)
+    return outcome, MessageState(
+        status=new,
+        sent_at=sent_at,
+        final_at=now if final else None,
+        final_via=event.source if final else None,
+    )

@@ -66,6 +66,9 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        # A password here would be logged and shown; providers never sign with userinfo anyway.
+        raise SettingsError("RECEIVER_PUBLIC_URL must not contain a user or password")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise SettingsError(
             "RECEIVER_PUBLIC_URL must be the external base URL, like https://sms.example.com "
@@ -132,9 +135,15 @@ class Settings:
     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and check every setting; raise SettingsError naming the first bad one."""
-        env = os.environ if env is None else env
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read and check every setting; raise SettingsError naming the first bad one.
+
+        `overrides` (variable name -> value, e.g. from command-line flags) go through the same
+        checks as the environment they override.
+        """
+        env = {**(os.environ if env is None else env), **(overrides or {})}
         host = _str(env, "HOST") or "127.0.0.1"
         try:
             ipaddress.ip_address(host)

@@ -96,3 +96,12 @@ def test_an_unusable_database_path_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot open the database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_command_line_flags_are_checked_like_settings(tmp_path: Path) -> None:
+    result = run(
+        str(BIN), "serve", "--port", "70000", env={"RECEIVER_DATABASE": str(tmp_path / "x")}
+    )
+    assert result.returncode == 2
+    assert "PORT must be between 0 and 65535" in result.stderr
+    assert "Traceback" not in result.stderr

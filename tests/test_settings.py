@@ -79,6 +79,7 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("RECEIVER_UNKNOWN_MESSAGES", "drop"),
         ("RECEIVER_PUBLIC_URL", "sms.example.com"),
         ("RECEIVER_PUBLIC_URL", "https://sms.example.com/?x=1"),
+        ("RECEIVER_PUBLIC_URL", "https://hook:s3cret@sms.example.com"),
         ("RECEIVER_LOG_LEVEL", "loud"),
         ("RECEIVER_DB_BUSY_TIMEOUT_MS", "-1"),
         ("RECEIVER_MAX_BODY", "10"),

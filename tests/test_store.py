@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.engine import Outcome, Status
-from receiver.providers.base import StatusEvent
+from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store import MessageFilter, Registration, StoreUnavailable
 from receiver.store.sqlite import SQLiteStore, connect
 from receiver.store.writer import Writer
@@ -30,9 +29,9 @@ def event(message_id: str, status: Status | None, raw: str | None = None, **kw: 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(str(tmp_path / "store.db"))
-    s.open()
+    asyncio.run(s.open())
     yield s
-    s.close()
+    asyncio.run(s.close())
 
 
 def test_fresh_database_gets_every_migration_recorded(tmp_path: Path) -> None:
@@ -136,7 +135,7 @@ def test_a_failing_job_fails_alone_and_leaves_nothing_behind(tmp_path: Path) -> 
 
 def test_a_locked_database_fails_the_batch_then_recovers(tmp_path: Path) -> None:
     s = SQLiteStore(str(tmp_path / "locked.db"), busy_timeout_ms=50)
-    s.open()
+    asyncio.run(s.open())
     blocker = connect(s.path)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -148,13 +147,13 @@ def test_a_locked_database_fails_the_batch_then_recovers(tmp_path: Path) -> None
     assert recorded[0].outcome is Outcome.APPLIED
     assert recorded[0].previous_status is None  # the failed batch left no trace
     count = blocker.execute("SELECT count(*) FROM events").fetchone()[0]
-    s.close()
+    asyncio.run(s.close())
     assert count == 1
 
 
 def test_close_commits_what_was_already_submitted(tmp_path: Path) -> None:
     s = SQLiteStore(str(tmp_path / "drain.db"))
-    s.open()
+    asyncio.run(s.open())
     futures = [
         s._writer.submit(
             lambda c, i=i: c.execute(
@@ -163,7 +162,7 @@ def test_close_commits_what_was_already_submitted(tmp_path: Path) -> None:
         )
         for i in range(1, 51)
     ]
-    s.close()
+    asyncio.run(s.close())
     assert all(f.done() and f.exception() is None for f in futures)
     conn = sqlite3.connect(s.path)
     assert conn.execute("SELECT count(*) FROM _receiver_health").fetchone()[0] == 50
@@ -174,7 +173,7 @@ def test_unmapped_status_is_kept_raw_and_changes_nothing(store: SQLiteStore) -> 
     recorded = asyncio.run(store.record([event("SM1", None, raw="partially_delivered")]))
     assert recorded[0].outcome is Outcome.UNMAPPED
     message = asyncio.run(store.get_messages("SM1"))[0]
-    events = asyncio.run(store.get_events(message["_pk"]))
+    events = asyncio.run(store.get_events("twilio", "SM1"))
     assert message["status"] == "sent"
     assert [e["provider_status"] for e in events] == ["sent", "partially_delivered"]
     assert events[1]["status"] is None
@@ -190,7 +189,7 @@ def test_dedupe_key_seen_before_is_a_duplicate(store: SQLiteStore) -> None:
 
 def test_held_events_are_applied_in_order_at_registration(tmp_path: Path) -> None:
     s = SQLiteStore(str(tmp_path / "hold.db"), unknown_messages="hold")
-    s.open()
+    asyncio.run(s.open())
     try:
         for status in (Status.SENT, Status.UNDELIVERED, Status.FAILED, Status.SENT):
             assert asyncio.run(s.record([event("SM9", status)]))[0].outcome is (
@@ -200,12 +199,14 @@ def test_held_events_are_applied_in_order_at_registration(tmp_path: Path) -> Non
         reg = asyncio.run(s.register([Registration("twilio", "SM9", to_number="+1555")]))[0]
         assert (reg.created, reg.status, reg.pending_applied) == (True, "undelivered", 4)
         message = asyncio.run(s.get_messages("SM9"))[0]
-        outcomes = [e["outcome"] for e in asyncio.run(s.get_events(message["_pk"]))]
+        outcomes = [
+            e["outcome"] for e in asyncio.run(s.get_events("twilio", message["message_id"]))
+        ]
         assert outcomes == ["applied", "applied", "conflict", "regression"]
         again = asyncio.run(s.register([Registration("twilio", "SM9")]))[0]
         assert (again.created, again.pending_applied) == (False, 0)
     finally:
-        s.close()
+        asyncio.run(s.close())
 
 
 def test_final_status_records_how_and_when_it_was_learned(store: SQLiteStore) -> None:
@@ -224,15 +225,17 @@ def test_registration_ties_held_events_and_their_duplicates_to_the_message(
     tmp_path: Path,
 ) -> None:
     s = SQLiteStore(str(tmp_path / "hold2.db"), unknown_messages="hold")
-    s.open()
+    asyncio.run(s.open())
     try:
         held = event("SM7", Status.SENT, dedupe_key="d1", account="AC7", to_number="+1555")
         asyncio.run(s.record([held]))
         assert asyncio.run(s.record([held]))[0].outcome is Outcome.DUPLICATE
         asyncio.run(s.register([Registration("twilio", "SM7")]))
         message = asyncio.run(s.get_messages("SM7"))[0]
-        outcomes = [e["outcome"] for e in asyncio.run(s.get_events(message["_pk"]))]
+        outcomes = [
+            e["outcome"] for e in asyncio.run(s.get_events("twilio", message["message_id"]))
+        ]
     finally:
-        s.close()
+        asyncio.run(s.close())
     assert outcomes == ["applied", "duplicate"]
     assert (message["account"], message["to"], message["status"]) == ("AC7", "+1555", "sent")

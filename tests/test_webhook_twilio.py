@@ -479,6 +479,56 @@ def test_signed_json_that_is_not_an_object_is_400(default_server: LiveServer) ->
     assert row_counts(default_server) == before
 
 
+def test_signed_json_spelling_a_lone_surrogate_is_400_not_a_crash(
+    default_server: LiveServer,
+) -> None:
+    """JSON escapes can spell text no database stores; an authentic body is still malformed."""
+    sid = new_sid()
+    url, (body, headers) = json_request(
+        default_server.callback_url, {"MessageSid": sid + "\ud800", "MessageStatus": "sent"}
+    )
+    before = row_counts(default_server)
+    with default_server.client() as client:
+        response = client.post(url, content=body, headers=headers)
+    assert_error(response, 400, "invalid_body")
+    assert row_counts(default_server) == before
+
+
+def test_a_form_with_thousands_of_fields_is_refused_before_it_is_signed(
+    default_server: LiveServer,
+) -> None:
+    """Parsing and signing an unauthenticated body costs the event loop; it is capped."""
+    params = [(f"F{i}", "x") for i in range(5000)]
+    before = row_counts(default_server)
+    with default_server.client() as client:
+        response = post_signed(client, default_server, params)
+    assert_error(response, 403, "signature_invalid")
+    assert row_counts(default_server) == before
+
+
+def test_a_callback_the_database_cannot_take_is_503_and_not_stored(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    """No 2xx without a commit: a locked database answers 503 so Twilio retries."""
+    server = start_server(db_busy_timeout_ms=50)
+    sid = new_sid()
+    blocker = sqlite3.connect(server.settings.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with server.client() as client:
+            refused = post_status(client, server.callback_url, sid, "delivered")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert_error(refused, 503, "store_unavailable")
+    assert refused.headers["retry-after"] == "5"
+    assert stored_rows(server, sid) == (0, 0)
+    with server.client() as client:
+        retried = post_status(client, server.callback_url, sid, "delivered")
+    assert retried.status_code == 204
+    assert stored_rows(server, sid) == (1, 1)
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_deeply_nested_json_body_is_an_answer_not_a_crash(
     default_server: LiveServer, signed: bool

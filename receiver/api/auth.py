@@ -10,11 +10,24 @@ from receiver.api.errors import ApiError
 from receiver.api.origin import client_ip, is_loopback
 from receiver.settings import Settings
 
+# Headers that proxies add; their presence means the peer address is not the client's.
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
 
 def require_api_access(request: Request) -> None:
     """Raise ApiError 401/403 unless the caller may use the query API."""
     settings: Settings = request.state.settings
     if settings.api_token is None:
+        # A proxy on this host makes every client look like loopback. Unless forwarded headers
+        # are trusted (and then the proxy's own hop decides), a forwarded request is a remote
+        # one, whatever the peer address says.
+        if not settings.trust_forwarded and any(h in request.headers for h in _PROXY_HEADERS):
+            raise ApiError(
+                403,
+                "loopback_only",
+                "this request came through a proxy and RECEIVER_API_TOKEN is not set; "
+                "set the token (or RECEIVER_TRUST_FORWARDED=on behind a trusted proxy)",
+            )
         if not is_loopback(client_ip(request, settings)):
             raise ApiError(
                 403,

@@ -68,6 +68,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
+    # Nothing of the request was committed: a provider retries on 503, and so should apps.
     log.error("store_unavailable", path=request.url.path, error=str(exc))
     return error_response(
         503, "store_unavailable", "the database is unavailable; retry", headers={"Retry-After": "5"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,10 +35,6 @@ def _store(request: Request) -> Store:
     require_api_access(request)
     store: Store = request.state.store
     return store
-
-
-def _public(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if not k.startswith("_")}
 
 
 def parse_time(value: str, name: str) -> str:
@@ -140,19 +137,13 @@ async def list_messages(request: Request) -> Response:
             400, "invalid_parameter", f"limit must be 1 to {MAX_LIMIT}", parameter="limit"
         )
     cursor = params.get("cursor")
-    f = MessageFilter(
-        status=f.status,
-        provider=f.provider,
-        to_number=f.to_number,
-        since=f.since,
-        until=f.until,
-        limit=int(raw_limit),
-        before_id=_decode_cursor(cursor) if cursor else None,
+    f = dataclasses.replace(
+        f, limit=int(raw_limit), before_id=_decode_cursor(cursor) if cursor else None
     )
     rows, next_id = await store.list_messages(f)
     return JSONResponse(
         {
-            "messages": [_public(r) for r in rows],
+            "messages": rows,
             "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
         }
     )
@@ -176,13 +167,13 @@ async def _one_message(request: Request) -> dict[str, Any]:
 
 
 async def get_message(request: Request) -> Response:
-    return JSONResponse(_public(await _one_message(request)))
+    return JSONResponse(await _one_message(request))
 
 
 async def get_message_events(request: Request) -> Response:
     message = await _one_message(request)
-    events = await request.state.store.get_events(message["_pk"])
-    return JSONResponse({"message": _public(message), "events": events})
+    events = await request.state.store.get_events(message["provider"], message["message_id"])
+    return JSONResponse({"message": message, "events": events})
 
 
 async def stats(request: Request) -> Response:

@@ -18,7 +18,7 @@ from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.settings import Settings
-from receiver.store import Store, StoreUnavailable
+from receiver.store import Store
 
 log = structlog.get_logger("receiver.webhook")
 
@@ -31,30 +31,13 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
     structlog.contextvars.bind_contextvars(provider=provider_name)
     url = external_url(request, settings)
     client_host = client_ip(request, settings)
-    body = await read_limited(request, settings.max_body)
-    if body is None:
-        log.warning(
-            "callback_rejected",
-            status=413,
-            error_code="body_too_large",
-            reason="body too large",
-            url=url,
-            client=client_host,
-        )
-        return error_response(
-            413,
-            "body_too_large",
-            f"the body is larger than {settings.max_body} bytes",
-            limit=settings.max_body,
-        )
-    inbound = InboundRequest(
-        method=request.method,
-        url=url,
-        headers=request.headers,
-        body=body,
-        client_host=client_host,
-    )
     try:
+        body = await read_limited(request, settings.max_body)
+        if body is None:
+            raise CallbackRejected(
+                413, "body_too_large", f"the body is larger than {settings.max_body} bytes"
+            )
+        inbound = InboundRequest(request.method, url, request.headers, body, client_host)
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
         log.warning(
@@ -62,20 +45,13 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
             status=exc.status,
             error_code=exc.error_code,
             reason=exc.message,
-            url=inbound.url,
-            client=inbound.client_host,
+            url=url,
+            client=client_host,
         )
         return error_response(exc.status, exc.error_code, exc.message)
-    try:
-        recorded = await store.record(events)
-    except StoreUnavailable as exc:
-        log.error("callback_not_stored", error=str(exc), events=len(events))
-        return error_response(
-            503,
-            "store_unavailable",
-            "could not store the callback; retry",
-            headers={"Retry-After": "5"},
-        )
+    # StoreUnavailable propagates to the app's handler: 503 with Retry-After, so the provider
+    # retries what was not committed.
+    recorded = await store.record(events)
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     for item in recorded:
         event = item.event

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from starlette.datastructures import Headers
+from receiver.engine import Status, StatusEvent
 
-from receiver.engine import Status
+__all__ = ["CallbackRejected", "InboundRequest", "Provider", "StatusEvent"]
 
 
 class CallbackRejected(Exception):
@@ -27,28 +27,9 @@ class InboundRequest:
 
     method: str
     url: str  # the URL the provider called, as rebuilt for signature checks
-    headers: Headers
+    headers: Mapping[str, str]  # case-insensitive, or with lower-case keys
     body: bytes
     client_host: str | None = None
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    """One status report about one message, normalized."""
-
-    provider: str
-    message_id: str
-    provider_status: str
-    status: Status | None  # None when the provider's status has no canonical meaning
-    source: str = "callback"  # callback | poll | timeout
-    account: str | None = None
-    to_number: str | None = None
-    from_number: str | None = None
-    error_code: str | None = None
-    event_time: str | None = None  # ISO 8601 UTC, when the provider says it happened
-    dedupe_key: str | None = None
-    body: str | None = None  # raw body as received, for the history
-    headers: Mapping[str, str] = field(default_factory=dict)  # headers worth keeping
 
 
 class Provider(Protocol):

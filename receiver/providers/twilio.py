@@ -30,6 +30,10 @@ STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
     }
 )
 
+# A status callback has about 15 fields; an unauthenticated body with thousands would cost
+# parsing and signing time on the event loop before being refused.
+MAX_FIELDS = 200
+
 # Request headers kept in the event history (never the signature's secret inputs).
 KEPT_HEADERS: Final = ("content-type", "user-agent", "i-twilio-idempotency-token")
 
@@ -79,7 +83,12 @@ class TwilioProvider:
         if json_variant:
             fields = _json_fields(text)
         else:
-            params = parse_qs(text, keep_blank_values=True)
+            try:
+                params = parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+            except ValueError:  # more fields than any status callback has
+                raise CallbackRejected(
+                    403, "signature_invalid", f"more than {MAX_FIELDS} form fields"
+                ) from None
             fields = {name: values[0] for name, values in params.items()}
         account = fields.get("AccountSid") if fields is not None else None
 
@@ -135,4 +144,14 @@ def _json_fields(text: str) -> dict[str, str] | None:
         return None
     if not isinstance(data, dict):
         return None
-    return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float) and v != ""}
+    fields = {
+        str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float) and v != ""
+    }
+    try:
+        # JSON escapes can spell lone surrogates ("\ud800"), which no database can store.
+        for key, value in fields.items():
+            key.encode("utf-8")
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return fields

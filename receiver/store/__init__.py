@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from receiver.settings import Settings
-from receiver.store.base import MessageFilter, Recorded, Registered, Registration, Store
-from receiver.store.writer import StoreUnavailable
+from receiver.store.base import (
+    MessageFilter,
+    Recorded,
+    Registered,
+    Registration,
+    Store,
+    StoreUnavailable,
+)
 
 __all__ = [
     "MessageFilter",

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from receiver.engine import Outcome
-from receiver.providers.base import StatusEvent
+from receiver.engine import Outcome, StatusEvent
 
 
 def utcnow() -> str:
@@ -23,6 +22,11 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
         f"{moment.microsecond // 1000:03d}Z"
     )
+
+
+class StoreUnavailable(Exception):
+    """The database could not take the read or write (locked past the busy timeout, disk full,
+    closed): nothing of it was committed, so the caller may retry."""
 
 
 @dataclass(frozen=True)
@@ -69,19 +73,29 @@ class MessageFilter:
 
 
 class Store(Protocol):
-    """Durable state: every method that writes returns only after its write is committed."""
+    """Durable state. Every method that writes returns only after its write is committed, and
+    raises StoreUnavailable (never anything else) when the database cannot take it."""
 
     kind: str
 
-    def open(self) -> list[str]: ...
-    def close(self) -> None: ...
-    def migrate(self) -> list[str]: ...
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schema (synchronously, for the CLI); the steps applied."""
+        ...
+
+    async def open(self) -> list[str]:
+        """Migrate, then start taking reads and writes; the migration steps applied."""
+        ...
+
+    async def close(self) -> None:
+        """Commit what was already submitted, then release every connection."""
+        ...
+
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]: ...
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]: ...
     async def check_writable(self) -> None: ...
     async def get_messages(
         self, message_id: str, provider: str | None = None
     ) -> list[dict[str, Any]]: ...
-    async def get_events(self, message_pk: int) -> list[dict[str, Any]]: ...
+    async def get_events(self, provider: str, message_id: str) -> list[dict[str, Any]]: ...
     async def list_messages(self, f: MessageFilter) -> tuple[list[dict[str, Any]], int | None]: ...
     async def stats(self, f: MessageFilter) -> dict[str, Any]: ...

@@ -7,23 +7,25 @@ import json
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver import engine
-from receiver.engine import Outcome, Status
-from receiver.providers.base import StatusEvent
+from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import schema
 from receiver.store.base import (
     MessageFilter,
     Recorded,
     Registered,
     Registration,
+    StoreUnavailable,
     utcnow,
 )
-from receiver.store.writer import StoreUnavailable, Writer
+from receiver.store.writer import Writer
 
 T = TypeVar("T")
 
@@ -38,7 +40,9 @@ _EVENT_COLUMNS = (
 )
 
 
-def connect(path: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+def connect(
+    path: str, *, busy_timeout_ms: int = 5000, read_only: bool = False
+) -> sqlite3.Connection:
     """A connection with the pragmas every connection needs (WAL, FULL sync, busy timeout).
 
     Autocommit mode (isolation_level=None): transactions are begun explicitly, so a write
@@ -47,10 +51,29 @@ def connect(path: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn, busy_timeout_ms)
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")  # readers never write, by construction
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once
+    # rather than calling the busy handler, so processes starting together retry here.
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+            continue
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"could not enable WAL (journal_mode is {mode})")
+        return
 
 
 class SQLiteStore:
@@ -69,16 +92,17 @@ class SQLiteStore:
         self.path = path
         self.unknown_messages = unknown_messages
         self.busy_timeout_ms = busy_timeout_ms
-        self._writer = Writer(self._connect)
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="receiver-read")
+        self._reader_count = readers
+        self._writer: Writer | None = None
+        self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        return connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        return connect(self.path, busy_timeout_ms=self.busy_timeout_ms, read_only=read_only)
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schema; return the migrations applied."""
@@ -89,39 +113,51 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def open(self) -> list[str]:
-        applied = self.migrate()
+    async def open(self) -> list[str]:
+        applied = await asyncio.to_thread(self.migrate)
+        self._writer = Writer(self._connect)
         self._writer.start()
+        self._readers = ThreadPoolExecutor(self._reader_count, thread_name_prefix="receiver-read")
         return applied
 
-    def close(self) -> None:
-        self._writer.stop()
-        self._readers.shutdown(wait=True)
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()  # commits everything already submitted
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+        self._local = threading.local()
 
     @property
     def write_stats(self) -> tuple[int, int]:
-        """(batches committed, jobs committed) since start."""
-        return self._writer.batches, self._writer.jobs
+        """(batches committed, jobs committed) since the store was opened."""
+        return (self._writer.batches, self._writer.jobs) if self._writer else (0, 0)
 
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
         return await asyncio.wrap_future(self._writer.submit(fn))
 
     def _read_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._connect()
+            conn = self._connect(read_only=True)
             self._local.conn = conn
             with self._lock:
                 self._read_conns.append(conn)
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None:
+            raise StoreUnavailable("the store is not open")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._readers, lambda: fn(self._read_conn()))
@@ -135,27 +171,28 @@ class SQLiteStore:
 
     def _record_one(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded:
         now = utcnow()
+        current = _message_row(conn, ev.provider, ev.message_id)
+        status = current.state.status.value if current else None
+        pk = current.pk if current else None
+        # A delivery id seen before for this message is the same delivery again, whatever it
+        # says (a provider's retry); it is kept in the history but decides nothing.
         if (
             ev.dedupe_key is not None
             and conn.execute(
-                "SELECT 1 FROM events WHERE provider = ? AND dedupe_key = ? LIMIT 1",
-                (ev.provider, ev.dedupe_key),
+                "SELECT 1 FROM events "
+                "WHERE provider = ? AND dedupe_key = ? AND message_id = ? LIMIT 1",
+                (ev.provider, ev.dedupe_key, ev.message_id),
             ).fetchone()
         ):
-            row = _message_row(conn, ev.provider, ev.message_id)
-            current = row["status"] if row else None
-            self._insert_event(
-                conn, ev, row["id"] if row else None, current, Outcome.DUPLICATE, now
-            )
-            return Recorded(ev, Outcome.DUPLICATE, current, current)
+            self._insert_event(conn, ev, pk, status, Outcome.DUPLICATE, now)
+            return Recorded(ev, Outcome.DUPLICATE, status, status)
 
-        row = _message_row(conn, ev.provider, ev.message_id)
         created = False
-        if row is None:
+        if current is None:
             if self.unknown_messages == "hold":
                 self._insert_event(conn, ev, None, None, Outcome.PENDING_UNKNOWN, now)
                 return Recorded(ev, Outcome.PENDING_UNKNOWN, None, None)
-            row = _insert_message(
+            current = _insert_message(
                 conn,
                 ev.provider,
                 ev.message_id,
@@ -166,10 +203,9 @@ class SQLiteStore:
                 account=ev.account,
             )
             created = True
-        outcome, new_status = _apply(conn, row, ev, now)
-        previous = None if created else row["status"]
-        self._insert_event(conn, ev, row["id"], previous, outcome, now)
-        return Recorded(ev, outcome, previous, new_status, created=created)
+        outcome, new_status = _apply(conn, current, ev, now)
+        self._insert_event(conn, ev, current.pk, status, outcome, now)
+        return Recorded(ev, outcome, status, new_status, created=created)
 
     @staticmethod
     def _insert_event(
@@ -214,9 +250,10 @@ class SQLiteStore:
     def _register_one(self, conn: sqlite3.Connection, reg: Registration) -> Registered:
         now = utcnow()
         metadata = json.dumps(reg.metadata, separators=(",", ":")) if reg.metadata else None
-        row = _message_row(conn, reg.provider, reg.message_id)
-        if row is None:
-            row = _insert_message(
+        current = _message_row(conn, reg.provider, reg.message_id)
+        created = current is None
+        if current is None:
+            current = _insert_message(
                 conn,
                 reg.provider,
                 reg.message_id,
@@ -227,7 +264,6 @@ class SQLiteStore:
                 sent_at=reg.sent_at,
                 metadata=metadata,
             )
-            created = True
         else:
             # Idempotent: the app's facts fill in or correct the record; the status is left
             # to the events.
@@ -236,45 +272,36 @@ class SQLiteStore:
                 "to_number = coalesce(?, to_number), from_number = coalesce(?, from_number), "
                 "sent_at = coalesce(?, sent_at), metadata = coalesce(?, metadata), "
                 "updated_at = CASE WHEN registered = 1 THEN updated_at ELSE ? END WHERE id = ?",
-                (reg.to_number, reg.from_number, reg.sent_at, metadata, now, row["id"]),
+                (reg.to_number, reg.from_number, reg.sent_at, metadata, now, current.pk),
             )
-            created = False
+            current = _message_row(conn, reg.provider, reg.message_id)
+            assert current is not None
         # Events that arrived before the registration were held: decide them now, in order.
-        pending = conn.execute(
+        held = conn.execute(
             "SELECT * FROM events WHERE provider = ? AND message_id = ? "
             "AND message_pk IS NULL AND outcome = 'pending_unknown' ORDER BY id",
             (reg.provider, reg.message_id),
         ).fetchall()
-        for event_row in pending:
-            row = _message_row(conn, reg.provider, reg.message_id)
-            assert row is not None
-            ev = StatusEvent(
-                provider=reg.provider,
-                message_id=reg.message_id,
-                provider_status=event_row["provider_status"],
-                status=Status(event_row["status"]) if event_row["status"] else None,
-                source=event_row["source"],
-                account=event_row["account"],
-                to_number=event_row["to_number"],
-                from_number=event_row["from_number"],
-                error_code=event_row["error_code"],
-                event_time=event_row["event_time"],
-            )
-            outcome, _ = _apply(conn, row, ev, now)
+        for row in held:
+            ev = _event_from_row(row)
+            previous = current.state.status.value
+            outcome, _ = _apply(conn, current, ev, now)
             conn.execute(
                 "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
                 "resolved_at = ? WHERE id = ?",
-                (outcome.value, row["id"], row["status"], now, event_row["id"]),
+                (outcome.value, current.pk, previous, now, row["id"]),
             )
-        final = _message_row(conn, reg.provider, reg.message_id)
-        assert final is not None
+            current = _message_row(conn, reg.provider, reg.message_id)
+            assert current is not None
         # Duplicates of held events (same delivery id) belong to the history too.
         conn.execute(
             "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? "
             "AND message_pk IS NULL",
-            (final["id"], reg.provider, reg.message_id),
+            (current.pk, reg.provider, reg.message_id),
         )
-        return Registered(reg.provider, reg.message_id, created, final["status"], len(pending))
+        return Registered(
+            reg.provider, reg.message_id, created, current.state.status.value, len(held)
+        )
 
     async def check_writable(self) -> None:
         def touch(conn: sqlite3.Connection) -> None:
@@ -300,11 +327,12 @@ class SQLiteStore:
 
         return await self._read(query)
 
-    async def get_events(self, message_pk: int) -> list[dict[str, Any]]:
+    async def get_events(self, provider: str, message_id: str) -> list[dict[str, Any]]:
         def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE message_pk = ? ORDER BY id",
-                (message_pk,),
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE message_pk = "
+                "(SELECT id FROM messages WHERE provider = ? AND message_id = ?) ORDER BY id",
+                (provider, message_id),
             )
             return [_event_dict(r) for r in rows]
 
@@ -333,6 +361,14 @@ class SQLiteStore:
 
     async def stats(self, f: MessageFilter) -> dict[str, Any]:
         def query(conn: sqlite3.Connection) -> dict[str, Any]:
+            # One read transaction, so counts and percentiles describe the same snapshot.
+            conn.execute("BEGIN")
+            try:
+                return summarize(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
             where, params = _filter_sql(f)
             clause = (" WHERE " + " AND ".join(where)) if where else ""
             counts = {s.value: 0 for s in Status}
@@ -379,12 +415,26 @@ class SQLiteStore:
 # -- helpers shared by the jobs ----------------------------------------------------------------
 
 
-def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = conn.execute(
-        "SELECT id, status, sent_at FROM messages WHERE provider = ? AND message_id = ?",
+@dataclass(frozen=True)
+class _Current:
+    """A message's primary key and the state the transition rule reads."""
+
+    pk: int
+    state: MessageState
+
+
+def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> _Current | None:
+    row = conn.execute(
+        "SELECT id, status, sent_at, final_at, final_via FROM messages "
+        "WHERE provider = ? AND message_id = ?",
         (provider, message_id),
     ).fetchone()
-    return row
+    if row is None:
+        return None
+    return _Current(
+        row["id"],
+        MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"]),
+    )
 
 
 def _insert_message(
@@ -399,7 +449,7 @@ def _insert_message(
     account: str | None = None,
     sent_at: str | None = None,
     metadata: str | None = None,
-) -> sqlite3.Row:
+) -> _Current:
     cur = conn.execute(
         "INSERT INTO messages (provider, message_id, account, status, to_number, from_number, "
         "metadata, registered, is_final, created_at, updated_at, sent_at) "
@@ -418,48 +468,54 @@ def _insert_message(
             sent_at,
         ),
     )
-    row = conn.execute(
-        "SELECT id, status, sent_at FROM messages WHERE id = ?", (cur.lastrowid,)
-    ).fetchone()
-    assert row is not None
-    return row  # type: ignore[no-any-return]
+    assert cur.lastrowid is not None
+    return _Current(cur.lastrowid, MessageState(Status.REGISTERED, sent_at=sent_at))
 
 
 def _apply(
-    conn: sqlite3.Connection, row: sqlite3.Row, ev: StatusEvent, now: str
+    conn: sqlite3.Connection, current: _Current, ev: StatusEvent, now: str
 ) -> tuple[Outcome, str]:
-    """Decide `ev` against the message `row` and apply it if it wins; return (outcome, status)."""
-    outcome = engine.decide(row["status"], ev.status)
-    if outcome is not Outcome.APPLIED or ev.status is None:
-        return outcome, row["status"]
-    status = ev.status
-    final = engine.is_final(status)
-    # A message's sent time is the app's when registered, else when we first saw it under
-    # way; a message first heard of at its final status has no known sent time (and so stays
-    # out of the time-to-final statistics rather than counting as instant).
-    under_way = engine.RANK[Status.QUEUED] <= engine.RANK[status] <= engine.RANK[Status.SENT]
-    sent_at = row["sent_at"] or (now if under_way else None)
+    """Decide `ev` against the message and store the change if it wins; (outcome, status)."""
+    outcome, new = engine.apply_event(current.state, ev, now)
+    if new is None:
+        return outcome, current.state.status.value
     conn.execute(
         "UPDATE messages SET status = ?, provider_status = ?, error_code = ?, updated_at = ?, "
         "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, "
         "to_number = coalesce(to_number, ?), from_number = coalesce(from_number, ?), "
         "account = coalesce(account, ?) WHERE id = ?",
         (
-            status.value,
+            new.status.value,
             ev.provider_status,
             ev.error_code,
             now,
-            sent_at,
-            int(final),
-            ev.source if final else None,
-            now if final else None,
+            new.sent_at,
+            int(new.final),
+            new.final_via,
+            new.final_at,
             ev.to_number,
             ev.from_number,
             ev.account,
-            row["id"],
+            current.pk,
         ),
     )
-    return outcome, status.value
+    return outcome, new.status.value
+
+
+def _event_from_row(row: sqlite3.Row) -> StatusEvent:
+    """A held event, rebuilt from its row to be decided now."""
+    return StatusEvent(
+        provider=row["provider"],
+        message_id=row["message_id"],
+        provider_status=row["provider_status"],
+        status=Status(row["status"]) if row["status"] else None,
+        source=row["source"],
+        account=row["account"],
+        to_number=row["to_number"],
+        from_number=row["from_number"],
+        error_code=row["error_code"],
+        event_time=row["event_time"],
+    )
 
 
 def _filter_sql(f: MessageFilter) -> tuple[list[str], list[Any]]:
@@ -500,7 +556,6 @@ def _message_dict(row: sqlite3.Row) -> dict[str, Any]:
         "updated_at": row["updated_at"],
         "sent_at": row["sent_at"],
         "final_at": row["final_at"],
-        "_pk": row["id"],
     }
 
 

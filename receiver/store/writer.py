@@ -20,13 +20,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
+from receiver.store.base import StoreUnavailable
+
 log = structlog.get_logger("receiver.store")
 
 T = TypeVar("T")
-
-
-class StoreUnavailable(Exception):
-    """The database could not take the write (locked past the busy timeout, disk full, ...)."""
 
 
 @dataclass
@@ -35,69 +33,131 @@ class _Job(Generic[T]):
     future: Future[T] = field(default_factory=Future)
 
 
-_STOP: Any = object()
-
-
 class Writer:
     """Serialises writes on one connection; `submit` is safe from any thread."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 512) -> None:
         self._connect = connect
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
+        # None is the stop marker; stop() enqueues it last, under the lock.
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        # Guards _closed and the enqueueing in submit(), so no job can land behind the stop
+        # marker, where the thread would never see it and its future would hang.
+        self._lock = threading.Lock()
+        self._closed = True
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self.batches = 0  # counters for tests and, later, metrics
         self.jobs = 0
 
     def start(self) -> None:
-        self._conn = self._connect()
-        self._thread = threading.Thread(target=self._run, name="receiver-writer", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the writer is already running")
+            conn = self._connect()
+            self._conn = conn
+            self._thread = threading.Thread(
+                target=self._run, args=(conn,), name="receiver-writer", daemon=True
+            )
+            self._closed = False
+            self._thread.start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        if self._thread is None or not self._thread.is_alive():
-            raise StoreUnavailable("the store is not running")
         job: _Job[T] = _Job(fn)
-        self._queue.put(job)
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is not running")
+            self._queue.put(job)
         return job.future
 
     def stop(self) -> None:
         """Finish every job already submitted, then close the connection."""
-        if self._thread is None:
-            return
-        self._queue.put(_STOP)
-        self._thread.join()
-        self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            if not self._closed:  # the thread may have closed itself on a fatal error
+                self._closed = True
+                self._queue.put(None)
+        thread.join()
+        with self._lock:
+            if self._thread is not thread:  # a concurrent stop() already cleaned up
+                return
+            self._thread = None
+            conn, self._conn = self._conn, None
+        # Nothing can be queued behind the marker, but a thread that died must not leave
+        # callers waiting forever.
+        self._fail_queued()
+        if conn is not None:
+            conn.close()
 
-    def _run(self) -> None:
-        assert self._conn is not None
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(StoreUnavailable("the store stopped"))
+
+    def _take_batch(self) -> tuple[list[_Job[Any]], bool]:
+        """Block for the next jobs; return those still wanted, and whether to stop after them."""
+        taken = [self._queue.get()]
+        while len(taken) < self._max_batch:
+            try:
+                taken.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        batch: list[_Job[Any]] = []
         stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
+        for job in taken:
+            if job is None:
                 stopping = True
-                batch = [job for job in batch if job is not _STOP]
-            if batch:
+            # A job cancelled before it ran (its awaiting task was cancelled) has no caller
+            # left to answer, so it is skipped; once running, its future can no longer be
+            # cancelled, so resolving it after COMMIT cannot raise.
+            elif job.future.set_running_or_notify_cancel():
+                batch.append(job)
+        return batch, stopping
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                batch, stopping = self._take_batch()
+                if not batch:
+                    continue
                 try:
-                    self._commit_batch(self._conn, batch)
-                except BaseException as exc:  # never leave a caller waiting on a dead thread
-                    log.exception("writer_error", jobs=len(batch))
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(StoreUnavailable(f"writer failed: {exc}"))
+                    self._commit_batch(conn, batch)
+                except BaseException as exc:  # keep serving: one batch must not end the thread
+                    self._recover(conn, batch, exc)
+        finally:
+            # Only reached early if recovery itself failed: refuse new jobs and answer the
+            # waiting ones rather than leave them hanging on a dead thread.
+            with self._lock:
+                self._closed = True
+            self._fail_queued()
+
+    def _recover(
+        self, conn: sqlite3.Connection, batch: list[_Job[Any]], exc: BaseException
+    ) -> None:
+        # A transaction left open would make every later BEGIN fail: 503s until restart.
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as rollback_exc:
+            exc.add_note(f"rollback failed too: {rollback_exc}")
+        for job in batch:
+            if not job.future.done():
+                failure = StoreUnavailable(f"writer failed: {exc!r}")
+                failure.__cause__ = exc
+                job.future.set_exception(failure)
+        # Logged last, so nothing here can leave a caller unanswered.
+        log.error("writer_error", jobs=len(batch), exc_info=exc)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -116,19 +176,23 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             log.error("write_batch_failed", jobs=len(batch), error=str(exc))
-            failure = StoreUnavailable(f"database write failed: {exc}")
             for job in batch:
+                # One exception per future: a shared one would have its traceback rewritten
+                # by every thread that raises it.
+                failure = StoreUnavailable(f"database write failed: {exc}")
+                failure.__cause__ = exc
                 job.future.set_exception(failure)
             return
+        # Counted before the futures resolve, so a caller that has its result sees its batch.
         self.batches += 1
         self.jobs += len(batch)
-        log.debug(
-            "write_batch_committed",
-            jobs=len(batch),
-            commit_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
         for job, result, error in outcomes:
             if error is not None:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)
+        log.debug(
+            "write_batch_committed",
+            jobs=len(batch),
+            commit_ms=round((time.perf_counter() - started) * 1000, 2),
+        )

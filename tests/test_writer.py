@@ -1,0 +1,290 @@
+"""The group-commit writer on a bare SQLite file: batching, cancellation, failures, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.store import StoreUnavailable
+from receiver.store.writer import Writer
+
+TIMEOUT = 5.0  # every wait is bounded, so a regression fails instead of hanging the suite
+
+
+def open_conn(path: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    db = str(tmp_path / "writer.db")
+    conn = open_conn(db)
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) "
+        "DEFERRABLE INITIALLY DEFERRED)"
+    )
+    conn.close()
+    return db
+
+
+@pytest.fixture
+def writer(path: str) -> Iterator[Writer]:
+    w = Writer(lambda: open_conn(path))
+    w.start()
+    yield w
+    w.stop()
+
+
+def insert(v: int, ran: list[int] | None = None) -> Callable[[sqlite3.Connection], int]:
+    def job(conn: sqlite3.Connection) -> int:
+        if ran is not None:
+            ran.append(v)
+        conn.execute("INSERT INTO t (v) VALUES (?)", (v,))
+        return v
+
+    return job
+
+
+def rows(path: str) -> list[int]:
+    conn = open_conn(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]
+    finally:
+        conn.close()
+
+
+class Gate:
+    """A job that holds the writer inside its batch until released, so later jobs queue up."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        assert self.release.wait(TIMEOUT), "the test never released the gate"
+
+    def hold(self, writer: Writer) -> Future[None]:
+        future = writer.submit(self)
+        assert self.entered.wait(TIMEOUT)
+        return future
+
+
+class Abort(BaseException):
+    """A BaseException that is not an Exception, as a job might raise."""
+
+
+def test_a_job_cancelled_before_it_runs_is_skipped_and_the_rest_commit(
+    path: str, writer: Writer
+) -> None:
+    gate = Gate()
+    gated = gate.hold(writer)
+    ran: list[int] = []
+    futures = [writer.submit(insert(i, ran)) for i in range(10)]
+    assert futures[3].cancel()
+    gate.release.set()
+    gated.result(TIMEOUT)
+    others = [i for i in range(10) if i != 3]
+    assert [futures[i].result(TIMEOUT) for i in others] == others
+    assert 3 not in ran
+    assert rows(path) == others
+    assert writer.batches == 2
+
+
+def test_a_cancelled_awaiting_task_does_not_fail_its_batch(path: str, writer: Writer) -> None:
+    """asyncio.wrap_future cancels the writer's future when the awaiting task is cancelled."""
+
+    async def main() -> list[int]:
+        gate = Gate()
+        gated = gate.hold(writer)
+        sources = [writer.submit(insert(i)) for i in range(10)]
+        tasks = [asyncio.ensure_future(asyncio.wrap_future(f)) for f in sources]
+        tasks[3].cancel()
+        deadline = time.monotonic() + TIMEOUT
+        while not sources[3].cancelled():  # the cancel reaches the source on a later loop turn
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        gate.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks[:3], *tasks[4:]), TIMEOUT)
+        assert tasks[3].cancelled()
+        gated.result(TIMEOUT)
+        return list(results)
+
+    others = [i for i in range(10) if i != 3]
+    assert asyncio.run(main()) == others
+    assert rows(path) == others
+
+
+def test_submit_before_start_or_after_stop_raises_at_once(path: str) -> None:
+    writer = Writer(lambda: open_conn(path))
+    with pytest.raises(StoreUnavailable):
+        writer.submit(insert(1))
+    writer.start()
+    assert writer.submit(insert(1)).result(TIMEOUT) == 1
+    writer.stop()
+    with pytest.raises(StoreUnavailable):
+        writer.submit(insert(2))
+    writer.stop()  # a second stop is harmless
+    assert rows(path) == [1]
+
+
+def test_stop_racing_submitters_leaves_no_future_pending(path: str) -> None:
+    writer = Writer(lambda: open_conn(path))
+    writer.start()
+    futures: list[Future[int]] = []  # list.append is atomic, so the threads can share it
+    ready = threading.Barrier(5, timeout=TIMEOUT)
+
+    def submit_until_closed(worker: int) -> None:
+        ready.wait()
+        deadline = time.monotonic() + 1.0
+        n = 0
+        while time.monotonic() < deadline:
+            try:
+                futures.append(writer.submit(insert(worker * 1_000_000 + n)))
+            except StoreUnavailable:
+                return
+            n += 1
+
+    threads = [threading.Thread(target=submit_until_closed, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    time.sleep(0.02)
+    writer.stop()
+    for t in threads:
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert futures
+    assert [f for f in futures if not f.done()] == []
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    assert all(isinstance(e, StoreUnavailable) for e in failures)
+    committed = sorted(f.result() for f in futures if f.exception() is None)
+    assert rows(path) == committed
+
+
+def test_a_job_raising_a_base_exception_fails_its_batch_and_the_writer_recovers(
+    path: str, writer: Writer
+) -> None:
+    gate = Gate()
+    gate.hold(writer)
+
+    def aborting(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (v) VALUES (2)")
+        raise Abort
+
+    batch: list[Future[Any]] = [
+        writer.submit(insert(1)),
+        writer.submit(aborting),
+        writer.submit(insert(3)),
+    ]
+    gate.release.set()
+    for future in batch:
+        with pytest.raises(StoreUnavailable):
+            future.result(TIMEOUT)
+    # The transaction was rolled back, so the next BEGIN works.
+    assert writer.submit(insert(4)).result(TIMEOUT) == 4
+    assert rows(path) == [4]
+    failure = batch[1].exception(TIMEOUT)
+    assert isinstance(failure, StoreUnavailable)
+    assert isinstance(failure.__cause__, Abort)
+
+
+@pytest.mark.parametrize(("max_batch", "batches"), [(512, 2), (20, 4)])
+def test_jobs_waiting_together_commit_together(path: str, max_batch: int, batches: int) -> None:
+    """The gate's batch, then the 50 queued jobs in as few batches as max_batch allows."""
+    writer = Writer(lambda: open_conn(path), max_batch=max_batch)
+    writer.start()
+    try:
+        gate = Gate()
+        gated = gate.hold(writer)
+        futures = [writer.submit(insert(i)) for i in range(50)]
+        gate.release.set()
+        gated.result(TIMEOUT)
+        assert [f.result(TIMEOUT) for f in futures] == list(range(50))
+        assert (writer.batches, writer.jobs) == (batches, 51)
+    finally:
+        writer.stop()
+
+
+def test_stop_commits_everything_submitted_before_it(path: str, writer: Writer) -> None:
+    gate = Gate()
+    gate.hold(writer)
+    futures = [writer.submit(insert(i)) for i in range(20)]
+    stopper = threading.Thread(target=writer.stop)
+    stopper.start()
+    # Submit until stop() has closed the writer, so stop() is known to be waiting on the queue
+    # while the gate still holds every job in it.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert time.monotonic() < deadline
+        try:
+            futures.append(writer.submit(insert(len(futures))))
+        except StoreUnavailable:
+            break
+        time.sleep(0.001)
+    gate.release.set()
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == list(range(len(futures)))
+    assert rows(path) == list(range(len(futures)))
+
+
+def test_a_locked_database_fails_the_batch_then_recovers(path: str) -> None:
+    writer = Writer(lambda: open_conn(path, busy_timeout_ms=50))
+    writer.start()
+    blocker = open_conn(path)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            failed = writer.submit(insert(1))
+            with pytest.raises(StoreUnavailable, match="locked"):
+                failed.result(TIMEOUT)
+        finally:
+            blocker.execute("ROLLBACK")
+        assert writer.submit(insert(2)).result(TIMEOUT) == 2
+        assert (writer.batches, writer.jobs) == (1, 1)
+    finally:
+        blocker.close()
+        writer.stop()
+    assert rows(path) == [2]
+
+
+def test_a_failed_commit_fails_every_job_and_writes_nothing(path: str, writer: Writer) -> None:
+    """A deferred foreign key is checked at COMMIT, so the jobs run and only COMMIT fails."""
+    gate = Gate()
+    gate.hold(writer)
+
+    def orphan(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO child (parent_id) VALUES (99)")
+
+    batch: list[Future[Any]] = [
+        writer.submit(insert(1)),
+        writer.submit(orphan),
+        writer.submit(insert(2)),
+    ]
+    gate.release.set()
+    for future in batch:
+        with pytest.raises(StoreUnavailable, match="FOREIGN KEY"):
+            future.result(TIMEOUT)
+    assert writer.submit(insert(3)).result(TIMEOUT) == 3
+    assert rows(path) == [3]
+    conn = open_conn(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
+    finally:
+        conn.close()
