@@ -10,8 +10,11 @@ import pytest
 from receiver.engine import (
     FINAL_STATUSES,
     RANK,
+    MessageState,
     Outcome,
     Status,
+    StatusEvent,
+    apply_event,
     decide,
     is_final,
     parse_status,
@@ -109,3 +112,53 @@ def test_final_statuses_are_unconfirmed_and_above() -> None:
 )
 def test_parse_status(text: str, expected: Status | None) -> None:
     assert parse_status(text) is expected
+
+
+def ev(status: Status | None, source: str = "callback") -> StatusEvent:
+    return StatusEvent("twilio", "SM1", status.value if status else "odd", status, source=source)
+
+
+NOW = "2026-11-25T12:00:00.000Z"
+EARLIER = "2026-11-25T11:00:00.000Z"
+
+
+def test_apply_event_creates_state_for_an_unknown_message() -> None:
+    outcome, state = apply_event(None, ev(Status.SENT), NOW)
+    assert outcome is Outcome.APPLIED
+    assert state == MessageState(Status.SENT, sent_at=NOW)
+
+
+def test_apply_event_keeps_the_apps_sent_time_and_stamps_the_final_one() -> None:
+    registered = MessageState(Status.REGISTERED, sent_at=EARLIER)
+    outcome, state = apply_event(registered, ev(Status.DELIVERED, source="poll"), NOW)
+    assert outcome is Outcome.APPLIED
+    assert state == MessageState(Status.DELIVERED, EARLIER, final_at=NOW, final_via="poll")
+    assert state.final
+
+
+def test_a_message_first_heard_of_at_its_final_status_has_no_sent_time() -> None:
+    """Else it would count as delivered instantly in the time-to-final statistics."""
+    _, state = apply_event(None, ev(Status.DELIVERED), NOW)
+    assert state is not None and state.sent_at is None and state.final_at == NOW
+
+
+def test_positive_evidence_after_a_failure_moves_the_final_time() -> None:
+    failed = MessageState(Status.UNDELIVERED, EARLIER, final_at=EARLIER, final_via="callback")
+    outcome, state = apply_event(failed, ev(Status.DELIVERED), NOW)
+    assert outcome is Outcome.APPLIED
+    assert state == MessageState(Status.DELIVERED, EARLIER, final_at=NOW, final_via="callback")
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "outcome"),
+    [
+        (Status.DELIVERED, Status.SENT, Outcome.REGRESSION),
+        (Status.SENT, Status.SENT, Outcome.DUPLICATE),
+        (Status.FAILED, Status.UNDELIVERED, Outcome.CONFLICT),
+        (Status.SENT, None, Outcome.UNMAPPED),
+    ],
+)
+def test_apply_event_changes_nothing_unless_applied(
+    current: Status, new: Status | None, outcome: Outcome
+) -> None:
+    assert apply_event(MessageState(current, EARLIER), ev(new), NOW) == (outcome, None)
