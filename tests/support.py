@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,22 @@ class LiveServer:
     @property
     def callback_url(self) -> str:
         return self.base_url + CALLBACK_PATH
+
+
+def new_sid() -> str:
+    """A fresh message SID in Twilio's shape, so tests can share a server."""
+    return "SM" + uuid.uuid4().hex
+
+
+def assert_error(response: httpx.Response, status: int, error_code: str) -> dict[str, Any]:
+    """The response is the JSON error every failure must be: {error_code, message[, details]}."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert body["error_code"] == error_code
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) <= {"error_code", "message", "details"}
+    return body
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

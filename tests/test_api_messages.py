@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,7 +16,9 @@ import httpx
 import pytest
 from support import (
     LiveServer,
+    assert_error,
     make_settings,
+    new_sid,
     post_status,
     send_head_only,
     status_params,
@@ -64,10 +65,6 @@ def sid(n: int | str) -> str:
     return f"SM{n:032x}" if isinstance(n, int) else f"SM{n}"
 
 
-def fresh_sid() -> str:
-    return sid(uuid.uuid4().hex)
-
-
 def message(message_id: str, **fields: Any) -> dict[str, Any]:
     """A registration body for one message."""
     return {"provider": "twilio", "message_id": message_id, "to": TO, "from": FROM, **fields}
@@ -76,17 +73,6 @@ def message(message_id: str, **fields: Any) -> dict[str, Any]:
 def ok(response: httpx.Response, status: int = 200) -> Any:
     assert response.status_code == status, response.text
     return response.json()
-
-
-def assert_error(response: httpx.Response, status: int, error_code: str) -> dict[str, Any]:
-    """The response is the JSON error every failure must be: {error_code, message[, details]}."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body: dict[str, Any] = response.json()
-    assert body["error_code"] == error_code
-    assert isinstance(body["message"], str) and body["message"]
-    assert set(body) <= {"error_code", "message", "details"}
-    return body
 
 
 def listed(client: httpx.Client, **params: Any) -> list[str]:
@@ -170,7 +156,7 @@ API_IDS = [f"{method} {path}" for method, path, _ in API_CALLS]
 
 
 def test_registering_a_message_is_201_then_200_and_changes_nothing(client: httpx.Client) -> None:
-    message_id = fresh_sid()
+    message_id = new_sid()
     body = message(message_id, sent_at="2026-11-25T10:00:00+01:00", metadata={"order": 42})
 
     first = ok(client.post("/v1/messages", json=body), 201)
@@ -194,7 +180,7 @@ def test_registering_a_message_is_201_then_200_and_changes_nothing(client: httpx
 def test_a_batch_registers_in_order_and_idempotently(
     client: httpx.Client, wrap: Callable[[list[Any]], Any]
 ) -> None:
-    ids = [fresh_sid() for _ in range(3)]
+    ids = [new_sid() for _ in range(3)]
     batch = wrap([message(i) for i in ids])
 
     first = ok(client.post("/v1/messages", json=batch))
@@ -207,7 +193,7 @@ def test_a_batch_registers_in_order_and_idempotently(
 
 
 def test_a_batch_takes_1000_messages_and_refuses_1001(client: httpx.Client) -> None:
-    full = [message(fresh_sid()) for _ in range(1001)]
+    full = [message(new_sid()) for _ in range(1001)]
     error = assert_error(client.post("/v1/messages", json=full), 400, "batch_too_large")
     assert error["details"] == {"limit": 1000}
     assert_error(client.get(f"/v1/messages/{full[0]['message_id']}"), 404, "message_not_found")
@@ -240,7 +226,7 @@ BAD_MESSAGES = [
 def test_a_bad_message_is_400_with_its_index_and_nothing_is_stored(
     client: httpx.Client, change: dict[str, Any], field: str
 ) -> None:
-    good, bad = fresh_sid(), fresh_sid()
+    good, bad = new_sid(), new_sid()
     item = {k: v for k, v in {**message(bad), **change}.items() if v is not None}
 
     error = assert_error(
@@ -313,7 +299,7 @@ def test_a_callback_for_an_unknown_message_creates_it_and_registration_fills_it_
     shared: LiveServer, client: httpx.Client
 ) -> None:
     """unknown_messages=create (the default)."""
-    message_id = fresh_sid()
+    message_id = new_sid()
     callback(client, shared, message_id, "delivered")
     created = ok(client.get(f"/v1/messages/{message_id}"))
     assert created["status"] == "delivered"
@@ -381,7 +367,7 @@ def test_held_callbacks_wait_for_registration_then_apply_in_order(
 def test_a_message_reads_with_its_current_status_and_fields(
     shared: LiveServer, client: httpx.Client
 ) -> None:
-    message_id = fresh_sid()
+    message_id = new_sid()
     ok(client.post("/v1/messages", json=message(message_id, metadata={"order": 7})), 201)
     callback(client, shared, message_id, "sent", "delivered")
     found = ok(client.get(f"/v1/messages/{message_id}"))
@@ -432,7 +418,7 @@ def test_an_unknown_message_is_404(client: httpx.Client, path: str) -> None:
 def test_events_are_the_whole_history_with_outcomes_in_arrival_order(
     shared: LiveServer, client: httpx.Client
 ) -> None:
-    message_id = fresh_sid()
+    message_id = new_sid()
     ok(client.post("/v1/messages", json=message(message_id)), 201)
     callback(client, shared, message_id, "sent", "failed", "undelivered", "sent", "failed")
     history = ok(client.get(f"/v1/messages/{message_id}/events"))
@@ -710,7 +696,7 @@ def test_with_a_token_set_every_api_call_needs_it(
 def test_with_a_token_set_the_right_token_opens_every_api_call(
     guarded: LiveServer, scheme: str
 ) -> None:
-    message_id = fresh_sid()
+    message_id = new_sid()
     with guarded.client(headers={"Authorization": f"{scheme} {TOKEN}"}) as client:
         ok(client.post("/v1/messages", json=message(message_id)), 201)
         assert ok(client.get(f"/v1/messages/{message_id}"))["status"] == "registered"
@@ -723,7 +709,7 @@ def test_with_a_token_set_health_and_webhooks_need_none(
     guarded: LiveServer, guarded_client: httpx.Client
 ) -> None:
     client = guarded_client
-    message_id = fresh_sid()
+    message_id = new_sid()
     assert ok(client.get("/healthz"))["status"] == "ok"
     assert ok(client.get("/readyz"))["status"] == "ready"
     callback(client, guarded, message_id, "delivered")

@@ -12,7 +12,6 @@ import json
 import random
 import sqlite3
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,9 @@ from support import (
     TWILIO_ACCOUNT,
     TWILIO_TOKEN,
     LiveServer,
+    assert_error,
     make_settings,
+    new_sid,
     post_status,
     send_head_only,
     status_params,
@@ -45,11 +46,6 @@ Request = tuple[bytes, dict[str, str]]
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def new_sid() -> str:
-    """A fresh message SID in Twilio's shape, so tests can share a server."""
-    return "SM" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +145,6 @@ def json_request(
         text.encode(),
         {"Content-Type": "application/json", "X-Twilio-Signature": signature},
     )
-
-
-def assert_error(response: httpx.Response, status: int, error_code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.json()["error_code"] == error_code
 
 
 # --- accepted callbacks -------------------------------------------------------------------
