@@ -7,6 +7,7 @@ answers 503 so the provider retries. One log line per event tells what happened.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from starlette.requests import Request
@@ -73,7 +74,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
     return Response(status_code=204)
 
 
-def endpoint(provider_name: str):  # type: ignore[no-untyped-def]
+def endpoint(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint bound to one provider's adapter."""
 
     async def handle(request: Request) -> Response:
