@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -55,12 +54,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def _migrate_or_exit(settings: Settings) -> list[str]:
     """Bring the schema up to date, or stop with a readable reason (not a traceback)."""
-    from receiver.store import open_store
+    from receiver.store import StoreUnavailable, open_store
 
     try:
         applied = open_store(settings).migrate()
-    except (OSError, sqlite3.Error) as exc:
-        print(f"receiver: cannot open the database {settings.database!r}: {exc}", file=sys.stderr)
+    except StoreUnavailable as exc:
+        print(f"receiver: cannot open the database: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     return applied
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from receiver.engine import Status
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
-from receiver.providers.twilio_signature import BODY_HASH_PARAM, validate
+from receiver.providers.twilio_signature import body_hash_param, validate
 from receiver.settings import Settings
 
 # Twilio's MessageStatus values and what they mean here (README: "Twilio").
@@ -77,7 +77,7 @@ class TwilioProvider:
 
         # The account is read before the signature is checked only to choose which token to
         # try; the signature then proves it.
-        json_variant = _has_body_hash(request.url)
+        json_variant = body_hash_param(request.url) is not None
         params: dict[str, list[str]] | None = None
         fields: dict[str, str] | None
         if json_variant:
@@ -126,14 +126,6 @@ class TwilioProvider:
                 headers={h: v for h in KEPT_HEADERS if (v := request.headers.get(h)) is not None},
             )
         ]
-
-
-def _has_body_hash(url: str) -> bool:
-    try:
-        query = urlsplit(url).query
-    except ValueError:  # e.g. a Host header with an unclosed "[": validate() refuses it
-        return False
-    return BODY_HASH_PARAM in parse_qs(query)
 
 
 def _json_fields(text: str) -> dict[str, str] | None:

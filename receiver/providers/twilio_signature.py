@@ -14,6 +14,7 @@ from urllib.parse import ParseResult, parse_qs, urlparse
 
 __all__ = [
     "BODY_HASH_PARAM",
+    "body_hash_param",
     "compute_body_hash",
     "compute_signature",
     "url_variants",
@@ -107,7 +108,8 @@ def url_variants(url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((without_port, with_port)))
 
 
-def _body_hash_param(url: str) -> str | None:
+def body_hash_param(url: str) -> str | None:
+    """The URL's ``bodySHA256`` value (the JSON variant), or None."""
     parsed = _parse(url)
     if parsed is None:
         return None
@@ -139,7 +141,7 @@ def validate(
 
     signed_params = params
     body_ok = True
-    expected_hash = _body_hash_param(url) if body is not None else None
+    expected_hash = body_hash_param(url) if body is not None else None
     if body is not None and expected_hash is not None:
         body_ok = _equal(compute_body_hash(body), expected_hash)
         signed_params = None

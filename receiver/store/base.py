@@ -79,7 +79,9 @@ class Store(Protocol):
     kind: str
 
     def migrate(self) -> list[str]:
-        """Create or upgrade the schema (synchronously, for the CLI); the steps applied."""
+        """Create or upgrade the schema (synchronously, for the CLI); the steps applied.
+
+        Raises StoreUnavailable when the database cannot be opened."""
         ...
 
     async def open(self) -> list[str]:

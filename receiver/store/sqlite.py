@@ -106,8 +106,11 @@ class SQLiteStore:
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schema; return the migrations applied."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open {self.path!r}: {exc}") from exc
         try:
             return schema.migrate(conn)
         finally:
