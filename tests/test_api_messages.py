@@ -5,6 +5,7 @@ against the real server (uvicorn on 127.0.0.1, a fresh SQLite file), and who may
 from __future__ import annotations
 
 import base64
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -401,6 +402,26 @@ def test_a_message_reads_with_its_current_status_and_fields(
         "metadata": {"order": 7},
     }
     assert found["created_at"] <= found["sent_at"] <= found["final_at"] == found["updated_at"]
+
+
+def test_an_id_used_by_two_providers_is_409_until_the_provider_is_named(
+    shared: LiveServer, client: httpx.Client
+) -> None:
+    """Only Twilio exists today, so the second provider's row is written straight to the file,
+    as a second adapter would leave it."""
+    message_id = new_sid()
+    ok(client.post("/v1/messages", json=message(message_id)), 201)
+    with sqlite3.connect(shared.settings.database) as conn:
+        conn.execute(
+            "INSERT INTO messages (provider, message_id, status, registered, is_final, "
+            "created_at, updated_at) VALUES ('other', ?, 'sent', 1, 0, '2026-01-01', '2026-01-01')",
+            (message_id,),
+        )
+    for path in (f"/v1/messages/{message_id}", f"/v1/messages/{message_id}/events"):
+        error = assert_error(client.get(path), 409, "ambiguous_message_id")
+        assert error["details"]["providers"] == ["other", "twilio"]
+    named = ok(client.get(f"/v1/messages/{message_id}", params={"provider": "twilio"}))
+    assert (named["provider"], named["status"]) == ("twilio", "registered")
 
 
 @pytest.mark.parametrize(
