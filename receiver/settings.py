@@ -95,6 +95,59 @@ def _twilio_accounts(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+MIN_SECRET_KEY_LENGTH = 16
+
+
+def _secret_key(value: str | None, name: str) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    if len(value) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(
+            f"{name} must be at least {MIN_SECRET_KEY_LENGTH} characters (a random string, "
+            "e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return value
+
+
+def _secret_key_fallbacks(env: Mapping[str, str]) -> tuple[str, ...]:
+    name = "RECEIVER_SECRET_KEY_FALLBACKS"
+    keys = [_secret_key(item, name) for item in env.get(name, "").split(",")]
+    return tuple(key for key in keys if key)
+
+
+def read_str(env: Mapping[str, str], name: str) -> str | None:
+    """A provider's optional text setting: None when unset or blank."""
+    return _str(env, name)
+
+
+def read_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated setting, blanks dropped."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def read_networks(
+    env: Mapping[str, str], name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma-separated list of IP addresses or CIDR blocks (an allow-list)."""
+    networks = []
+    for item in read_list(env, name):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated IP addresses or CIDR blocks "
+                f"(like 203.0.113.0/24); got {item!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _provider_env_names() -> list[str]:
+    from receiver.providers import provider_env_names  # the adapters import this module
+
+    return provider_env_names()
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration. Build it with `Settings.from_env(os.environ)`."""
@@ -113,6 +166,11 @@ class Settings:
     twilio_auth_token: str | None = field(default=None, repr=False)
     twilio_auth_token_secondary: str | None = field(default=None, repr=False)
     twilio_accounts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
+    # The variables each provider adapter declares (its `env_vars`), as found in the
+    # environment; the adapter checks and reads them itself (providers/<name>.py).
+    provider_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     # The environment variable behind each field, for docs and error messages.
     ENV: ClassVar[Mapping[str, str]] = MappingProxyType(
@@ -131,6 +189,8 @@ class Settings:
             "twilio_auth_token": "TWILIO_AUTH_TOKEN",
             "twilio_auth_token_secondary": "TWILIO_AUTH_TOKEN_SECONDARY",
             "twilio_accounts": "TWILIO_ACCOUNTS",
+            "secret_key": "RECEIVER_SECRET_KEY",
+            "secret_key_fallbacks": "RECEIVER_SECRET_KEY_FALLBACKS",
         }
     )
 
@@ -152,7 +212,7 @@ class Settings:
                 raise SettingsError(
                     f"HOST must be an IP address or localhost; got {host!r}"
                 ) from None
-        return cls(
+        settings = cls(
             host=host,
             port=_int(env, "PORT", 8000, minimum=0, maximum=65535),
             database=_str(env, "RECEIVER_DATABASE") or "./receiver.db",
@@ -173,14 +233,26 @@ class Settings:
             twilio_auth_token=_str(env, "TWILIO_AUTH_TOKEN"),
             twilio_auth_token_secondary=_str(env, "TWILIO_AUTH_TOKEN_SECONDARY"),
             twilio_accounts=_twilio_accounts(env),
+            secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
+            secret_key_fallbacks=_secret_key_fallbacks(env),
+            provider_env={name: env[name] for name in _provider_env_names() if name in env},
         )
+        # Each adapter checks its own variables now, so a wrong value stops the start.
+        from receiver.providers import check_provider_settings
+
+        check_provider_settings(settings)
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def env_names(self) -> list[str]:
-        """Every environment variable the service reads."""
-        return list(self.ENV.values())
+        """Every environment variable the service reads, the providers' own included."""
+        return [*self.ENV.values(), *_provider_env_names()]
+
+    def secret_keys(self) -> list[str]:
+        """The key that signs callback URLs first, then the older ones still accepted."""
+        return [self.secret_key, *self.secret_key_fallbacks] if self.secret_key else []
 
     def twilio_tokens_for(self, account_sid: str | None) -> list[str]:
         """Auth tokens to try for a callback from `account_sid`, most likely first.

@@ -24,6 +24,9 @@ from receiver.store import Store
 TWILIO_TOKEN = "test-auth-token-primary"
 TWILIO_ACCOUNT = "AC00000000000000000000000000000001"
 CALLBACK_PATH = "/v1/webhook/twilio/sms-status"
+SECRET_KEY = "test-secret-key-0123456789abcdef"
+# The Standard Webhooks spec's own example secret (its libraries' test vectors use it).
+STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @dataclass

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import structlog
-from support import LiveServer, make_settings
+from support import STANDARD_SECRET, LiveServer, make_settings
+
+from receiver.providers.callback_auth import CallbackTokens
 
 
 def startup_events(tmp_path: Path, **overrides: Any) -> list[dict[str, Any]]:
@@ -17,11 +19,23 @@ def startup_events(tmp_path: Path, **overrides: Any) -> list[dict[str, Any]]:
 
 
 def test_startup_names_the_callback_urls_to_paste_into_each_provider(tmp_path: Path) -> None:
-    events = startup_events(tmp_path, public_url="https://sms.example.com", api_token="t")
+    events = startup_events(
+        tmp_path,
+        public_url="https://sms.example.com",
+        api_token="t",
+        secret_key="k" * 32,
+        provider_env={"STANDARD_WEBHOOK_SECRETS": f"acme:{STANDARD_SECRET}"},
+    )
     started = next(e for e in events if e["event"] == "started")
-    assert started["callback_urls"] == {
-        "twilio": "https://sms.example.com/v1/webhook/twilio/sms-status"
-    }
+    urls = started["callback_urls"]
+    assert set(urls) == {"twilio", "telecom23", "mesms", "standard/acme"}
+    assert urls["twilio"] == "https://sms.example.com/v1/webhook/twilio/sms-status"
+    assert urls["standard/acme"] == "https://sms.example.com/v1/webhook/standard/acme"
+    tokens = CallbackTokens(["k" * 32])
+    for name in ("telecom23", "mesms"):
+        prefix = f"https://sms.example.com/v1/webhook/{name}/dlr/"
+        assert urls[name].startswith(prefix)
+        assert tokens.verify(urls[name].removeprefix(prefix), name).current_key
     assert started["migrations_applied"] == ["0001_messages_and_events"]
     assert not any(e["event"].startswith("api_") for e in events)
 
@@ -50,6 +64,7 @@ def test_a_local_sidecar_without_a_token_gets_only_the_loopback_notice(tmp_path:
 
 def test_missing_provider_credentials_are_warned_about(tmp_path: Path) -> None:
     events = startup_events(tmp_path, twilio_auth_token=None)
-    assert any(
-        e["event"] == "provider_not_configured" and e["provider"] == "twilio" for e in events
-    )
+    unconfigured = {e["provider"] for e in events if e["event"] == "provider_not_configured"}
+    assert unconfigured == {"twilio", "telecom23", "mesms", "standard"}
+    started = next(e for e in events if e["event"] == "started")
+    assert set(started["callback_urls"]) == {"twilio"}  # signed URLs need the secret key

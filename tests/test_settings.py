@@ -35,9 +35,22 @@ def test_every_variable_is_read() -> None:
         "TWILIO_AUTH_TOKEN": "main",
         "TWILIO_AUTH_TOKEN_SECONDARY": "next",
         "TWILIO_ACCOUNTS": "AC1:one, AC2:two,AC1:one-new",
+        "RECEIVER_SECRET_KEY": "new-key-0123456789abcdef",
+        "RECEIVER_SECRET_KEY_FALLBACKS": "old-key-0123456789abcdef, older-key-0123456789abc",
+        "TELECOM23_WEBHOOK_SECRET": "gateway-secret",
+        "TELECOM23_ALLOWED_IPS": "203.0.113.0/24, 2001:db8::1",
+        "MESMS_ALLOWED_IPS": "198.51.100.7",
+        "STANDARD_WEBHOOK_SECRETS": "acme:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "STANDARD_WEBHOOK_TOLERANCE": "120",
     }
     s = Settings.from_env(env)
     assert set(env) == set(s.env_names())
+    assert s.secret_keys() == [
+        "new-key-0123456789abcdef",
+        "old-key-0123456789abcdef",
+        "older-key-0123456789abc",
+    ]
+    assert s.provider_env["TELECOM23_ALLOWED_IPS"] == "203.0.113.0/24, 2001:db8::1"
     assert (s.host, s.port, s.database, s.db_busy_timeout_ms) == (
         "0.0.0.0",
         9000,
@@ -85,6 +98,16 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("RECEIVER_MAX_BODY", "10"),
         ("TWILIO_ACCOUNTS", "AC1-without-token"),
         ("TWILIO_ACCOUNTS", "XX1:token"),
+        ("RECEIVER_SECRET_KEY", "short"),
+        ("RECEIVER_SECRET_KEY_FALLBACKS", "long-enough-key-0123456789,short"),
+        ("TELECOM23_ALLOWED_IPS", "203.0.113.0/24,not-an-ip"),
+        ("MESMS_ALLOWED_IPS", "10.0.0.0/33"),
+        ("STANDARD_WEBHOOK_SECRETS", "acme:not base64!"),
+        ("STANDARD_WEBHOOK_SECRETS", "acme:whsec_c2hvcnQ="),
+        ("STANDARD_WEBHOOK_SECRETS", "Acme:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("STANDARD_WEBHOOK_SECRETS", "twilio:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("STANDARD_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("STANDARD_WEBHOOK_TOLERANCE", "0"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
@@ -99,11 +122,23 @@ def test_secrets_never_appear_in_repr() -> None:
             "TWILIO_AUTH_TOKEN": "tw-secret",
             "TWILIO_AUTH_TOKEN_SECONDARY": "tw-secret-2",
             "TWILIO_ACCOUNTS": "AC1:sub-secret",
+            "RECEIVER_SECRET_KEY": "url-key-secret-0123456789",
+            "RECEIVER_SECRET_KEY_FALLBACKS": "old-url-key-secret-0123456789",
+            "TELECOM23_WEBHOOK_SECRET": "t23-secret",
+            "STANDARD_WEBHOOK_SECRETS": "acme:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         }
     )
     text = repr(s)
     assert "Settings(" in text
-    for secret in ("api-secret", "tw-secret", "tw-secret-2", "sub-secret"):
+    for secret in (
+        "api-secret",
+        "tw-secret",
+        "tw-secret-2",
+        "sub-secret",
+        "url-key-secret",
+        "t23-secret",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ):
         assert secret not in text
 
 

@@ -75,13 +75,14 @@ def _query(request: Request, allowed: set[str]) -> Mapping[str, str]:
 
 def _provider_param(request: Request, params: Mapping[str, str]) -> str | None:
     provider = params.get("provider")
-    if provider is not None and provider not in request.state.providers:
+    names: list[str] = request.state.provider_names
+    if provider is not None and provider not in names:
         raise ApiError(
             400,
             "invalid_parameter",
             f"unknown provider {provider!r}",
             parameter="provider",
-            allowed=sorted(request.state.providers),
+            allowed=names,
         )
     return provider
 
@@ -197,7 +198,7 @@ def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> 
     return value.strip()
 
 
-def _registration(item: Any, index: int, providers: Mapping[str, Any]) -> Registration:
+def _registration(item: Any, index: int, providers: list[str]) -> Registration:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
     unknown = sorted(set(item) - {"provider", "message_id", "to", "from", "sent_at", "metadata"})
@@ -279,7 +280,7 @@ async def register_messages(request: Request) -> Response:
             400, "batch_too_large", f"at most {MAX_BATCH} messages per request", limit=MAX_BATCH
         )
     registrations = [
-        _registration(item, i, request.state.providers) for i, item in enumerate(items)
+        _registration(item, i, request.state.provider_names) for i, item in enumerate(items)
     ]
     results = [
         {

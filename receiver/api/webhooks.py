@@ -38,7 +38,9 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
             raise CallbackRejected(
                 413, "body_too_large", f"the body is larger than {settings.max_body} bytes"
             )
-        inbound = InboundRequest(request.method, url, request.headers, body, client_host)
+        inbound = InboundRequest(
+            request.method, url, request.headers, body, client_host, request.path_params
+        )
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
         log.warning(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from receiver.engine import Status, StatusEvent
 
-__all__ = ["CallbackRejected", "InboundRequest", "Provider", "StatusEvent"]
+if TYPE_CHECKING:
+    from receiver.settings import Settings
+
+__all__ = ["CallbackRejected", "InboundRequest", "Provider", "ProviderClass", "StatusEvent"]
 
 
 class CallbackRejected(Exception):
@@ -29,14 +32,28 @@ class InboundRequest:
     url: str  # the URL the provider called, as rebuilt for signature checks
     headers: Mapping[str, str]  # case-insensitive, or with lower-case keys
     body: bytes
-    client_host: str | None = None
+    client_host: str | None = None  # the caller's address (behind a trusted proxy: its client)
+    path_params: Mapping[str, str] = field(default_factory=dict)  # e.g. {"token": ...}
 
 
 class Provider(Protocol):
     """A provider adapter, built once at start from the settings (keys parsed, tables ready)."""
 
-    name: str
-    status_map: Mapping[str, Status]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status_map(self) -> Mapping[str, Status]: ...
+
+    @property
+    def configured(self) -> bool:
+        """Whether it can authenticate callbacks (else every callback gets 403)."""
+        ...
+
+    @property
+    def message_providers(self) -> tuple[str, ...]:
+        """The provider names its messages are stored under (usually just `name`)."""
+        ...
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
         """Authenticate the request, then parse it into normalized events.
@@ -45,4 +62,18 @@ class Provider(Protocol):
         (checked before anything else is believed), and CallbackRejected(400, ...) when an
         authentic request is malformed.
         """
+        ...
+
+
+class ProviderClass(Protocol):
+    """What the registry holds: the adapter class, with what it declares about itself."""
+
+    name: str
+    status_map: Mapping[str, Status]
+    callback_path: str  # under /v1/webhook/<name>/, may hold {params}
+    env_vars: tuple[str, ...]  # its own settings, documented in README.md
+    signed_url: bool  # authenticated by a token in a receiver-issued URL
+
+    def __call__(self, settings: Settings) -> Provider:
+        """Build the adapter; raise SettingsError for a bad value of one of its variables."""
         ...

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Final
+from typing import ClassVar, Final
 from urllib.parse import parse_qs
 
 from receiver.engine import Status
@@ -50,8 +50,11 @@ def _dlr_done_date(raw: str | None) -> str | None:
 
 
 class TwilioProvider:
-    name = "twilio"
-    status_map = STATUS_MAP
+    name: ClassVar[str] = "twilio"
+    status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
+    callback_path: ClassVar[str] = "sms-status"
+    env_vars: ClassVar[tuple[str, ...]] = ()  # its settings predate the adapters' own: settings.py
+    signed_url: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -65,6 +68,14 @@ class TwilioProvider:
             if len(self._tokens_by_account) < 1024:  # AccountSid is attacker-chosen: cap it
                 self._tokens_by_account[account] = tokens
         return tokens
+
+    @property
+    def configured(self) -> bool:
+        return self._settings.twilio_configured
+
+    @property
+    def message_providers(self) -> tuple[str, ...]:
+        return (self.name,)
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
         signature = request.headers.get("x-twilio-signature")

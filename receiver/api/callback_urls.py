@@ -1,0 +1,103 @@
+"""GET /v1/callback-url: the URL to paste into a provider's console.
+
+For providers without a signing scheme of their own (23 Telecom, me-sms) the URL carries a
+token signed with RECEIVER_SECRET_KEY; for the others it is their fixed webhook path.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.api.auth import require_api_access
+from receiver.api.errors import ApiError
+from receiver.api.origin import external_url
+from receiver.providers import REGISTRY, callback_path
+from receiver.providers.callback_auth import CallbackTokens
+from receiver.providers.standard import SOURCE_PATTERN
+from receiver.settings import Settings
+
+
+def base_url(request: Request | None, settings: Settings) -> str:
+    """Where providers reach this service: RECEIVER_PUBLIC_URL, else as this request came in."""
+    if settings.public_url:
+        return settings.public_url
+    if request is None:
+        return f"http://{settings.host}:{settings.port}"
+    parts = urlsplit(external_url(request, settings))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def callback_url(
+    base: str,
+    provider: str,
+    tokens: CallbackTokens,
+    *,
+    label: str | None = None,
+    source: str | None = None,
+) -> tuple[str, str | None]:
+    """A provider's callback URL and, when signed, the id of the key that signed it."""
+    path = callback_path(provider)
+    key_id = None
+    if REGISTRY[provider].signed_url:
+        token, key_id = tokens.issue(provider, label)
+        path = path.replace("{token}", token)
+    if source is not None:
+        path = path.replace("{source}", source)
+    return base + path, key_id
+
+
+async def get_callback_url(request: Request) -> Response:
+    require_api_access(request)
+    settings: Settings = request.state.settings
+    tokens: CallbackTokens = request.state.callback_tokens
+    params = request.query_params
+    unknown = sorted(set(params) - {"provider", "label", "source"})
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter: {unknown[0]}")
+    provider = params.get("provider")
+    if provider not in REGISTRY:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            "provider must name a provider",
+            parameter="provider",
+            allowed=sorted(REGISTRY),
+        )
+    cls = REGISTRY[provider]
+    label = params.get("label")
+    source = params.get("source")
+    if label is not None and not cls.signed_url:
+        raise ApiError(
+            400, "invalid_parameter", f"{provider} URLs take no label", parameter="label"
+        )
+    if "{source}" in cls.callback_path:
+        if source is None or not SOURCE_PATTERN.fullmatch(source):
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                "source is required: lower-case letters, digits, '-' or '_' (32 at most)",
+                parameter="source",
+            )
+    elif source is not None:
+        raise ApiError(
+            400, "invalid_parameter", f"{provider} URLs take no source", parameter="source"
+        )
+    if cls.signed_url and not tokens.configured:
+        raise ApiError(
+            409,
+            "secret_key_unset",
+            "set RECEIVER_SECRET_KEY to issue signed callback URLs",
+        )
+    try:
+        url, key_id = callback_url(
+            base_url(request, settings), provider, tokens, label=label, source=source
+        )
+    except ValueError as exc:  # a label outside the allowed characters
+        raise ApiError(400, "invalid_parameter", str(exc), parameter="label") from None
+    body: dict[str, object] = {"provider": provider, "url": url, "signed": cls.signed_url}
+    if key_id is not None:
+        body |= {"key_id": key_id, "label": label}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})

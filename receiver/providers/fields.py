@@ -1,0 +1,149 @@
+"""Reading provider bodies: JSON or form records, tolerant times, bounded text.
+
+Only authenticated bodies get here, but a provider's gateway can still send anything, so every
+reader answers CallbackRejected(400) with a reason rather than raising something else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from receiver.providers.base import CallbackRejected
+
+MAX_TEXT = 256  # ids, statuses, numbers, codes: anything longer is not a real value
+MAX_FORM_FIELDS = 200
+
+
+def records(body: bytes, content_type: str | None, *, max_records: int) -> list[dict[str, Any]]:
+    """The body as a list of records: a JSON object, a JSON array of objects, or a form."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CallbackRejected(400, "invalid_body", "the body is not UTF-8") from None
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    stripped = text.lstrip()
+    if media_type == "application/x-www-form-urlencoded" or (
+        not media_type.endswith("json") and stripped[:1] not in ("{", "[")
+    ):
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:
+            raise CallbackRejected(400, "invalid_body", "too many form fields") from None
+        form: dict[str, Any] = {}
+        for key, value in pairs:
+            form.setdefault(key, value)  # a repeated key: the first value counts
+        if not form:
+            raise CallbackRejected(400, "invalid_body", "the body is empty")
+        return [form]
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CallbackRejected(400, "invalid_body", "the body is not valid JSON") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise CallbackRejected(400, "invalid_body", "the body is an empty list")
+    if len(items) > max_records:
+        raise CallbackRejected(
+            400, "too_many_records", f"at most {max_records} reports in one request"
+        )
+    if not all(isinstance(item, dict) for item in items):
+        raise CallbackRejected(400, "invalid_body", "expected a JSON object or a list of objects")
+    return items
+
+
+def record_body(body: bytes, records: list[dict[str, Any]], index: int) -> str:
+    """What to keep as one record's raw body: the body itself, or the record of a batch."""
+    if len(records) == 1:
+        return body.decode("utf-8")
+    return json_text(records[index])
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON, for keeping one part of a batch as its own raw body."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def text(
+    record: Mapping[str, Any], *names: str, required: bool = False, what: str = ""
+) -> str | None:
+    """The first of `names` present in `record`, as bounded clean text.
+
+    Numbers are accepted as text (some gateways send "000" as 0); other types, control
+    characters and unpaired surrogates are refused with CallbackRejected(400).
+    """
+    for name in names:
+        value = record.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise CallbackRejected(400, "invalid_field", f"{name} must be text")
+        value = str(value).strip()
+        if not value:
+            continue
+        if len(value) > MAX_TEXT:
+            raise CallbackRejected(
+                400, "invalid_field", f"{name} is longer than {MAX_TEXT} characters"
+            )
+        if not value.isprintable():
+            raise CallbackRejected(400, "invalid_field", f"{name} holds control characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" in JSON: no database can store it
+            raise CallbackRejected(400, "invalid_field", f"{name} is not valid text") from None
+        return value
+    if required:
+        raise CallbackRejected(
+            400, "missing_field", f"{what or names[0]} is missing (one of: {', '.join(names)})"
+        )
+    return None
+
+
+_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
+# SMPP DLR "done date", by length: strptime alone would read 10 digits as hhmmss too.
+_SMPP_FORMATS = {10: "%y%m%d%H%M", 12: "%y%m%d%H%M%S"}
+
+
+def iso_time(value: str | None) -> str | None:
+    """A provider's timestamp as ISO 8601 UTC with milliseconds, or None if it is not one.
+
+    Accepts ISO 8601 with Z or an offset, "YYYY-MM-DD hh:mm:ss" and SMPP's YYMMDDhhmm[ss]
+    (both read as UTC), and Unix seconds. A time we cannot read is left out, not guessed;
+    the raw body keeps it.
+    """
+    if not value:
+        return None
+    moment: datetime | None = None
+    if len(value) == 10 and value.isdigit() and value[0] == "1":
+        # Unix seconds (2001-2033). An SMPP YYMMDDhhmm starting with 1 would be from the 2010s.
+        moment = datetime.fromtimestamp(int(value), UTC)
+    elif not value.isdigit():  # fromisoformat reads bare digits as ISO basic dates
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None:
+        if value.isdigit():
+            formats: tuple[str, ...] = (
+                (_SMPP_FORMATS[len(value)],) if len(value) in _SMPP_FORMATS else ()
+            )
+        else:
+            formats = _TIME_FORMATS
+        for fmt in formats:
+            try:
+                moment = datetime.strptime(value, fmt)
+                break
+            except ValueError:
+                continue
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
