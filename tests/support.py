@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -173,3 +174,50 @@ def _complete(response: bytes) -> bool:
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value)
     return False
+
+
+# --- reading results back, for any provider ------------------------------------------
+
+
+def callback_url(server: LiveServer, provider: str, **params: str) -> str:
+    """A signed callback URL, asked of GET /v1/callback-url as a user would."""
+    with server.client() as client:
+        response = client.get("/v1/callback-url", params={"provider": provider, **params})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["signed"] is True and body["provider"] == provider
+    url: str = body["url"]
+    assert url.startswith(f"{server.base_url}/v1/webhook/{provider}/dlr/")
+    return url
+
+
+def message(server: LiveServer, message_id: str, provider: str | None = None) -> dict[str, Any]:
+    """GET /v1/messages/{id}, which must answer 200."""
+    params = {"provider": provider} if provider else {}
+    with server.client() as client:
+        response = client.get(f"/v1/messages/{message_id}", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def events(
+    server: LiveServer, message_id: str, provider: str | None = None
+) -> list[dict[str, Any]]:
+    """GET /v1/messages/{id}/events, which must answer 200."""
+    params = {"provider": provider} if provider else {}
+    with server.client() as client:
+        response = client.get(f"/v1/messages/{message_id}/events", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["events"]
+    return items
+
+
+def count_events(server: LiveServer, message_id: str | None = None) -> int:
+    """Events stored, for one message or in all."""
+    with sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True) as conn:
+        sql, args = "SELECT count(*) FROM events", ()
+        if message_id is not None:
+            sql, args = sql + " WHERE message_id = ?", (message_id,)
+        count: int = conn.execute(sql, args).fetchone()[0]
+    return count

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from receiver.engine import RANK, Status
+from receiver.providers import mesms, telecom23
 from receiver.providers.twilio import STATUS_MAP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +53,20 @@ def test_twilio_mapping_table_matches_the_adapter() -> None:
         raw: canonical for raws, canonical in rows for raw in re.findall(r"`([a-z_]+)`", raws)
     }
     assert documented == {raw: status.value for raw, status in STATUS_MAP.items()}
+
+
+@pytest.mark.parametrize(
+    ("title", "table"),
+    [("### 23 Telecom", telecom23.STATUS_MAP), ("### me-sms", mesms.STATUS_MAP)],
+)
+def test_provider_mapping_tables_match_the_adapters(
+    title: str, table: Mapping[str, Status]
+) -> None:
+    documented = {}
+    for raws, canonical in re.findall(r"^\| (`[^|]+`) \| `([a-z]+)` \|$", section(title), re.M):
+        for raw in re.findall(r"`([^`]+)`", raws):
+            documented[raw] = canonical
+    assert documented == {raw: status.value for raw, status in table.items()}
 
 
 def test_status_table_lists_every_status_with_its_rank() -> None:
