@@ -78,9 +78,11 @@ def migrate(args: argparse.Namespace) -> int:
 
 def prune(args: argparse.Namespace) -> int:
     from receiver import retention
+    from receiver.logging import configure_logging
     from receiver.store import StoreUnavailable, open_store
 
     settings = _settings(**({"RECEIVER_RETENTION_DAYS": args.days} if args.days else {}))
+    configure_logging(settings.log_level, settings.log_format)
     if settings.retention_days == 0:
         print("receiver: retention is off (RECEIVER_RETENTION_DAYS=0); nothing pruned")
         return 0
