@@ -6,19 +6,28 @@ import codecs
 import csv
 import importlib.util
 import io
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from seed import seed_messages
-from support import LiveServer, assert_error, new_sid, post_status
+from support import LiveServer, assert_error, make_settings, new_sid, post_status
 
 from receiver.store.base import EXPORT_COLUMNS
 
 StartServer = Callable[..., LiveServer]
 TO = "+15550000001"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the tests that only check refusals."""
+    server = LiveServer(make_settings(tmp_path_factory.mktemp("export"))).start()
+    yield server
+    server.stop()
 
 
 def export(client: httpx.Client, **params: Any) -> tuple[httpx.Response, list[dict[str, str]]]:
@@ -102,9 +111,9 @@ def test_export_takes_the_list_filters_and_returns_what_the_list_returns(
     ],
 )
 def test_export_refuses_bad_filters_with_the_lists_json_errors(
-    server: LiveServer, query: str, error_code: str
+    shared: LiveServer, query: str, error_code: str
 ) -> None:
-    with server.client() as client:
+    with shared.client() as client:
         assert_error(client.get(f"/v1/messages/export?{query}"), 400, error_code)
 
 
@@ -189,3 +198,36 @@ def test_export_memory_stays_flat_while_50000_rows_stream() -> None:
     # Everything in memory at once would be well over 50 MiB for these rows (13 MB of CSV);
     # streaming costs the read connections' page caches and buffers, under 10 MiB here.
     assert result["growth_mib"] < 20, result
+
+
+def test_each_column_holds_the_field_of_the_same_name_in_the_message_api(
+    server: LiveServer,
+) -> None:
+    message_id = new_sid()
+    with server.client() as client:
+        register(
+            client,
+            {
+                "provider": "twilio",
+                "message_id": message_id,
+                "to": TO,
+                "from": "+15017122661",
+                "sent_at": "2026-11-25T10:00:00Z",
+                "metadata": {"order": 42},
+            },
+        )
+        response = post_status(client, server.callback_url, message_id, "failed", ErrorCode="30003")
+        assert response.status_code == 204
+        message = client.get(f"/v1/messages/{message_id}").json()
+        _, (row,) = export(client)
+
+    def as_cell(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, dict):
+            return json.dumps(value, separators=(",", ":"))
+        return "" if value is None else str(value)
+
+    assert set(EXPORT_COLUMNS) == set(message)
+    assert row == {column: as_cell(message[column]) for column in EXPORT_COLUMNS}
+    assert row["error_code"] == "30003" and row["account"].startswith("AC")
