@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import structlog
@@ -11,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from receiver import __version__
+from receiver import __version__, retention
 from receiver.api import callback_urls, health, messages, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.origin import is_loopback as _is_loopback
@@ -36,6 +37,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         the_store = store or open_store(settings)
         applied = await the_store.open()
         _log_startup(settings, applied, providers, tokens)
+        pruning = (
+            asyncio.create_task(
+                retention.prune_periodically(the_store, settings.retention_days),
+                name="receiver-retention",
+            )
+            if settings.retention_days
+            else None
+        )
         try:
             yield {
                 "settings": settings,
@@ -45,6 +54,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "callback_tokens": tokens,
             }
         finally:
+            if pruning is not None:
+                pruning.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pruning
             await the_store.close()
             log.info("stopped")
 
@@ -53,6 +66,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/v1/messages", messages.list_messages, methods=["GET"]),
         Route("/v1/messages", messages.register_messages, methods=["POST"]),
+        # Before /v1/messages/{message_id}, which would otherwise take "export" for an id.
+        Route("/v1/messages/export", messages.export_messages, methods=["GET"]),
         Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),
         Route("/v1/messages/{message_id}/events", messages.get_message_events, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),

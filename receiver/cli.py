@@ -1,10 +1,12 @@
-"""The `receiver` command: serve, migrate."""
+"""The `receiver` command: serve, migrate, prune, backup."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -74,6 +76,56 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def prune(args: argparse.Namespace) -> int:
+    from receiver import retention
+    from receiver.logging import configure_logging
+    from receiver.store import StoreUnavailable, open_store
+
+    settings = _settings(**({"RECEIVER_RETENTION_DAYS": args.days} if args.days else {}))
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.retention_days == 0:
+        print("receiver: retention is off (RECEIVER_RETENTION_DAYS=0); nothing pruned")
+        return 0
+
+    async def run() -> int:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return (await retention.prune_once(store, settings.retention_days)).messages
+        finally:
+            await store.close()
+
+    try:
+        pruned = asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"receiver: prune failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{settings.database}: pruned {pruned} message(s) final for more than "
+        f"{settings.retention_days} day(s), with their events"
+    )
+    return 0
+
+
+def backup(args: argparse.Namespace) -> int:
+    from receiver.store import StoreUnavailable, open_store
+
+    settings = _settings()
+    target = Path(args.path)
+    if target.is_dir():
+        target = target / Path(settings.database).name
+    if target.resolve() == Path(settings.database).resolve():
+        print("receiver: the backup path is the database itself", file=sys.stderr)
+        return 2
+    try:
+        info = open_store(settings).backup(str(target))
+    except StoreUnavailable as exc:
+        print(f"receiver: {exc}", file=sys.stderr)
+        return 1
+    print(f"{settings.database} -> {info.path}: {info.size_bytes} bytes, {info.messages} messages")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receiver",
@@ -88,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve)
     p = commands.add_parser("migrate", help="create or upgrade the database schema, then exit")
     p.set_defaults(func=migrate)
+    p = commands.add_parser(
+        "prune", help="delete final messages older than RECEIVER_RETENTION_DAYS, then exit"
+    )
+    p.add_argument("--days", help="retention in days (overrides RECEIVER_RETENTION_DAYS)")
+    p.set_defaults(func=prune)
+    p = commands.add_parser(
+        "backup", help="write a consistent copy of the database to PATH (safe while serving)"
+    )
+    p.add_argument("path", metavar="PATH", help="the copy's file (or a directory for it)")
+    p.set_defaults(func=backup)
     return parser
 
 

@@ -163,6 +163,8 @@ class Settings:
     unknown_messages: str = "create"
     log_level: str = "info"
     log_format: str = "auto"
+    retention_days: int = 90
+    export_max_rows: int = 1_000_000
     twilio_auth_token: str | None = field(default=None, repr=False)
     twilio_auth_token_secondary: str | None = field(default=None, repr=False)
     twilio_accounts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -186,6 +188,8 @@ class Settings:
             "unknown_messages": "RECEIVER_UNKNOWN_MESSAGES",
             "log_level": "RECEIVER_LOG_LEVEL",
             "log_format": "RECEIVER_LOG_FORMAT",
+            "retention_days": "RECEIVER_RETENTION_DAYS",
+            "export_max_rows": "RECEIVER_EXPORT_MAX_ROWS",
             "twilio_auth_token": "TWILIO_AUTH_TOKEN",
             "twilio_auth_token_secondary": "TWILIO_AUTH_TOKEN_SECONDARY",
             "twilio_accounts": "TWILIO_ACCOUNTS",
@@ -230,6 +234,10 @@ class Settings:
                 env, "RECEIVER_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             log_format=_choice(env, "RECEIVER_LOG_FORMAT", "auto", ("auto", "json", "console")),
+            retention_days=_int(env, "RECEIVER_RETENTION_DAYS", 90, minimum=0, maximum=36_500),
+            export_max_rows=_int(
+                env, "RECEIVER_EXPORT_MAX_ROWS", 1_000_000, minimum=1, maximum=100_000_000
+            ),
             twilio_auth_token=_str(env, "TWILIO_AUTH_TOKEN"),
             twilio_auth_token_secondary=_str(env, "TWILIO_AUTH_TOKEN_SECONDARY"),
             twilio_accounts=_twilio_accounts(env),

@@ -33,7 +33,8 @@ def free_port() -> int:
 def test_help_lists_the_commands(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0
-    assert "serve" in result.stdout and "migrate" in result.stdout
+    for name in ("serve", "migrate", "prune", "backup"):
+        assert name in result.stdout
 
 
 def test_migrate_creates_the_database_and_is_repeatable(tmp_path: Path) -> None:

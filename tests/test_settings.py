@@ -32,6 +32,8 @@ def test_every_variable_is_read() -> None:
         "RECEIVER_UNKNOWN_MESSAGES": "hold",
         "RECEIVER_LOG_LEVEL": "debug",
         "RECEIVER_LOG_FORMAT": "json",
+        "RECEIVER_RETENTION_DAYS": "0",
+        "RECEIVER_EXPORT_MAX_ROWS": "5000",
         "TWILIO_AUTH_TOKEN": "main",
         "TWILIO_AUTH_TOKEN_SECONDARY": "next",
         "TWILIO_ACCOUNTS": "AC1:one, AC2:two,AC1:one-new",
@@ -59,6 +61,7 @@ def test_every_variable_is_read() -> None:
     )
     assert s.public_url == "https://sms.example.com/prefix"
     assert s.trust_forwarded and s.unknown_messages == "hold"
+    assert (s.retention_days, s.export_max_rows) == (0, 5000)
     assert s.twilio_accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
 
 
@@ -96,6 +99,9 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("RECEIVER_LOG_LEVEL", "loud"),
         ("RECEIVER_DB_BUSY_TIMEOUT_MS", "-1"),
         ("RECEIVER_MAX_BODY", "10"),
+        ("RECEIVER_RETENTION_DAYS", "-1"),
+        ("RECEIVER_RETENTION_DAYS", "ninety"),
+        ("RECEIVER_EXPORT_MAX_ROWS", "0"),
         ("TWILIO_ACCOUNTS", "AC1-without-token"),
         ("TWILIO_ACCOUNTS", "XX1:token"),
         ("RECEIVER_SECRET_KEY", "short"),

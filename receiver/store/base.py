@@ -5,7 +5,7 @@ Only modules under receiver/store/ speak SQL; the rest of the service sees this 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -72,6 +72,45 @@ class MessageFilter:
     before_id: int | None = None  # keyset cursor
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What one prune deleted."""
+
+    messages: int
+    events: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """A finished backup: where it is, its size, and the messages it holds."""
+
+    path: str
+    size_bytes: int
+    messages: int
+
+
+# The columns of an export, in order; each exported row is a tuple of these.
+EXPORT_COLUMNS = (
+    "provider",
+    "message_id",
+    "status",
+    "provider_status",
+    "error_code",
+    "final",
+    "final_via",
+    "to",
+    "from",
+    "account",
+    "registered",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "sent_at",
+    "final_at",
+)
+
+
 class Store(Protocol):
     """Durable state. Every method that writes returns only after its write is committed, and
     raises StoreUnavailable (never anything else) when the database cannot take it."""
@@ -101,3 +140,19 @@ class Store(Protocol):
     async def get_events(self, provider: str, message_id: str) -> list[dict[str, Any]]: ...
     async def list_messages(self, f: MessageFilter) -> tuple[list[dict[str, Any]], int | None]: ...
     async def stats(self, f: MessageFilter) -> dict[str, Any]: ...
+    def export_messages(
+        self, f: MessageFilter, *, max_rows: int
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The filtered messages, newest first, at most `max_rows`, as chunks of rows in
+        EXPORT_COLUMNS order (`metadata` as JSON text); never all rows in memory at once."""
+        ...
+
+    async def prune(self, older_than: str, *, batch_size: int = 500) -> Pruned:
+        """Delete final messages whose final time (else last update) is before `older_than`,
+        with their events, `batch_size` messages per write so other writes go between."""
+        ...
+
+    def backup(self, target: str) -> BackupInfo:
+        """Write a consistent copy of the database to `target` (synchronously, for the CLI),
+        safe while the service writes; `target` is replaced only by a complete copy."""
+        ...

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +20,9 @@ from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import schema
 from receiver.store.base import (
+    BackupInfo,
     MessageFilter,
+    Pruned,
     Recorded,
     Registered,
     Registration,
@@ -34,6 +38,13 @@ _MESSAGE_COLUMNS = (
     "from_number, metadata, registered, is_final, final_via, created_at, updated_at, sent_at, "
     "final_at"
 )
+_EXPORT_COLUMNS = (
+    "id, provider, message_id, status, provider_status, error_code, is_final, final_via, "
+    "to_number, from_number, account, registered, metadata, created_at, updated_at, sent_at, "
+    "final_at"
+)
+# A final message's age is taken from its final time; updated_at covers any row without one.
+_PRUNABLE = "is_final = 1 AND coalesce(final_at, updated_at) < ?"
 _EVENT_COLUMNS = (
     "id, source, provider_status, status, previous_status, outcome, error_code, event_time, "
     "received_at, resolved_at, dedupe_key, headers, body"
@@ -414,6 +425,76 @@ class SQLiteStore:
 
         return await self._read(query)
 
+    # -- operations: export, retention, backup -----------------------------------------------
+
+    async def export_messages(
+        self, f: MessageFilter, *, max_rows: int, chunk_size: int = 1000
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Newest first, one short keyset query per chunk on the read connections.
+
+        Each chunk is its own read rather than one long transaction: a slow download then never
+        pins an old snapshot, which would stop checkpoints and let the WAL file grow meanwhile.
+        Keyed on id, so each row is sent once even while messages arrive.
+        """
+        where, params = _filter_sql(f)
+        before: int | None = None
+        sent = 0
+        while sent < max_rows:
+            size = min(chunk_size, max_rows - sent)
+            rows = await self._read(partial(_export_chunk, where, params, before, size))
+            if not rows:
+                return
+            before = rows[-1][0]
+            sent += len(rows)
+            yield [row[1:] for row in rows]
+            if len(rows) < size:
+                return
+
+    async def prune(self, older_than: str, *, batch_size: int = 500) -> Pruned:
+        # Candidates are found on a read connection (walking ids upwards, where the old messages
+        # are), so the writer holds its lock for one small batch of deletes at a time, and
+        # callbacks queued meanwhile are committed between batches.
+        messages = events = batches = 0
+        after = 0
+        while True:
+            ids = await self._read(partial(_prunable_ids, after, older_than, batch_size))
+            if not ids:
+                return Pruned(messages, events, batches)
+            after = ids[-1]
+            deleted, deleted_events = await self._write(partial(_delete_messages, ids, older_than))
+            messages += deleted
+            events += deleted_events
+            batches += 1
+
+    def backup(self, target: str) -> BackupInfo:
+        """SQLite's online backup API in one step: one read transaction, so the copy is a
+        consistent snapshot, and under WAL the service's writers are not blocked meanwhile."""
+        if not Path(self.path).is_file():
+            raise StoreUnavailable(f"there is no database at {self.path!r}")
+        dest = Path(target)
+        partial_path = dest.with_name(dest.name + ".partial")
+        try:
+            partial_path.unlink(missing_ok=True)
+            source = self._connect(read_only=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot back up {self.path!r}: {exc}") from exc
+        try:
+            copy = sqlite3.connect(partial_path)
+            try:
+                source.backup(copy)
+                messages = copy.execute("SELECT count(*) FROM messages").fetchone()[0]
+            finally:
+                copy.close()
+            with open(partial_path, "rb") as written:
+                os.fsync(written.fileno())  # on disk before it takes the target's name
+            os.replace(partial_path, dest)
+        except (OSError, sqlite3.Error) as exc:
+            partial_path.unlink(missing_ok=True)
+            raise StoreUnavailable(f"backup to {target!r} failed: {exc}") from exc
+        finally:
+            source.close()
+        return BackupInfo(str(dest), dest.stat().st_size, messages)
+
 
 # -- helpers shared by the jobs ----------------------------------------------------------------
 
@@ -539,6 +620,52 @@ def _filter_sql(f: MessageFilter) -> tuple[list[str], list[Any]]:
         where.append("created_at < ?")
         params.append(f.until)
     return where, params
+
+
+def _export_chunk(
+    where: list[str], params: list[Any], before: int | None, size: int, conn: sqlite3.Connection
+) -> list[tuple[Any, ...]]:
+    """Up to `size` rows older than id `before`: (id, *EXPORT_COLUMNS values)."""
+    where = [*where, "id < ?"] if before is not None else where
+    params = [*params, before] if before is not None else params
+    sql = f"SELECT {_EXPORT_COLUMNS} FROM messages"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, size]).fetchall()
+    return [
+        (*row[:6], bool(row["is_final"]), *row[7:11], bool(row["registered"]), *row[12:])
+        for row in rows
+    ]
+
+
+def _prunable_ids(
+    after: int, older_than: str, batch_size: int, conn: sqlite3.Connection
+) -> list[int]:
+    return [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM messages WHERE id > ? AND {_PRUNABLE} ORDER BY id LIMIT ?",
+            (after, older_than, batch_size),
+        )
+    ]
+
+
+def _delete_messages(ids: list[int], older_than: str, conn: sqlite3.Connection) -> tuple[int, int]:
+    """Delete those of `ids` still prunable (a late callback may have moved one), with their
+    events; (messages, events) deleted."""
+    marks = ",".join("?" * len(ids))
+    still = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM messages WHERE id IN ({marks}) AND {_PRUNABLE}", (*ids, older_than)
+        )
+    ]
+    if not still:
+        return 0, 0
+    marks = ",".join("?" * len(still))
+    events = conn.execute(f"DELETE FROM events WHERE message_pk IN ({marks})", still).rowcount
+    conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", still)
+    return len(still), events
 
 
 def _message_dict(row: sqlite3.Row) -> dict[str, Any]:

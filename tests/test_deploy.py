@@ -1,0 +1,300 @@
+"""The deploy files hold to the code: Procfile, Dockerfile, fly.toml, app.json and the sidecar
+manifests name commands, paths, ports and settings that exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from test_docs import section
+
+from receiver.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+SETTINGS = set(Settings().env_names())
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shell_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment a platform gives the Procfile's commands: ours on PATH, no settings."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    return {
+        **env,
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "RECEIVER_DATABASE": str(tmp_path / "receiver.db"),
+        **extra,
+    }
+
+
+def test_procfile_has_a_release_step_and_a_web_process_only() -> None:
+    assert procfile() == {
+        "release": "receiver migrate",
+        "web": "receiver serve --host 0.0.0.0",
+    }
+
+
+def test_procfile_release_command_as_written_migrates(tmp_path: Path) -> None:
+    result = subprocess.run(
+        procfile()["release"],
+        shell=True,
+        env=shell_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "receiver.db").exists()
+
+
+def test_procfile_web_command_as_written_serves_healthz_on_port(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        procfile()["web"],
+        shell=True,
+        env=shell_env(tmp_path, PORT=str(port), RECEIVER_LOG_FORMAT="json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the shell and the server in one group, stopped together
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "web did not start"
+                time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    # Bound to every address, as a platform's router needs, and it says so at start.
+    assert '"api_exposed_without_token"' in output
+
+
+# -- Dockerfile: no daemon is needed to hold it to the code ------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (DEPLOY / "Dockerfile").read_text())
+    pairs = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, rest = line.strip().partition(" ")
+            pairs.append((instruction.upper(), rest.strip()))
+    return pairs
+
+
+def docker_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, args in dockerfile():
+        if instruction == "ENV":
+            env.update(part.split("=", 1) for part in shlex.split(args))
+    return env
+
+
+def test_dockerfile_is_a_slim_python_image_run_by_an_unprivileged_user() -> None:
+    steps = dockerfile()
+    base = [args for instruction, args in steps if instruction == "FROM"]
+    assert len(base) == 1 and re.fullmatch(r"python:3\.\d+-slim", base[0])
+    users = [args for instruction, args in steps if instruction == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    # The user is switched to after the install, before anything runs.
+    kinds = [instruction for instruction, _ in steps]
+    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN")
+
+
+def test_dockerfile_keeps_data_on_a_volume_and_serves_on_its_port() -> None:
+    steps = dict(dockerfile())
+    env = docker_env()
+    assert {name for name in env if not name.startswith(("PYTHON", "PIP_"))} <= SETTINGS
+    assert json.loads(steps["VOLUME"]) == ["/data"]
+    assert env["RECEIVER_DATABASE"].startswith("/data/")
+    assert env["HOST"] == "0.0.0.0"
+    assert steps["EXPOSE"] == env["PORT"]
+    assert json.loads(steps["CMD"]) == ["receiver", "serve"]
+
+
+def test_dockerfile_healthcheck_asks_healthz_and_works(tmp_path: Path) -> None:
+    """The HEALTHCHECK command, run here as Docker would run it, passes against a live server."""
+    options, _, command = dict(dockerfile())["HEALTHCHECK"].partition("CMD ")
+    assert "--interval" in options
+    argv = json.loads(command)
+    assert "/healthz" in argv[-1]
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "receiver"), "serve"],
+        env=shell_env(tmp_path, PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            check = subprocess.run(
+                [sys.executable, *argv[1:]], env={**os.environ, "PORT": str(port)}, timeout=10
+            )
+            if check.returncode == 0:
+                break
+            assert time.monotonic() < deadline, "the health check never passed"
+            time.sleep(0.2)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    down = subprocess.run(
+        [sys.executable, *argv[1:]],
+        env={**os.environ, "PORT": str(port)},
+        capture_output=True,
+        timeout=10,
+    )
+    assert down.returncode != 0  # and it fails once the service is gone
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "*.db"} <= set(ignored)
+
+
+# -- Fly.io ------------------------------------------------------------------------------------
+
+
+def test_fly_toml_runs_one_machine_with_the_database_on_its_volume() -> None:
+    fly: dict[str, Any] = tomllib.loads((DEPLOY / "fly.toml").read_text())
+    env = fly["env"]
+    assert set(env) <= SETTINGS
+    Settings.from_env(env)  # every value is one the service accepts
+    (mount,) = fly["mounts"]
+    assert env["RECEIVER_DATABASE"].startswith(mount["destination"].rstrip("/") + "/")
+    assert (DEPLOY / fly["build"]["dockerfile"]).is_file()
+    service = fly["http_service"]
+    assert service["internal_port"] == int(env["PORT"]) == int(docker_env()["PORT"])
+    assert service["min_machines_running"] == 1 and service["auto_stop_machines"] == "off"
+    assert [c["path"] for c in service["checks"]] == ["/healthz"]
+    assert fly["kill_signal"] == "SIGTERM"
+    assert "release_command" not in fly.get("deploy", {})  # no volume there
+
+
+# -- Heroku ------------------------------------------------------------------------------------
+
+
+def test_app_json_generates_the_secrets_and_names_only_real_settings() -> None:
+    app = json.loads((ROOT / "app.json").read_text())
+    env = app["env"]
+    assert set(env) <= SETTINGS
+    generated = {name for name, spec in env.items() if spec.get("generator") == "secret"}
+    assert generated == {"RECEIVER_SECRET_KEY", "RECEIVER_API_TOKEN"}
+    assert all(spec.get("description") for spec in env.values())
+    Settings.from_env({name: spec["value"] for name, spec in env.items() if "value" in spec})
+    assert app["formation"] == {"web": {"quantity": 1, "size": "basic"}}
+    assert set(app["formation"]) <= set(procfile())
+    assert app["buildpacks"] == [{"url": "heroku/python"}]
+
+
+def test_heroku_installs_the_project_from_requirements_txt() -> None:
+    lines = [
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == ["."]
+    pinned = (ROOT / ".python-version").read_text().strip()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    minimum = pyproject["project"]["requires-python"].removeprefix(">=")
+    assert tuple(map(int, pinned.split("."))) >= tuple(map(int, minimum.split(".")))
+    assert f"python:{pinned}-slim" == dict(dockerfile())["FROM"]
+
+
+# -- sidecars ----------------------------------------------------------------------------------
+
+
+def env_names(container: dict[str, Any]) -> set[str]:
+    env = container.get("environment") or container.get("env") or {}
+    return {item["name"] for item in env} if isinstance(env, list) else set(env)
+
+
+def test_compose_sidecar_shares_localhost_and_the_data_volume() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.sidecar.yml").read_text())
+    receiver, app = compose["services"]["receiver"], compose["services"]["app"]
+    assert env_names(receiver) <= SETTINGS
+    assert receiver["environment"]["RECEIVER_DATABASE"].startswith("/data/")
+    assert "receiver-data:/data" in receiver["volumes"]
+    assert app["network_mode"] == "service:receiver"  # the app's localhost is receiver's
+    assert "http://127.0.0.1:8000/" in " ".join(app["command"])
+    assert any(v.startswith("receiver-data:/data") for v in app["volumes"])
+    assert app["depends_on"]["receiver"]["condition"] == "service_healthy"
+    assert "receiver-data" in compose["volumes"]
+
+
+def test_kubernetes_sidecar_is_one_pod_with_probes_and_the_data_volume() -> None:
+    docs = {
+        d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes-sidecar.yaml").read_text())
+    }
+    deployment = docs["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two writers
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    containers = {c["name"]: c for c in pod["containers"]}
+    receiver, app = containers["receiver"], containers["app"]
+    assert env_names(receiver) <= SETTINGS
+    database = next(e["value"] for e in receiver["env"] if e["name"] == "RECEIVER_DATABASE")
+    mount = next(m for m in receiver["volumeMounts"] if m["name"] == "receiver-data")
+    assert database.startswith(mount["mountPath"] + "/")
+    assert receiver["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert receiver["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert receiver["ports"][0]["containerPort"] == int(docker_env()["PORT"])
+    assert "http://127.0.0.1:8000/" in " ".join(app["command"])
+    (volume,) = pod["volumes"]
+    assert (
+        volume["persistentVolumeClaim"]["claimName"]
+        == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    )
+    assert (
+        docs["Service"]["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    )
+
+
+# -- the README's deploy paths name these files and their values --------------------------------
+
+
+def test_readme_walks_through_each_deploy_path_with_these_files() -> None:
+    fly_steps = section("### Deploy to Fly")
+    fly: dict[str, Any] = tomllib.loads((DEPLOY / "fly.toml").read_text())
+    assert "fly deploy --config deploy/fly.toml --dockerfile deploy/Dockerfile" in fly_steps
+    assert f"fly volumes create {fly['mounts'][0]['source']} " in fly_steps
+    heroku_steps = section("### Deploy to Heroku")
+    assert "PostgreSQL" in heroku_steps and "lost" in heroku_steps
+    assert "git push heroku main" in heroku_steps
+    sidecar_steps = section("### Run as a sidecar")
+    for name in ("docker-compose.sidecar.yml", "kubernetes-sidecar.yaml"):
+        assert f"deploy/{name}" in sidecar_steps
+    assert "docker build -f deploy/Dockerfile -t receiver ." in section("## Deploy")
+    for title in ("### Retention", "### Backup", "### Export"):
+        assert section(title).strip()
