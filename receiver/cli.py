@@ -99,6 +99,7 @@ def simulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    sock.listen(2048)  # connections made from now on wait for the server, not fail
     host, port = sock.getsockname()[:2]
     print(f"provider simulator on http://{host}:{port} (control API: /_sim/)", flush=True)
     server = uvicorn.Server(

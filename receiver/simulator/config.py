@@ -55,7 +55,7 @@ class SimConfig:
     mesms_flat: bool = False  # push one flat recipient instead of {"recipients": [...]}
     max_attempts: int = 5  # per push, counting the first
     retry_base: float = 5.0  # simulated seconds before the first retry; doubles each time
-    concurrency: int = 16  # pushes in flight at once
+    concurrency: int = 4  # pushes in flight at once (more is rarely faster on one host)
     push_timeout: float = 10.0  # real seconds per push request
     api_latency: float = 0.0  # real seconds each provider API answer takes
 

@@ -7,6 +7,7 @@ Times are simulated unix seconds (see Clock).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Mapping
@@ -157,6 +158,7 @@ class Push:
     due: float  # simulated unix time
     delivery_id: str
     kind: PushKind = "normal"
+    order: int = 0  # position in the plan before any reordering
 
 
 @dataclass
@@ -237,7 +239,9 @@ class SimMessage:
             },
             "current": {"provider_status": current, "status": self.canonical(current)},
             "timeline": [{"at": iso(t), "provider_status": s} for t, s in self.timeline],
-            "plan": [{"provider_status": p.status, "kind": p.kind} for p in self.plan],
+            "plan": [
+                {"provider_status": p.status, "kind": p.kind, "order": p.order} for p in self.plan
+            ],
             "dropped": self.dropped,
             "late_sent": self.late_sent,
             "reordered": self.reordered,
@@ -320,6 +324,7 @@ def plan_pushes(
                 Push(p.status, p.due + rng.uniform(*realism.delay), p.delivery_id, "duplicate")
             )
             duplicates += 1
+    planned = [dataclasses.replace(p, order=i) for i, p in enumerate(planned)]
     reordered = False
     if reorder and len({p.status for p in planned}) > 1:
         original = [p.status for p in planned]

@@ -7,7 +7,7 @@ import binascii
 import hmac
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -114,8 +114,8 @@ def resource(sim: Simulator, message: SimMessage) -> dict[str, Any]:
 
 async def create_message(request: Request, sim: Simulator) -> Response:
     await pause(sim)
-    form = await request.form()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    # Parsed here rather than with request.form(), which needs python-multipart.
+    fields = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
     if not fields.get("To"):
         return invalid(21604, "A 'To' phone number is required.")
     if not fields.get("From") and not fields.get("MessagingServiceSid"):
