@@ -256,7 +256,7 @@ def test_telecom23_batches_form_bodies_and_field_variants(
     assert all(r.headers["content-type"].startswith("application/x-www") for r in capture.requests)
 
 
-def test_mesms_reports_carry_many_recipients_of_one_send(
+def test_mesms_reports_carry_many_recipients_of_one_send_or_one_flat_recipient(
     sim: SimulatorClient, capture: Capture
 ) -> None:
     sim.configure(batch_size={"mesms": 1000})
@@ -267,6 +267,12 @@ def test_mesms_reports_carry_many_recipients_of_one_send(
     assert len({b["uuid"] for b in bodies}) == 2
     assert len(bodies) < 250  # batched: far fewer reports than recipients
     assert all(1 <= len(b["recipients"]) <= 1000 for b in bodies)
+    capture.clear()
+    sim.configure(batch_size={"mesms": 1}, mesms_flat=True)
+    ids = sim.create_messages("mesms", 5)
+    sim.wait_idle(timeout=10)
+    assert set(pushes_by_message(capture)) == set(ids)
+    assert all("msisdn" in json.loads(r.body) for r in capture.requests)
 
 
 def test_realism_knobs_make_duplicates_reorders_late_sent_and_drops(

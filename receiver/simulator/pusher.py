@@ -17,10 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import structlog
 
 from receiver.simulator import mesms, standard, telecom23, twilio
 from receiver.simulator.model import Push, SimMessage
 from receiver.simulator.state import Simulator
+
+log = structlog.get_logger("receiver.simulator")
 
 Builder = Callable[[Simulator, str, list[tuple[SimMessage, Push]]], tuple[dict[str, str], bytes]]
 BUILDERS: dict[str, Builder] = {
@@ -79,32 +82,39 @@ class Pusher:
         heapq.heappush(self._heap, _Due(at, next(self._seq), job))
 
     async def run(self) -> None:
-        config = self.sim.config
         async with httpx.AsyncClient(follow_redirects=False) as client:
-            slots = asyncio.Semaphore(config.concurrency)
-            slots_for = config.concurrency
-            while True:
-                if self.sim.config.concurrency != slots_for:
-                    # A new limit applies to requests started from now on.
-                    slots_for = self.sim.config.concurrency
-                    slots = asyncio.Semaphore(slots_for)
-                now = self.sim.clock.now()
-                due: list[_Job] = []
-                while self._heap and self._heap[0].at <= now and len(due) < 10_000:
-                    due.append(heapq.heappop(self._heap).job)
-                if due:
-                    for batch in self._batches(due):
-                        await slots.acquire()
-                        task = asyncio.create_task(self._deliver(client, batch, slots))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                    continue
-                timeout = (
-                    self.sim.clock.real_seconds(self._heap[0].at - now) if self._heap else None
-                )
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                await self._dispatch(client)
+            finally:
+                # Shutting down: stop the pushes under way before their client closes.
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _dispatch(self, client: httpx.AsyncClient) -> None:
+        """Start each push when it is due, as many at once as `concurrency` allows."""
+        slots_for = self.sim.config.concurrency
+        slots = asyncio.Semaphore(slots_for)
+        while True:
+            if self.sim.config.concurrency != slots_for:
+                # A new limit applies to requests started from now on.
+                slots_for = self.sim.config.concurrency
+                slots = asyncio.Semaphore(slots_for)
+            now = self.sim.clock.now()
+            due: list[_Job] = []
+            while self._heap and self._heap[0].at <= now and len(due) < 10_000:
+                due.append(heapq.heappop(self._heap).job)
+            if due:
+                for batch in self._batches(due):
+                    await slots.acquire()
+                    task = asyncio.create_task(self._deliver(client, batch, slots))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                continue
+            timeout = self.sim.clock.real_seconds(self._heap[0].at - now) if self._heap else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
         """Group due pushes that one request may carry (telecom23 arrays, me-sms reports)."""
@@ -119,6 +129,25 @@ class Pusher:
             batches += [group[i : i + size] for i in range(0, len(group), size)]
         return batches
 
+    async def _post(
+        self, client: httpx.AsyncClient, provider: str, url: str, jobs: list[_Job]
+    ) -> str:
+        """Build and send one push; its answer: the HTTP status, or "error" when none came."""
+        sim = self.sim
+        try:
+            headers, body = BUILDERS[provider](sim, url, [(j.message, j.push) for j in jobs])
+        except Exception:
+            # A simulator bug: say so, and count it rather than stall `pending` for ever.
+            log.exception("push_build_failed", provider=provider)
+            return "simulator_error"
+        try:
+            response = await client.post(
+                url, content=body, headers=headers, timeout=sim.config.push_timeout
+            )
+        except httpx.HTTPError:
+            return "error"
+        return str(response.status_code)
+
     async def _deliver(
         self, client: httpx.AsyncClient, jobs: list[_Job], slots: asyncio.Semaphore
     ) -> None:
@@ -132,14 +161,7 @@ class Pusher:
             if url is None:  # the target was removed after the message was planned
                 answer = "no_target"
             else:
-                headers, body = BUILDERS[provider](sim, url, [(j.message, j.push) for j in jobs])
-                try:
-                    response = await client.post(
-                        url, content=body, headers=headers, timeout=sim.config.push_timeout
-                    )
-                    answer = str(response.status_code)
-                except httpx.HTTPError:
-                    answer = "error"
+                answer = await self._post(client, provider, url, jobs)
         finally:
             self.in_flight -= 1
             slots.release()
