@@ -49,7 +49,7 @@ async def post_config(request: Request) -> Response:
         return fail(400, str(exc), "invalid_config")
     if sim.config.speed != sim.clock.speed:
         sim.clock.set_speed(sim.config.speed)
-    request.state.pusher.add([])  # wake it: due times are nearer or further in real time now
+    request.state.pusher.wake()
     return JSONResponse(sim.config.as_json())
 
 

@@ -301,7 +301,6 @@ def plan_pushes(
         return Push(status, at + rng.uniform(*realism.delay), "msg_" + hex_id(rng, 24), kind)
 
     pushes = [push(at, status) for at, status in changes]
-    # Draw every choice for every message, so one knob never shifts another's random stream.
     drop_all = rng.random() < realism.drop_all
     drop_final = rng.random() < realism.drop_final
     late = rng.random() < realism.late_sent

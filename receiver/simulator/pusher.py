@@ -71,6 +71,10 @@ class Pusher:
                 self._schedule(_Job(message, 0, self._generation), message.plan[0].due)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the queue again (say, the speed changed, so due times moved in real time)."""
+        self._wake.set()
+
     def clear(self) -> None:
         """Drop every planned push; requests under way finish but schedule nothing more."""
         self._generation += 1

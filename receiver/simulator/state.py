@@ -174,11 +174,14 @@ class Simulator:
             message.status_provider = status_provider
             message.flavor_name = flavor_name
             message.callback_url = callback_url
-            final = choose_final(self.rng, flavor, realism, outcomes)
-            message.timeline = plan_timeline(self.rng, flavor, now, final, self.config.timing)
+            # A stream of its own per message: changing one message's knobs (say, more
+            # duplicates) leaves every other message's plan as it was.
+            rng = random.Random(self.rng.getrandbits(64))
+            final = choose_final(rng, flavor, realism, outcomes)
+            message.timeline = plan_timeline(rng, flavor, now, final, self.config.timing)
             if final in flavor.failures:
-                message.error_code = self.rng.choice(ERROR_CODES[flavor_name])
-            message.plan, flags = plan_pushes(self.rng, message, realism)
+                message.error_code = rng.choice(ERROR_CODES[flavor_name])
+            message.plan, flags = plan_pushes(rng, message, realism)
             for key, value in flags.items():
                 setattr(message, key, value)
             if message.plan and self.callback_url(message) is None:
