@@ -1,4 +1,4 @@
-"""The `receiver` command: serve, migrate, prune, backup."""
+"""The `receiver` command: serve, migrate, prune, backup, simulate."""
 
 from __future__ import annotations
 
@@ -126,6 +126,50 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def simulate(args: argparse.Namespace) -> int:
+    """Serve the provider simulator (fake accounts; the credentials are flags, never the env)."""
+    import socket
+
+    import uvicorn
+
+    from receiver.simulator import Accounts, SimConfig, create_simulator
+
+    given = {
+        "twilio_account_sid": args.twilio_account_sid,
+        "twilio_auth_token": args.twilio_auth_token,
+        "telecom23_api_key": args.telecom23_api_key,
+        "telecom23_webhook_secret": args.telecom23_webhook_secret,
+        "mesms_api_key": args.mesms_api_key,
+    }
+    accounts = Accounts(**{k: v for k, v in given.items() if v is not None})
+    config = SimConfig(seed=args.seed, speed=args.speed, accounts=accounts)
+    # Bind first, so --port 0 works and the line below names the real port.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    sock.listen(2048)  # connections made from now on wait for the server, not fail
+    host, port = sock.getsockname()[:2]
+    print(f"provider simulator on http://{host}:{port} (control API: /_sim/)", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_simulator(config), log_level="warning", access_log=False, server_header=False
+        )
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+def _speed(value: str) -> float:
+    speed = float(value)
+    if not 0.001 <= speed <= 1_000_000:
+        raise argparse.ArgumentTypeError("speed must be from 0.001 to 1000000")
+    return speed
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receiver",
@@ -150,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="the copy's file (or a directory for it)")
     p.set_defaults(func=backup)
+    p = commands.add_parser(
+        "simulate", help="run the provider simulator (default: 127.0.0.1:8900); see README.md"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8900, help="port (default 8900; 0 picks one)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--speed", type=_speed, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    from receiver.simulator.config import Accounts  # dataclasses only: cheap to import
+
+    defaults = Accounts()
+    for name in ("twilio_account_sid", "twilio_auth_token", "telecom23_api_key"):
+        p.add_argument("--" + name.replace("_", "-"), help=f"default {getattr(defaults, name)}")
+    p.add_argument("--telecom23-webhook-secret", help="sign telecom23 DLRs (default: unsigned)")
+    p.add_argument("--mesms-api-key", help=f"default {defaults.mesms_api_key}")
+    p.set_defaults(func=simulate)
     return parser
 
 
