@@ -18,6 +18,7 @@ from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import schema
 from receiver.store.base import (
+    CommitObserver,
     MessageFilter,
     Recorded,
     Registered,
@@ -116,9 +117,9 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    async def open(self) -> list[str]:
+    async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         applied = await asyncio.to_thread(self.migrate)
-        self._writer = Writer(self._connect)
+        self._writer = Writer(self._connect, on_commit=on_commit)
         self._writer.start()
         self._readers = ThreadPoolExecutor(self._reader_count, thread_name_prefix="receiver-read")
         return applied
@@ -411,6 +412,14 @@ class SQLiteStore:
                     "p95": percentile(0.95),
                 },
             }
+
+        return await self._read(query)
+
+    async def count_by_status(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            # Counted on the (status, id) index, without touching the table's rows.
+            rows = conn.execute("SELECT status, count(*) FROM messages GROUP BY status")
+            return {status: n for status, n in rows}
 
         return await self._read(query)
 
