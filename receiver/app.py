@@ -14,8 +14,10 @@ from starlette.routing import Route
 from receiver import __version__
 from receiver.api import health, messages, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
+from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
+from receiver.metrics import Metrics
 from receiver.providers import REGISTRY, build_providers, callback_path
 from receiver.settings import Settings
 from receiver.store import Store, open_store
@@ -27,14 +29,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """A new, isolated app. The store is opened (and migrated) at startup, closed at shutdown."""
     settings = settings or Settings.from_env()
     providers = build_providers(settings)
+    metrics = Metrics(providers)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
-        applied = await the_store.open()
+        applied = await the_store.open(on_commit=metrics.batch_committed)
         _log_startup(settings, applied)
         try:
-            yield {"settings": settings, "store": the_store, "providers": providers}
+            yield {
+                "settings": settings,
+                "store": the_store,
+                "providers": providers,
+                "metrics": metrics,
+            }
         finally:
             await the_store.close()
             log.info("stopped")
@@ -42,6 +50,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     routes = [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/messages", messages.list_messages, methods=["GET"]),
         Route("/v1/messages", messages.register_messages, methods=["POST"]),
         Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),

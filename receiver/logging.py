@@ -67,6 +67,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = T
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("receiver.http")
+_UNLOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware:
@@ -107,7 +108,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path: str = scope["path"]
-            if not path.startswith("/v1/webhook/") and path not in ("/healthz", "/readyz"):
+            # Probes and scrapes come every few seconds; a line each would drown the rest.
+            if not path.startswith("/v1/webhook/") and path not in _UNLOGGED:
                 log.info(
                     "request",
                     method=scope["method"],
