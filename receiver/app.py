@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import __version__
-from receiver.api import health, messages, webhooks
+from receiver.api import health, messages, openapi, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
@@ -51,8 +53,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/v1/messages", messages.list_messages, methods=["GET"]),
-        Route("/v1/messages", messages.register_messages, methods=["POST"]),
+        Route(
+            "/openapi.json",
+            openapi.endpoint(openapi.build_spec(providers, settings.public_url)),
+            methods=["GET"],
+        ),
+        _route("/v1/messages", GET=messages.list_messages, POST=messages.register_messages),
         Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),
         Route("/v1/messages/{message_id}/events", messages.get_message_events, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
@@ -66,6 +72,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **by_method: Endpoint) -> Route:
+    """One route for a path served by several handlers, so a 405's Allow names every method."""
+
+    async def dispatch(request: Request) -> Response:
+        # HEAD is served by GET, as Starlette does for a single handler.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return Route(path, dispatch, methods=list(by_method))
 
 
 def _log_startup(settings: Settings, migrations: list[str]) -> None:
