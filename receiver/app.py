@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +22,7 @@ from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
 from receiver.metrics import Metrics
 from receiver.providers import REGISTRY, build_providers, callback_path
+from receiver.providers.base import Provider
 from receiver.settings import Settings
 from receiver.store import Store, open_store
 
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
         applied = await the_store.open(on_commit=metrics.batch_committed)
-        _log_startup(settings, applied)
+        _log_startup(settings, the_store, providers, applied)
         try:
             yield {
                 "settings": settings,
@@ -88,16 +90,28 @@ def _route(path: str, **by_method: Endpoint) -> Route:
     return Route(path, dispatch, methods=list(by_method))
 
 
-def _log_startup(settings: Settings, migrations: list[str]) -> None:
+def _log_startup(
+    settings: Settings, store: Store, providers: Mapping[str, Provider], migrations: list[str]
+) -> None:
+    """One summary line with what an operator checks first, then a warning per real risk."""
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    configured = [name for name, p in providers.items() if p.configured]
     log.info(
         "started",
         version=__version__,
-        database=settings.database,
+        store=store.kind,
+        database=os.path.abspath(settings.database),
         **({"migrations_applied": migrations} if migrations else {}),
+        providers_configured=configured,
+        providers_not_configured=[name for name in providers if name not in configured],
         public_url=settings.public_url,
+        **(
+            {}
+            if settings.public_url
+            else {"note": "callback URLs use the bind address; set RECEIVER_PUBLIC_URL"}
+        ),
+        # The URLs to paste into each provider's console.
         callback_urls={name: base + callback_path(name) for name in REGISTRY},
-        twilio_configured=settings.twilio_configured,
     )
     if settings.api_token is None:
         log.warning(
@@ -110,9 +124,9 @@ def _log_startup(settings: Settings, migrations: list[str]) -> None:
                 "api_exposed_without_token",
                 detail="the service is reachable beyond this host; set RECEIVER_API_TOKEN",
             )
-    if not settings.twilio_configured:
+    if not configured:
+        # One provider configured is the usual case; none means every callback gets 403.
         log.warning(
-            "provider_not_configured",
-            provider="twilio",
-            detail="TWILIO_AUTH_TOKEN/TWILIO_ACCOUNTS unset: Twilio callbacks will get 403",
+            "no_provider_configured",
+            detail="no provider has credentials set: every callback will get 403",
         )

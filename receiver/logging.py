@@ -27,8 +27,11 @@ _LEVELS = {
 def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = True) -> None:
     """Set structlog's production chain; `fmt` is json, console, or auto (console on a tty)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    # Fields keep the order the code logs them in (the start-up summary reads top-down).
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(sort_keys=False)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -37,6 +37,8 @@ class Provider(Protocol):
 
     name: str
     status_map: Mapping[str, Status]
+    # Whether its credentials are set; an adapter without them refuses every callback (403).
+    configured: bool
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
         """Authenticate the request, then parse it into normalized events.

@@ -55,6 +55,7 @@ class TwilioProvider:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self.configured = settings.twilio_configured
         self._tokens_by_account: dict[str | None, list[str]] = {}
 
     def _tokens(self, account: str | None) -> list[str]:
