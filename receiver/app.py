@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import __version__, retention
-from receiver.api import callback_urls, health, messages, webhooks
+from receiver.api import callback_urls, health, messages, openapi, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
+from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
+from receiver.metrics import Metrics
 from receiver.providers import REGISTRY, build_providers, callback_path, message_providers
 from receiver.providers.base import Provider
 from receiver.providers.callback_auth import CallbackTokens
@@ -30,13 +35,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     """A new, isolated app. The store is opened (and migrated) at startup, closed at shutdown."""
     settings = settings or Settings.from_env()
     providers = build_providers(settings)
+    metrics = Metrics(providers)
     tokens = CallbackTokens(settings.secret_keys())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
-        applied = await the_store.open()
-        _log_startup(settings, applied, providers, tokens)
+        applied = await the_store.open(on_commit=metrics.batch_committed)
+        _log_startup(settings, the_store, providers, tokens, applied)
         pruning = (
             asyncio.create_task(
                 retention.prune_periodically(the_store, settings.retention_days),
@@ -52,6 +58,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "providers": providers,
                 "provider_names": message_providers(providers),
                 "callback_tokens": tokens,
+                "metrics": metrics,
             }
         finally:
             if pruning is not None:
@@ -64,8 +71,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     routes = [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/v1/messages", messages.list_messages, methods=["GET"]),
-        Route("/v1/messages", messages.register_messages, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(
+            "/openapi.json",
+            openapi.endpoint(openapi.build_spec(message_providers(providers), settings.public_url)),
+            methods=["GET"],
+        ),
+        _route("/v1/messages", GET=messages.list_messages, POST=messages.register_messages),
         # Before /v1/messages/{message_id}, which would otherwise take "export" for an id.
         Route("/v1/messages/export", messages.export_messages, methods=["GET"]),
         Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),
@@ -84,32 +96,45 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **by_method: Endpoint) -> Route:
+    """One route for a path served by several handlers, so a 405's Allow names every method."""
+
+    async def dispatch(request: Request) -> Response:
+        # HEAD is served by GET, as Starlette does for a single handler.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return Route(path, dispatch, methods=list(by_method))
+
+
 def _log_startup(
     settings: Settings,
-    migrations: list[str],
-    providers: dict[str, Provider],
+    store: Store,
+    providers: Mapping[str, Provider],
     tokens: CallbackTokens,
+    migrations: list[str],
 ) -> None:
-    base = callback_urls.base_url(None, settings)
-    urls: dict[str, str] = {}
-    for name, cls in REGISTRY.items():
-        if cls.signed_url and not tokens.configured:
-            continue
-        if "{source}" in cls.callback_path:  # one URL per configured source
-            for source in providers[name].message_providers:
-                urls[f"{name}/{source}"] = callback_urls.callback_url(
-                    base, name, tokens, source=source
-                )[0]
-        else:
-            urls[name] = callback_urls.callback_url(base, name, tokens)[0]
+    """One summary line with what an operator checks first, then a warning per real risk."""
+    configured = [name for name, p in providers.items() if p.configured]
     log.info(
         "started",
         version=__version__,
-        database=settings.database,
+        store=store.kind,
+        database=os.path.abspath(settings.database),
         **({"migrations_applied": migrations} if migrations else {}),
+        providers_configured=configured,
+        providers_not_configured=[name for name in providers if name not in configured],
         public_url=settings.public_url,
-        callback_urls=urls,
-        providers_configured=sorted(n for n, p in providers.items() if p.configured),
+        **(
+            {}
+            if settings.public_url
+            else {"note": "callback URLs use the bind address; set RECEIVER_PUBLIC_URL"}
+        ),
+        # The URLs to paste into each provider's console.
+        callback_urls=_callback_urls(settings, providers, tokens),
     )
     if settings.api_token is None:
         log.warning(
@@ -122,18 +147,28 @@ def _log_startup(
                 "api_exposed_without_token",
                 detail="the service is reachable beyond this host; set RECEIVER_API_TOKEN",
             )
-    for name, provider in providers.items():
-        if not provider.configured:
-            log.warning(
-                "provider_not_configured",
-                provider=name,
-                detail=_NOT_CONFIGURED.get(name, "its callbacks will get 403"),
-            )
+    if not configured:
+        # One provider configured is the usual case; none means every callback gets 403.
+        log.warning(
+            "no_provider_configured",
+            detail="no provider has credentials set: every callback will get 403",
+        )
 
 
-_NOT_CONFIGURED = {
-    "twilio": "TWILIO_AUTH_TOKEN/TWILIO_ACCOUNTS unset: Twilio callbacks will get 403",
-    "telecom23": "RECEIVER_SECRET_KEY unset: no signed callback URL, 23 Telecom callbacks get 403",
-    "mesms": "RECEIVER_SECRET_KEY unset: no signed callback URL, me-sms reports get 403",
-    "standard": "STANDARD_WEBHOOK_SECRETS unset: Standard Webhooks callbacks get 403",
-}
+def _callback_urls(
+    settings: Settings, providers: Mapping[str, Provider], tokens: CallbackTokens
+) -> dict[str, str]:
+    """Each configured provider's callback URL; one per source for Standard Webhooks."""
+    base = callback_urls.base_url(None, settings)
+    urls: dict[str, str] = {}
+    for name, cls in REGISTRY.items():
+        if cls.signed_url and not tokens.configured:
+            continue  # no key, no URL: the summary lists it as not configured
+        if "{source}" in cls.callback_path:
+            for source in providers[name].message_providers:
+                urls[f"{name}/{source}"] = callback_urls.callback_url(
+                    base, name, tokens, source=source
+                )[0]
+        else:
+            urls[name] = callback_urls.callback_url(base, name, tokens)[0]
+    return urls

@@ -27,8 +27,11 @@ _LEVELS = {
 def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = True) -> None:
     """Set structlog's production chain; `fmt` is json, console, or auto (console on a tty)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    # Fields keep the order the code logs them in (the start-up summary reads top-down).
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(sort_keys=False)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -67,6 +70,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = T
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("receiver.http")
+_UNLOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware:
@@ -107,7 +111,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path: str = scope["path"]
-            if not path.startswith("/v1/webhook/") and path not in ("/healthz", "/readyz"):
+            # Probes and scrapes come every few seconds; a line each would drown the rest.
+            if not path.startswith("/v1/webhook/") and path not in _UNLOGGED:
                 log.info(
                     "request",
                     method=scope["method"],

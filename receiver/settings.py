@@ -158,6 +158,7 @@ class Settings:
     db_busy_timeout_ms: int = 5000
     max_body: int = 65536
     api_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
     public_url: str | None = None
     trust_forwarded: bool = False
     unknown_messages: str = "create"
@@ -183,6 +184,7 @@ class Settings:
             "db_busy_timeout_ms": "RECEIVER_DB_BUSY_TIMEOUT_MS",
             "max_body": "RECEIVER_MAX_BODY",
             "api_token": "RECEIVER_API_TOKEN",
+            "metrics_token": "RECEIVER_METRICS_TOKEN",
             "public_url": "RECEIVER_PUBLIC_URL",
             "trust_forwarded": "RECEIVER_TRUST_FORWARDED",
             "unknown_messages": "RECEIVER_UNKNOWN_MESSAGES",
@@ -225,6 +227,7 @@ class Settings:
             ),
             max_body=_int(env, "RECEIVER_MAX_BODY", 65536, minimum=1024, maximum=16 * 1024 * 1024),
             api_token=_str(env, "RECEIVER_API_TOKEN"),
+            metrics_token=_str(env, "RECEIVER_METRICS_TOKEN"),
             public_url=_public_url(env),
             trust_forwarded=_bool(env, "RECEIVER_TRUST_FORWARDED", False),
             unknown_messages=_choice(

@@ -26,6 +26,7 @@ def test_every_variable_is_read() -> None:
         "RECEIVER_DATABASE": "/data/r.db",
         "RECEIVER_DB_BUSY_TIMEOUT_MS": "250",
         "RECEIVER_API_TOKEN": "tok",
+        "RECEIVER_METRICS_TOKEN": "scrape",
         "RECEIVER_MAX_BODY": "2048",
         "RECEIVER_PUBLIC_URL": "https://sms.example.com/prefix/",
         "RECEIVER_TRUST_FORWARDED": "yes",
@@ -62,6 +63,7 @@ def test_every_variable_is_read() -> None:
     assert s.public_url == "https://sms.example.com/prefix"
     assert s.trust_forwarded and s.unknown_messages == "hold"
     assert (s.retention_days, s.export_max_rows) == (0, 5000)
+    assert (s.api_token, s.metrics_token) == ("tok", "scrape")
     assert s.twilio_accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
 
 
@@ -125,6 +127,7 @@ def test_secrets_never_appear_in_repr() -> None:
     s = Settings.from_env(
         {
             "RECEIVER_API_TOKEN": "api-secret",
+            "RECEIVER_METRICS_TOKEN": "metrics-secret",
             "TWILIO_AUTH_TOKEN": "tw-secret",
             "TWILIO_AUTH_TOKEN_SECONDARY": "tw-secret-2",
             "TWILIO_ACCOUNTS": "AC1:sub-secret",
@@ -138,6 +141,7 @@ def test_secrets_never_appear_in_repr() -> None:
     assert "Settings(" in text
     for secret in (
         "api-secret",
+        "metrics-secret",
         "tw-secret",
         "tw-secret-2",
         "sub-secret",

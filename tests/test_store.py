@@ -84,6 +84,21 @@ def test_indexes_serve_every_query(store: SQLiteStore) -> None:
         plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
         assert "USING" in plan and "SCAN events" not in plan, (name, plan)
         assert not plan.startswith("SCAN messages"), (name, plan)
+    # The metrics' count per status reads every message, but from the index alone.
+    sql = "SELECT status, count(*) FROM messages GROUP BY status"
+    plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
+    assert "COVERING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_count_by_status_counts_messages_by_their_current_status(store: SQLiteStore) -> None:
+    async def scenario() -> dict[str, int]:
+        assert await store.count_by_status() == {}
+        await store.record([event("SM1", Status.SENT), event("SM2", Status.SENT)])
+        await store.record([event("SM1", Status.DELIVERED), event("SM3", Status.FAILED)])
+        await store.register([Registration("twilio", "SM4")])
+        return await store.count_by_status()
+
+    assert asyncio.run(scenario()) == {"sent": 1, "delivered": 1, "failed": 1, "registered": 1}
 
 
 def test_concurrent_writes_are_committed_in_shared_batches(store: SQLiteStore) -> None:

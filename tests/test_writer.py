@@ -220,6 +220,40 @@ def test_jobs_waiting_together_commit_together(path: str, max_batch: int, batche
         writer.stop()
 
 
+def test_the_commit_observer_hears_each_batch_before_its_callers(path: str) -> None:
+    """Metrics see a batch (its size and time) before any of its callers has a result."""
+    heard: list[tuple[int, float]] = []
+    writer = Writer(lambda: open_conn(path), on_commit=lambda n, s: heard.append((n, s)))
+    writer.start()
+    try:
+        gate = Gate()
+        gated = gate.hold(writer)
+        futures = [writer.submit(insert(i)) for i in range(10)]
+        gate.release.set()
+        gated.result(TIMEOUT)
+        assert len(heard) >= 1  # the gate's batch, heard before its caller got a result
+        for f in futures:
+            f.result(TIMEOUT)
+    finally:
+        writer.stop()
+    assert [n for n, _ in heard] == [1, 10]
+    assert all(0 < seconds < TIMEOUT for _, seconds in heard)
+
+
+def test_a_failing_commit_observer_does_not_fail_committed_jobs(path: str) -> None:
+    def observer(jobs: int, seconds: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    writer = Writer(lambda: open_conn(path), on_commit=observer)
+    writer.start()
+    try:
+        assert writer.submit(insert(7)).result(TIMEOUT) == 7
+        assert writer.submit(insert(8)).result(TIMEOUT) == 8
+    finally:
+        writer.stop()
+    assert rows(path) == [7, 8]
+
+
 def test_stop_commits_everything_submitted_before_it(path: str, writer: Writer) -> None:
     gate = Gate()
     gate.hold(writer)

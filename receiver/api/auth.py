@@ -35,8 +35,25 @@ def require_api_access(request: Request) -> None:
                 "RECEIVER_API_TOKEN is not set, so the API answers loopback clients only",
             )
         return
+    _require_bearer(request, settings.api_token, "RECEIVER_API_TOKEN")
+
+
+def require_metrics_access(request: Request) -> None:
+    """Raise ApiError 401/403 unless the caller may scrape /metrics.
+
+    RECEIVER_METRICS_TOKEN, when set, is the only key (a scraper need not hold the API token);
+    otherwise the query API's rule applies.
+    """
+    settings: Settings = request.state.settings
+    if settings.metrics_token is None:
+        require_api_access(request)
+    else:
+        _require_bearer(request, settings.metrics_token, "RECEIVER_METRICS_TOKEN")
+
+
+def _require_bearer(request: Request, expected: str, variable: str) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <RECEIVER_API_TOKEN>")
-    if not hmac.compare_digest(token.strip().encode(), settings.api_token.encode()):
+        raise ApiError(401, "unauthorized", f"send Authorization: Bearer <{variable}>")
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise ApiError(401, "unauthorized", "the bearer token is not valid")

@@ -17,6 +17,7 @@ from receiver.api.body import read_limited
 from receiver.api.errors import error_response
 from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
+from receiver.metrics import Metrics
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.settings import Settings
 from receiver.store import Store
@@ -29,6 +30,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
     settings: Settings = request.state.settings
     provider: Provider = request.state.providers[provider_name]
     store: Store = request.state.store
+    metrics: Metrics = request.state.metrics
     structlog.contextvars.bind_contextvars(provider=provider_name)
     url = external_url(request, settings)
     client_host = client_ip(request, settings)
@@ -43,6 +45,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
         )
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
+        metrics.rejected(provider_name, exc.status, exc.error_code)
         log.warning(
             "callback_rejected",
             status=exc.status,
@@ -57,6 +60,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
     recorded = await store.record(events)
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     for item in recorded:
+        metrics.callback(provider_name, item.outcome)
         event = item.event
         fields = dict(
             message_id=event.message_id,

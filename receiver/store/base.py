@@ -5,7 +5,7 @@ Only modules under receiver/store/ speak SQL; the rest of the service sees this 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,6 +22,11 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
         f"{moment.microsecond // 1000:03d}Z"
     )
+
+
+# Told (jobs in the batch, seconds from BEGIN to COMMIT) after each committed write batch, from
+# the writer's thread: it must be quick and must not raise.
+CommitObserver = Callable[[int, float], None]
 
 
 class StoreUnavailable(Exception):
@@ -123,7 +128,7 @@ class Store(Protocol):
         Raises StoreUnavailable when the database cannot be opened."""
         ...
 
-    async def open(self) -> list[str]:
+    async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         """Migrate, then start taking reads and writes; the migration steps applied."""
         ...
 
@@ -155,4 +160,7 @@ class Store(Protocol):
     def backup(self, target: str) -> BackupInfo:
         """Write a consistent copy of the database to `target` (synchronously, for the CLI),
         safe while the service writes; `target` is replaced only by a complete copy."""
+
+    async def count_by_status(self) -> dict[str, int]:
+        """Messages per current status (statuses with none left out), for the metrics."""
         ...

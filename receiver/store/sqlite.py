@@ -21,6 +21,7 @@ from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import schema
 from receiver.store.base import (
     BackupInfo,
+    CommitObserver,
     MessageFilter,
     Pruned,
     Recorded,
@@ -127,9 +128,9 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    async def open(self) -> list[str]:
+    async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         applied = await asyncio.to_thread(self.migrate)
-        self._writer = Writer(self._connect)
+        self._writer = Writer(self._connect, on_commit=on_commit)
         self._writer.start()
         self._readers = ThreadPoolExecutor(self._reader_count, thread_name_prefix="receiver-read")
         return applied
@@ -494,6 +495,14 @@ class SQLiteStore:
         finally:
             source.close()
         return BackupInfo(str(dest), dest.stat().st_size, messages)
+
+    async def count_by_status(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            # Counted on the (status, id) index, without touching the table's rows.
+            rows = conn.execute("SELECT status, count(*) FROM messages GROUP BY status")
+            return {status: n for status, n in rows}
+
+        return await self._read(query)
 
 
 # -- helpers shared by the jobs ----------------------------------------------------------------

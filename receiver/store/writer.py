@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from receiver.store.base import StoreUnavailable
+from receiver.store.base import CommitObserver, StoreUnavailable
 
 log = structlog.get_logger("receiver.store")
 
@@ -36,9 +36,16 @@ class _Job(Generic[T]):
 class Writer:
     """Serialises writes on one connection; `submit` is safe from any thread."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        max_batch: int = 512,
+        on_commit: CommitObserver | None = None,
+    ) -> None:
         self._connect = connect
         self._max_batch = max_batch
+        self._on_commit = on_commit
         # None is the stop marker; stop() enqueues it last, under the lock.
         self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         # Guards _closed and the enqueueing in submit(), so no job can land behind the stop
@@ -47,7 +54,7 @@ class Writer:
         self._closed = True
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        self.batches = 0  # counters for tests and, later, metrics
+        self.batches = 0  # counters for tests; metrics hear of each batch through on_commit
         self.jobs = 0
 
     def start(self) -> None:
@@ -183,9 +190,15 @@ class Writer:
                 failure.__cause__ = exc
                 job.future.set_exception(failure)
             return
+        elapsed = time.perf_counter() - started
         # Counted before the futures resolve, so a caller that has its result sees its batch.
         self.batches += 1
         self.jobs += len(batch)
+        if self._on_commit is not None:
+            try:
+                self._on_commit(len(batch), elapsed)
+            except Exception:  # the batch is committed: its callers must still hear so
+                log.exception("commit_observer_failed")
         for job, result, error in outcomes:
             if error is not None:
                 job.future.set_exception(error)
@@ -194,5 +207,5 @@ class Writer:
         log.debug(
             "write_batch_committed",
             jobs=len(batch),
-            commit_ms=round((time.perf_counter() - started) * 1000, 2),
+            commit_ms=round(elapsed * 1000, 2),
         )

@@ -1,0 +1,23 @@
+"""GET /metrics: the Prometheus exposition of the app's registry."""
+
+from __future__ import annotations
+
+from prometheus_client.exposition import choose_encoder
+from starlette.requests import Request
+from starlette.responses import Response
+
+from receiver.api.auth import require_metrics_access
+from receiver.metrics import Metrics
+from receiver.store import Store
+
+
+async def metrics(request: Request) -> Response:
+    require_metrics_access(request)
+    registry: Metrics = request.state.metrics
+    store: Store = request.state.store
+    # Read at scrape time rather than kept up to date on every write: the hot path stays free
+    # of it, and the numbers are the database's own.
+    registry.set_message_counts(await store.count_by_status())
+    # Prometheus asks for the format it wants (text 0.0.4/1.0.0 or OpenMetrics) in Accept.
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(registry.registry), headers={"Content-Type": content_type})
