@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support import AppServer, LiveServer
+from support import SECRET_KEY, AppServer, LiveServer
 from twilio.request_validator import RequestValidator
 
 from receiver.simulator.client import SimulatorClient, SimulatorError
@@ -660,24 +660,52 @@ def test_control_api_refuses_bad_input_with_json_errors(
 # --- end to end: the real receiver, and the CLI ------------------------------------------------
 
 
-def test_a_thousand_twilio_messages_through_the_receiver_end_in_the_simulators_final_status(
+def test_a_thousand_messages_of_every_provider_through_the_receiver_end_in_the_final_status(
     start_server: Callable[..., LiveServer], sim_url: str
 ) -> None:
-    """Duplicates, reordering and late `sent`: every message still ends where it should."""
-    receiver = start_server(twilio_auth_token=ACCOUNTS.twilio_auth_token)
+    """250 messages per provider, pushed with duplicates, reordering and late `sent`, in the
+    providers' batch and body variants: every one ends in the simulator's final status."""
+    receiver = start_server(
+        twilio_auth_token=ACCOUNTS.twilio_auth_token,
+        secret_key=SECRET_KEY,
+        provider_env={
+            "TELECOM23_WEBHOOK_SECRET": "t23-dlr-secret",
+            "STANDARD_WEBHOOK_SECRETS": f"acme:{WHSEC}",
+        },
+    )
+    providers = ("twilio", "telecom23", "mesms")
     with SimulatorClient(sim_url) as sim:
         sim.reset()
-        sim.point_at_receiver(receiver.base_url)
-        sim.create_messages("twilio", 1000, realism=UNTIDY | {"duplicate": 0.2})
+        sim.configure(
+            batch_size={"telecom23": 20, "mesms": 50},
+            telecom23_field_variants=True,
+        )
+        sim.point_at_receiver(
+            receiver.base_url, providers=providers, standard_sources={"acme": WHSEC}
+        )
+        realism = UNTIDY | {"duplicate": 0.2}
+        for provider in providers:
+            sim.create_messages(provider, 250, realism=realism)
+        sim.create_messages("standard", 250, source="acme", realism=realism)
         stats = sim.wait_idle(timeout=60)
         messages = sim.messages()
-    assert stats["deliveries"]["answers"]["twilio"] == {"204": stats["deliveries"]["succeeded"]}
+    assert len(messages) == 1000
+    answers = stats["deliveries"]["answers"]
+    assert set(answers) == {*providers, "standard"}
+    for provider, by_status in answers.items():
+        assert set(by_status) == {"204"}, (provider, by_status)  # nothing refused or failed
     assert sum(m["reordered"] for m in messages) > 100
     assert sum(m["duplicates"] for m in messages) > 100
+    assert sum(m["late_sent"] for m in messages) > 100
+    # A Standard Webhooks source's messages are stored under the source's name.
+    expected = {
+        (m.get("source") or m["provider"], m["message_id"]): m["final"]["status"] for m in messages
+    }
     with receiver.client() as http:
-        stored = http.get("/v1/messages", params={"provider": "twilio", "limit": 1000}).json()
-    got = {m["message_id"]: m["status"] for m in stored["messages"]}
-    assert got == {m["message_id"]: m["final"]["status"] for m in messages}
+        stored = http.get("/v1/messages", params={"limit": 1000}).json()
+    got = {(m["provider"], m["message_id"]): m["status"] for m in stored["messages"]}
+    assert stored["next_cursor"] is None
+    assert got == expected
 
 
 def test_receiver_simulate_serves_the_simulator_with_the_given_credentials(
