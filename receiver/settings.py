@@ -112,8 +112,11 @@ def _secret_key(value: str | None, name: str) -> str | None:
 
 def _secret_key_fallbacks(env: Mapping[str, str]) -> tuple[str, ...]:
     name = "RECEIVER_SECRET_KEY_FALLBACKS"
-    keys = [_secret_key(item, name) for item in env.get(name, "").split(",")]
-    return tuple(key for key in keys if key)
+    keys = tuple(key for item in env.get(name, "").split(",") if (key := _secret_key(item, name)))
+    if keys and not _str(env, "RECEIVER_SECRET_KEY"):
+        # Moving the old key here before setting the new one would revoke every URL at once.
+        raise SettingsError(f"{name} is set but RECEIVER_SECRET_KEY is not: set the new key too")
+    return keys
 
 
 def read_str(env: Mapping[str, str], name: str) -> str | None:
@@ -173,7 +176,9 @@ class Settings:
     secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
     # The variables each provider adapter declares (its `env_vars`), as found in the
     # environment; the adapter checks and reads them itself (providers/<name>.py).
-    provider_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    provider_env: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
 
     # The environment variable behind each field, for docs and error messages.
     ENV: ClassVar[Mapping[str, str]] = MappingProxyType(
@@ -246,7 +251,9 @@ class Settings:
             twilio_accounts=_twilio_accounts(env),
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
-            provider_env={name: env[name] for name in _provider_env_names() if name in env},
+            provider_env=MappingProxyType(
+                {name: env[name] for name in _provider_env_names() if name in env}
+            ),
         )
         # Each adapter checks its own variables now, so a wrong value stops the start.
         from receiver.providers import check_provider_settings

@@ -108,10 +108,13 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("TWILIO_ACCOUNTS", "XX1:token"),
         ("RECEIVER_SECRET_KEY", "short"),
         ("RECEIVER_SECRET_KEY_FALLBACKS", "long-enough-key-0123456789,short"),
+        ("RECEIVER_SECRET_KEY_FALLBACKS", "old-key-without-a-new-one-set"),
+        ("STANDARD_WEBHOOK_TOLERANCE", "3²"),
         ("TELECOM23_ALLOWED_IPS", "203.0.113.0/24,not-an-ip"),
         ("MESMS_ALLOWED_IPS", "10.0.0.0/33"),
         ("STANDARD_WEBHOOK_SECRETS", "acme:not base64!"),
         ("STANDARD_WEBHOOK_SECRETS", "acme:whsec_c2hvcnQ="),
+        ("STANDARD_WEBHOOK_SECRETS", "acme:whsec_" + "QUFB" * 6),  # 18 bytes: under 24
         ("STANDARD_WEBHOOK_SECRETS", "Acme:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ("STANDARD_WEBHOOK_SECRETS", "twilio:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ("STANDARD_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),

@@ -201,3 +201,21 @@ def test_the_source_is_a_provider_for_the_query_api(std: LiveServer) -> None:
         assert body["details"]["allowed"] == ["acme", "beta", "mesms", "telecom23", "twilio"]
         registered = client.post("/v1/messages", json={"provider": "beta", "message_id": "b-1"})
         assert registered.status_code in (200, 201), registered.text
+
+
+def test_a_non_ascii_digit_timestamp_is_refused_not_a_500(std: LiveServer) -> None:
+    body = payload(f"m-{uuid.uuid4().hex}", "delivered")
+    headers = {**signed(body), "webhook-timestamp": "\xb9\xb2\xb3"}  # "¹²³" as latin-1
+    response = httpx.post(
+        f"{std.base_url}/v1/webhook/standard/acme",
+        content=body,
+        headers={k: v.encode("latin-1") for k, v in headers.items()},
+    )
+    assert_error(response, 403, "timestamp_invalid")
+
+
+def test_a_relayed_status_matches_in_any_case(std: LiveServer) -> None:
+    mid = f"m-{uuid.uuid4().hex}"
+    body = payload(mid, "delivrd", status_provider="telecom23")
+    assert post(std, "acme", body, signed(body)).status_code == 204
+    assert message(std, mid, "acme")["status"] == "delivered"

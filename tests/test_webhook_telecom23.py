@@ -270,3 +270,81 @@ def test_a_malformed_authentic_report_is_400_and_nothing_is_stored(
     response = httpx.post(url, content=body, headers={"Content-Type": content_type})
     assert_error(response, 400, code)
     assert count_events(t23) == before
+
+
+# --- found in review: inputs that once gave a 500 or a wrong record ---------------------------
+
+
+def test_a_stray_lone_surrogate_in_an_unused_field_of_a_batch_is_stored_safely(
+    t23: LiveServer,
+) -> None:
+    a, b = new_id(), new_id()
+    # json.dumps would escape the backslash; the JSON must spell the surrogate itself.
+    body = json.dumps([dlr(a, x="SURROGATE"), dlr(b)]).replace("SURROGATE", "\\ud800").encode()
+    response = httpx.post(
+        callback_url(t23, "telecom23"), content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 204, response.text
+    assert message(t23, a)["status"] == message(t23, b)["status"] == "delivered"
+
+
+@pytest.mark.parametrize("done_date", ["1²²²²²²²²²", "²⁶⁰²¹³¹⁰³⁰", "not a date"])
+def test_an_unreadable_done_date_is_left_out_not_a_500(t23: LiveServer, done_date: str) -> None:
+    mid = new_id()
+    assert (
+        httpx.post(callback_url(t23, "telecom23"), json=dlr(mid, done_date=done_date)).status_code
+        == 204
+    )
+    [event] = events(t23, mid)
+    assert event["event_time"] is None and done_date in json.loads(event["body"])["done_date"]
+
+
+def test_a_numeric_success_code_is_not_an_error_and_odd_optional_fields_are_dropped(
+    t23: LiveServer,
+) -> None:
+    mid = new_id()
+    report = dlr(mid, status_code=0, sender_id="My\nApp", dnis=["+1"])
+    assert httpx.post(callback_url(t23, "telecom23"), json=report).status_code == 204
+    got = message(t23, mid)
+    assert (got["status"], got["error_code"], got["from"], got["to"]) == (
+        "delivered",
+        None,
+        "My App",
+        None,
+    )
+
+
+@pytest.mark.parametrize("body", [b'{"message_id": NaN, "status": "DELIVRD"}', b"[Infinity]"])
+def test_nan_and_infinity_are_not_json(t23: LiveServer, body: bytes) -> None:
+    response = httpx.post(
+        callback_url(t23, "telecom23"), content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_body")
+
+
+def test_a_json_body_with_a_byte_order_mark_and_no_content_type_is_read_as_json(
+    t23: LiveServer,
+) -> None:
+    mid = new_id()
+    body = "\ufeff".encode() + json.dumps(dlr(mid)).encode()
+    assert httpx.post(callback_url(t23, "telecom23"), content=body).status_code == 204
+    assert message(t23, mid)["status"] == "delivered"
+
+
+def test_a_forged_first_forwarded_for_line_does_not_pass_the_allow_list(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    """A proxy that adds its hop as a line of its own leaves the client's forged line first."""
+    server = start_server(
+        secret_key=SECRET_KEY,
+        trust_forwarded=True,
+        provider_env={"TELECOM23_ALLOWED_IPS": "203.0.113.0/24"},
+    )
+    headers = [
+        ("X-Forwarded-For", "203.0.113.5"),  # forged by the client
+        ("X-Forwarded-For", "198.51.100.9"),  # added by the proxy: the real caller
+        ("X-Forwarded-Host", server.base_url.removeprefix("http://")),
+    ]
+    response = httpx.post(callback_url(server, "telecom23"), json=dlr(new_id()), headers=headers)
+    assert_error(response, 403, "ip_not_allowed")
+    assert count_events(server) == 0

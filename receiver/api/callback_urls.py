@@ -25,7 +25,8 @@ def base_url(request: Request | None, settings: Settings) -> str:
     if settings.public_url:
         return settings.public_url
     if request is None:
-        return f"http://{settings.host}:{settings.port}"
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6
+        return f"http://{host}:{settings.port}"
     parts = urlsplit(external_url(request, settings))
     return f"{parts.scheme}://{parts.netloc}"
 

@@ -51,7 +51,9 @@ def external_url(request: Request, settings: Settings) -> str:
 def client_ip(request: Request, settings: Settings) -> str | None:
     """The caller's address; behind a trusted proxy, the last X-Forwarded-For hop it added."""
     if settings.trust_forwarded:
-        forwarded = request.headers.get("x-forwarded-for")
+        # Every X-Forwarded-For line, in order: a proxy may add its hop as a line of its own,
+        # after one the client forged, so only the very last hop is the proxy's word.
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         if forwarded:
             last = forwarded.split(",")[-1].strip()
             if last:

@@ -21,7 +21,7 @@ MAX_FORM_FIELDS = 200
 def records(body: bytes, content_type: str | None, *, max_records: int) -> list[dict[str, Any]]:
     """The body as a list of records: a JSON object, a JSON array of objects, or a form."""
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is not content
     except UnicodeDecodeError:
         raise CallbackRejected(400, "invalid_body", "the body is not UTF-8") from None
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
@@ -40,7 +40,7 @@ def records(body: bytes, content_type: str | None, *, max_records: int) -> list[
             raise CallbackRejected(400, "invalid_body", "the body is empty")
         return [form]
     try:
-        data = json.loads(text)
+        data = loads(text)
     except (ValueError, RecursionError):
         raise CallbackRejected(400, "invalid_body", "the body is not valid JSON") from None
     items = data if isinstance(data, list) else [data]
@@ -64,42 +64,61 @@ def record_body(body: bytes, records: list[dict[str, Any]], index: int) -> str:
 
 def json_text(value: Any) -> str:
     """Compact JSON, for keeping one part of a batch as its own raw body."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # ASCII escapes: a lone surrogate ("\ud800") in an unused field stays storable text.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
 def text(
     record: Mapping[str, Any], *names: str, required: bool = False, what: str = ""
 ) -> str | None:
-    """The first of `names` present in `record`, as bounded clean text.
+    """The first of `names` present in `record` with a usable value, as bounded clean text.
 
-    Numbers are accepted as text (some gateways send "000" as 0); other types, control
-    characters and unpaired surrogates are refused with CallbackRejected(400).
+    Whole numbers are accepted as text (some gateways send "000" as 0). A required field (an
+    id, a status) that is unusable -- another type, too long, control characters, unpaired
+    surrogates -- is CallbackRejected(400); an unusable optional one is left out, so one odd
+    cosmetic field does not lose a whole report (the raw body keeps it).
     """
     for name in names:
         value = record.get(name)
         if value is None or value == "":
             continue
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise CallbackRejected(400, "invalid_field", f"{name} must be text")
-        value = str(value).strip()
-        if not value:
-            continue
-        if len(value) > MAX_TEXT:
-            raise CallbackRejected(
-                400, "invalid_field", f"{name} is longer than {MAX_TEXT} characters"
-            )
-        if not value.isprintable():
-            raise CallbackRejected(400, "invalid_field", f"{name} holds control characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # "\ud800" in JSON: no database can store it
-            raise CallbackRejected(400, "invalid_field", f"{name} is not valid text") from None
-        return value
+        cleaned, problem = _clean(value)
+        if cleaned is not None:
+            return cleaned
+        if required and problem:
+            raise CallbackRejected(400, "invalid_field", f"{name} {problem}")
     if required:
         raise CallbackRejected(
             400, "missing_field", f"{what or names[0]} is missing (one of: {', '.join(names)})"
         )
     return None
+
+
+def _clean(value: Any) -> tuple[str | None, str | None]:
+    """(the value as clean text, None) or (None, what is wrong with it; None if just blank)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None, "must be text"  # floats too: 1e16 would become the id "1e+16"
+    text = " ".join(str(value).split())  # newlines, tabs and odd spaces become one space
+    if not text:
+        return None, None
+    if len(text) > MAX_TEXT:
+        return None, f"is longer than {MAX_TEXT} characters"
+    if not text.isprintable():
+        return None, "holds control characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" in JSON: no database can store it
+        return None, "is not valid text"
+    return text, None
+
+
+def loads(text: str) -> Any:
+    """json.loads, refusing NaN and Infinity (not JSON, and no status report has them)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 _TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
@@ -117,6 +136,8 @@ def iso_time(value: str | None) -> str | None:
     if not value:
         return None
     moment: datetime | None = None
+    if not value.isascii():  # str.isdigit() takes "²", which int() and strptime refuse
+        return None
     if len(value) == 10 and value.isdigit() and value[0] == "1":
         # Unix seconds (2001-2033). An SMPP YYMMDDhhmm starting with 1 would be from the 2010s.
         moment = datetime.fromtimestamp(int(value), UTC)
@@ -146,4 +167,9 @@ def iso_time(value: str | None) -> str | None:
         moment = moment.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 with an offset
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Year zero-padded by hand: strftime's %Y writes year 999 as "999".
+    return (
+        f"{moment.year:04d}-"
+        + moment.strftime("%m-%dT%H:%M:%S.")
+        + (f"{moment.microsecond // 1000:03d}Z")
+    )

@@ -103,7 +103,7 @@ class MeSmsProvider:
                 body = (
                     fields.record_body(request.body, reports, i)
                     if whole
-                    else fields.json_text({"uuid": uuid, **recipient})
+                    else fields.json_text({**recipient, "uuid": uuid})  # the uuid it is filed under
                 )
                 events.append(self._event(uuid, recipient, claims.label, body, kept))
         return events

@@ -7,7 +7,6 @@ id, so a retried delivery is recognised as a duplicate.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -57,7 +56,7 @@ def _tolerance(env: Mapping[str, str]) -> int:
     raw = (env.get(name) or "").strip()
     if not raw:
         return DEFAULT_TOLERANCE
-    if not raw.isdigit() or not 1 <= int(raw) <= 3600:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 3600:
         raise SettingsError(f"{name} must be a number of seconds from 1 to 3600; got {raw!r}")
     return int(raw)
 
@@ -78,9 +77,12 @@ class StandardProvider:
         self._clock = clock
         self._tolerance = _tolerance(settings.provider_env)
         self._secrets = parse_secrets(settings.provider_env, set(REGISTRY))
-        # A sender may report another provider's raw status, naming that provider.
+        # A sender may report another provider's raw status, naming that provider; matched
+        # in any case, as the providers' own adapters do.
         self._provider_maps = {
-            name: cls.status_map for name, cls in REGISTRY.items() if name != self.name
+            name: {raw.casefold(): status for raw, status in cls.status_map.items()}
+            for name, cls in REGISTRY.items()
+            if name != self.name
         }
 
     @property
@@ -115,7 +117,7 @@ class StandardProvider:
             raise CallbackRejected(403, exc.error_code, str(exc)) from None
         try:
             text = request.body.decode("utf-8")
-            payload = json.loads(text)
+            payload = fields.loads(text)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise CallbackRejected(400, "invalid_body", "the body is not valid JSON") from None
         if not isinstance(payload, dict):
@@ -140,8 +142,7 @@ class StandardProvider:
         if status_provider is None:
             status = STATUS_MAP.get(raw_status.lower())
         elif status_provider in self._provider_maps:
-            table = self._provider_maps[status_provider]
-            status = table.get(raw_status) or table.get(raw_status.lower())
+            status = self._provider_maps[status_provider].get(raw_status.casefold())
         else:
             raise CallbackRejected(
                 400,

@@ -37,7 +37,6 @@ _BY_FOLDED = {raw.upper(): status for raw, status in STATUS_MAP.items()}
 SIGNATURE_HEADER: Final = "X-Telecom23-Signature"
 MAX_RECORDS = 100  # one send reaches at most 100 recipients
 KEPT_HEADERS: Final = ("content-type", "user-agent")
-SUCCESS_CODE = "000"
 
 
 def canonical(raw: str) -> Status | None:
@@ -103,8 +102,9 @@ class Telecom23Provider:
             account=account,
             to_number=fields.text(record, "dnis", "recipient", "to"),
             from_number=fields.text(record, "sender_id", "from"),
-            # "000" is success; any other code explains a failure.
-            error_code=code if code and code != SUCCESS_CODE else None,
+            # "000" (or 0, from a gateway that sends numbers) is success; any other code
+            # explains a failure.
+            error_code=code if code and code.strip("0") else None,
             event_time=fields.iso_time(
                 fields.text(record, "done_date", "delivered_at", "timestamp")
             ),
