@@ -1,10 +1,11 @@
 """One writer thread per database: group commit of concurrent requests' writes.
 
 Every write is a job (a function of the connection). The thread takes all jobs waiting, runs
-them in one `BEGIN IMMEDIATE` transaction, each inside its own savepoint, and commits once with
-synchronous=FULL; only then are the jobs' futures resolved, so a caller that got its result
-knows its write is on disk. A job that raises rolls back its own savepoint and fails alone; a
-batch whose BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
+them in one `BEGIN IMMEDIATE` transaction and commits once with synchronous=FULL; only then
+are the jobs' futures resolved, so a caller that got its result knows its write is on disk. A
+job that raises fails alone: the batch is rolled back and run again with each job in its own
+savepoint (so a job must be a function of the database only: it may run twice). A batch whose
+BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
 """
 
 from __future__ import annotations
@@ -138,6 +139,29 @@ class Writer:
                 self._closed = True
             self._fail_queued()
 
+    @staticmethod
+    def _run_jobs(
+        conn: sqlite3.Connection, batch: list[_Job[Any]], *, isolated: bool
+    ) -> list[tuple[_Job[Any], Any, Exception | None]] | None:
+        """Each job's (result, error); None when not isolated and a job raised."""
+        outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
+        for job in batch:
+            if isolated:
+                conn.execute("SAVEPOINT job")
+            try:
+                result = job.fn(conn)
+            except Exception as exc:  # one bad job must not sink its batch
+                if not isolated:
+                    return None
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                outcomes.append((job, None, exc))
+            else:
+                if isolated:
+                    conn.execute("RELEASE job")
+                outcomes.append((job, result, None))
+        return outcomes
+
     def _recover(
         self, conn: sqlite3.Connection, batch: list[_Job[Any]], exc: BaseException
     ) -> None:
@@ -157,20 +181,17 @@ class Writer:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
-        outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.fn(conn)
-                except Exception as exc:  # one bad job must not sink its batch
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
+            outcomes = self._run_jobs(conn, batch, isolated=False)
+            if outcomes is None:
+                # A job raised: redo the batch with each job in its own savepoint, so it fails
+                # alone. Savepoints cost two statements a job, and each statement hands the GIL
+                # to the event loop and waits to get it back, so the common case goes without.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = self._run_jobs(conn, batch, isolated=True)
+                assert outcomes is not None  # isolated jobs fail alone
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
