@@ -148,7 +148,7 @@ class SQLiteStore:
         if self._writer is None:
             raise StoreUnavailable("the store is not open")
         try:
-            return await asyncio.wrap_future(self._writer.submit(fn))
+            return await self._writer.run(fn)
         except sqlite3.OperationalError as exc:
             # Raised inside a job (disk full, I/O error): the job wrote nothing; retry later.
             raise StoreUnavailable(f"database write failed: {exc}") from exc

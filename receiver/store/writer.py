@@ -10,6 +10,8 @@ BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -32,6 +34,31 @@ T = TypeVar("T")
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     future: Future[T] = field(default_factory=Future)
+    # For run(): the event loop awaiting the job, and what wakes it there.
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[None] | None = None
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _wake(jobs: list[_Job[Any]]) -> None:
+    """Wake the event loops awaiting these (resolved) jobs: one call per loop, not per job.
+
+    Each cross-thread call writes to the loop's self-pipe, a system call that gives the GIL
+    away; once per batch keeps that off the per-callback path.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for job in jobs:
+        if job.loop is not None and job.waiter is not None:
+            by_loop.setdefault(job.loop, []).append(job.waiter)
+    for loop, waiters in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_release, waiters)
 
 
 class Writer:
@@ -65,11 +92,27 @@ class Writer:
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         job: _Job[T] = _Job(fn)
+        self._enqueue(job)
+        return job.future
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Submit from an event loop and await the job's committed result."""
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(fn, loop=loop, waiter=loop.create_future())
+        self._enqueue(job)
+        assert job.waiter is not None
+        try:
+            await job.waiter
+        except asyncio.CancelledError:
+            job.future.cancel()  # skipped if not started yet; else it commits unanswered
+            raise
+        return job.future.result()
+
+    def _enqueue(self, job: _Job[Any]) -> None:
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is not running")
             self._queue.put(job)
-        return job.future
 
     def stop(self) -> None:
         """Finish every job already submitted, then close the connection."""
@@ -100,6 +143,7 @@ class Writer:
                 return
             if job is not None and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(StoreUnavailable("the store stopped"))
+                _wake([job])
 
     def _take_batch(self) -> tuple[list[_Job[Any]], bool]:
         """Block for the next jobs; return those still wanted, and whether to stop after them."""
@@ -176,6 +220,7 @@ class Writer:
                 failure = StoreUnavailable(f"writer failed: {exc!r}")
                 failure.__cause__ = exc
                 job.future.set_exception(failure)
+        _wake(batch)
         # Logged last, so nothing here can leave a caller unanswered.
         log.error("writer_error", jobs=len(batch), exc_info=exc)
 
@@ -203,6 +248,7 @@ class Writer:
                 failure = StoreUnavailable(f"database write failed: {exc}")
                 failure.__cause__ = exc
                 job.future.set_exception(failure)
+            _wake(batch)
             return
         # Counted before the futures resolve, so a caller that has its result sees its batch.
         self.batches += 1
@@ -212,6 +258,7 @@ class Writer:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)
+        _wake(batch)
         log.debug(
             "write_batch_committed",
             jobs=len(batch),
