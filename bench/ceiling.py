@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.cli import tune_gc
+
 
 async def callback(request: Request) -> Response:
     await request.body()
@@ -28,7 +30,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The same uvicorn options `receiver serve` uses.
+    # The same garbage-collector tuning and uvicorn options `receiver serve` uses.
+    tune_gc()
     uvicorn.run(
         app,
         host=args.host,
