@@ -38,26 +38,35 @@ class LineWriter:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._pending: list[str] = []
+        # Lines waiting for the end of their loop's turn; each loop only touches its own list.
+        self._pending: dict[asyncio.AbstractEventLoop, list[str]] = {}
         atexit.register(self.flush)  # a turn cut short by exit still gets its lines out
 
     def msg(self, message: str) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+            self._write([message])
             return
-        if not self._pending:
-            loop.call_soon(self.flush)
-        self._pending.append(message)
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._flush, loop)
+        pending.append(message)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        lines = self._pending.pop(loop, None)
+        if lines:
+            self._write(lines)
 
     def flush(self) -> None:
-        if self._pending:
-            lines, self._pending = self._pending, []
-            lines.append("")
-            self._stream.write("\n".join(lines))
-            self._stream.flush()
+        for loop in list(self._pending):
+            self._flush(loop)
+
+    def _write(self, lines: list[str]) -> None:
+        lines.append("")
+        self._stream.write("\n".join(lines))
+        self._stream.flush()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -86,3 +87,22 @@ def test_lines_of_one_loop_turn_are_written_together_in_order() -> None:
     asyncio.run(main())
     writer.msg("three")  # no loop running: written at once
     assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+def test_two_event_loops_in_two_threads_each_write_their_own_lines() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+
+    async def burst(name: str) -> None:
+        for i in range(50):
+            writer.msg(f"{name}{i}")
+            await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=asyncio.run, args=(burst(n),)) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    lines = stream.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"{n}{i}" for n in "ab" for i in range(50))
+    assert [line for line in lines if line.startswith("a")] == [f"a{i}" for i in range(50)]
