@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from receiver.cli import tune_gc
 
 BIN = Path(sys.executable).parent / "receiver"
 
@@ -106,3 +109,14 @@ def test_command_line_flags_are_checked_like_settings(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "PORT must be between 0 and 65535" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_tunes_the_garbage_collector_for_load() -> None:
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == 20_000
+        assert gc.get_freeze_count() > 0  # start-up objects are left out of collections
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

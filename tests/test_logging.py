@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from receiver.logging import configure_logging
+from receiver.logging import LineWriter, configure_logging
 
 
 @pytest.fixture
@@ -58,3 +61,48 @@ def test_console_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> Non
     assert "started" in out and "version" in out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out.strip().splitlines()[-1])
+
+
+def test_lines_of_one_loop_turn_are_written_together_in_order() -> None:
+    """On the event loop, lines wait for the end of the turn, then go out in one write."""
+
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    writer = LineWriter(stream)
+
+    async def main() -> None:
+        writer.msg("one")
+        writer.msg("two")
+        assert stream.getvalue() == ""  # not yet: the turn is still running
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "one\ntwo\n"
+        assert stream.writes == 1
+
+    asyncio.run(main())
+    writer.msg("three")  # no loop running: written at once
+    assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+def test_two_event_loops_in_two_threads_each_write_their_own_lines() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+
+    async def burst(name: str) -> None:
+        for i in range(50):
+            writer.msg(f"{name}{i}")
+            await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=asyncio.run, args=(burst(n),)) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    lines = stream.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"{n}{i}" for n in "ab" for i in range(50))
+    assert [line for line in lines if line.startswith("a")] == [f"a{i}" for i in range(50)]

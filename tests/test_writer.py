@@ -322,3 +322,91 @@ def test_a_failed_commit_fails_every_job_and_writes_nothing(path: str, writer: W
         assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def test_run_awaits_committed_results_and_a_batch_wakes_the_loop_once(
+    path: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return call_soon_threadsafe(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        gate = Gate()
+        gated = gate.hold(writer)
+        tasks = [asyncio.ensure_future(writer.run(insert(i))) for i in range(10)]
+        await asyncio.sleep(0.01)  # every task has queued its job behind the gate
+        gate.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        gated.result(TIMEOUT)
+        assert wakeups == 1  # the ten jobs committed in one batch, answered in one call
+        return list(results)
+
+    assert asyncio.run(main()) == list(range(10))
+    assert rows(path) == list(range(10))
+
+
+def test_run_cancelled_before_its_job_starts_skips_it(path: str, writer: Writer) -> None:
+    async def main() -> None:
+        gate = Gate()
+        gated = gate.hold(writer)
+        ran: list[int] = []
+        tasks = [asyncio.ensure_future(writer.run(insert(i, ran))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        tasks[1].cancel()
+        await asyncio.sleep(0)
+        gate.release.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TIMEOUT)
+        gated.result(TIMEOUT)
+        assert done[0] == 0 and done[2] == 2
+        assert isinstance(done[1], asyncio.CancelledError)
+        assert ran == [0, 2]
+
+    asyncio.run(main())
+    assert rows(path) == [0, 2]
+
+
+def test_run_raises_a_jobs_own_error_and_a_failed_commits_store_unavailable(
+    path: str, writer: Writer
+) -> None:
+    async def main() -> None:
+        assert await asyncio.wait_for(writer.run(insert(1)), TIMEOUT) == 1
+        with pytest.raises(sqlite3.IntegrityError):
+            await asyncio.wait_for(writer.run(insert(1)), TIMEOUT)
+
+        def orphan(conn: sqlite3.Connection) -> None:
+            # A deferred foreign key fails at COMMIT, failing the whole batch.
+            conn.execute("INSERT INTO child (parent_id) VALUES (42)")
+
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(writer.run(orphan), TIMEOUT)
+
+    asyncio.run(main())
+    assert rows(path) == [1]
+
+
+def test_run_after_stop_raises_and_stop_answers_queued_runs(path: str) -> None:
+    writer = Writer(lambda: open_conn(path))
+    writer.start()
+
+    async def main() -> None:
+        gate = Gate()
+        gated = gate.hold(writer)
+        task = asyncio.ensure_future(writer.run(insert(7)))
+        await asyncio.sleep(0.01)
+        stopper = asyncio.get_running_loop().run_in_executor(None, writer.stop)
+        gate.release.set()
+        assert await asyncio.wait_for(task, TIMEOUT) == 7  # stop commits what was submitted
+        await asyncio.wait_for(stopper, TIMEOUT)
+        gated.result(TIMEOUT)
+        with pytest.raises(StoreUnavailable):
+            await writer.run(insert(8))
+
+    asyncio.run(main())
+    assert rows(path) == [7]

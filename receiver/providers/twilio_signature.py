@@ -7,6 +7,7 @@ Pure functions, standard library only. Accepts exactly what twilio-python's
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -81,6 +82,9 @@ def _parse(url: str) -> ParseResult | None:
         return None
 
 
+# The URL is the same for nearly every callback: parse it once, not per request (bounded, as
+# the query string is the caller's).
+@functools.lru_cache(maxsize=256)
 def url_variants(url: str) -> tuple[str, ...]:
     """The URL without and with its port, as the SDK tries them (Twilio is inconsistent).
 
@@ -108,6 +112,7 @@ def url_variants(url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((without_port, with_port)))
 
 
+@functools.lru_cache(maxsize=256)
 def body_hash_param(url: str) -> str | None:
     """The URL's ``bodySHA256`` value (the JSON variant), or None."""
     parsed = _parse(url)

@@ -159,7 +159,11 @@ class SQLiteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
             raise StoreUnavailable("the store is not open")
-        return await asyncio.wrap_future(self._writer.submit(fn))
+        try:
+            return await self._writer.run(fn)
+        except sqlite3.OperationalError as exc:
+            # Raised inside a job (disk full, I/O error): the job wrote nothing; retry later.
+            raise StoreUnavailable(f"database write failed: {exc}") from exc
 
     def _read_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -185,29 +189,26 @@ class SQLiteStore:
         return await self._write(lambda conn: [self._record_one(conn, ev) for ev in events])
 
     def _record_one(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded:
+        # Few statements per event: each one hands the GIL to the event loop and waits to get
+        # it back, which is what bounds the writer under load.
         now = utcnow()
-        current = _message_row(conn, ev.provider, ev.message_id)
+        current, seen = _lookup(conn, ev)
         status = current.state.status.value if current else None
         pk = current.pk if current else None
         # A delivery id seen before for this message is the same delivery again, whatever it
         # says (a provider's retry); it is kept in the history but decides nothing.
-        if (
-            ev.dedupe_key is not None
-            and conn.execute(
-                "SELECT 1 FROM events "
-                "WHERE provider = ? AND dedupe_key = ? AND message_id = ? LIMIT 1",
-                (ev.provider, ev.dedupe_key, ev.message_id),
-            ).fetchone()
-        ):
+        if seen:
             self._insert_event(conn, ev, pk, status, Outcome.DUPLICATE, now)
             return Recorded(ev, Outcome.DUPLICATE, status, status)
 
-        created = False
         if current is None:
             if self.unknown_messages == "hold":
                 self._insert_event(conn, ev, None, None, Outcome.PENDING_UNKNOWN, now)
                 return Recorded(ev, Outcome.PENDING_UNKNOWN, None, None)
-            current = _insert_message(
+            # A new message is inserted in the state the event gives it (one statement rather
+            # than an insert and an update), decided exactly as for a registered one.
+            outcome, new = engine.apply_event(MessageState(Status.REGISTERED), ev, now)
+            pk = _insert_message(
                 conn,
                 ev.provider,
                 ev.message_id,
@@ -216,11 +217,17 @@ class SQLiteStore:
                 to_number=ev.to_number,
                 from_number=ev.from_number,
                 account=ev.account,
-            )
-            created = True
+                state=new,
+                provider_status=ev.provider_status if new else None,
+                error_code=ev.error_code if new else None,
+            ).pk
+            new_status = new.status.value if new else Status.REGISTERED.value
+            self._insert_event(conn, ev, pk, None, outcome, now)
+            return Recorded(ev, outcome, None, new_status, created=True)
+
         outcome, new_status = _apply(conn, current, ev, now)
         self._insert_event(conn, ev, current.pk, status, outcome, now)
-        return Recorded(ev, outcome, status, new_status, created=created)
+        return Recorded(ev, outcome, status, new_status)
 
     @staticmethod
     def _insert_event(
@@ -530,6 +537,22 @@ def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> _C
     )
 
 
+def _lookup(conn: sqlite3.Connection, ev: StatusEvent) -> tuple[_Current | None, bool]:
+    """The event's message (None if unknown) and whether its delivery id was seen before."""
+    row = conn.execute(
+        "SELECT m.id, m.status, m.sent_at, m.final_at, m.final_via, "
+        "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
+        "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
+        "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?",
+        (ev.dedupe_key, ev.provider, ev.dedupe_key, ev.message_id, ev.provider, ev.message_id),
+    ).fetchone()
+    seen = bool(row["seen"])
+    if row["id"] is None:
+        return None, seen
+    state = MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"])
+    return _Current(row["id"], state), seen
+
+
 def _insert_message(
     conn: sqlite3.Connection,
     provider: str,
@@ -542,27 +565,38 @@ def _insert_message(
     account: str | None = None,
     sent_at: str | None = None,
     metadata: str | None = None,
+    state: MessageState | None = None,
+    provider_status: str | None = None,
+    error_code: str | None = None,
 ) -> _Current:
+    """Insert a message, registered or in `state` (the one its first event gave it)."""
+    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
     cur = conn.execute(
-        "INSERT INTO messages (provider, message_id, account, status, to_number, from_number, "
-        "metadata, registered, is_final, created_at, updated_at, sent_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+        "INSERT INTO messages (provider, message_id, account, status, provider_status, "
+        "error_code, to_number, from_number, metadata, registered, is_final, final_via, "
+        "created_at, updated_at, sent_at, final_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             provider,
             message_id,
             account,
-            Status.REGISTERED.value,
+            state.status.value,
+            provider_status,
+            error_code,
             to_number,
             from_number,
             metadata,
             int(registered),
+            int(state.final),
+            state.final_via,
             now,
             now,
-            sent_at,
+            state.sent_at,
+            state.final_at,
         ),
     )
     assert cur.lastrowid is not None
-    return _Current(cur.lastrowid, MessageState(Status.REGISTERED, sent_at=sent_at))
+    return _Current(cur.lastrowid, state)
 
 
 def _apply(

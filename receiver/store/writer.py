@@ -1,14 +1,17 @@
 """One writer thread per database: group commit of concurrent requests' writes.
 
 Every write is a job (a function of the connection). The thread takes all jobs waiting, runs
-them in one `BEGIN IMMEDIATE` transaction, each inside its own savepoint, and commits once with
-synchronous=FULL; only then are the jobs' futures resolved, so a caller that got its result
-knows its write is on disk. A job that raises rolls back its own savepoint and fails alone; a
-batch whose BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
+them in one `BEGIN IMMEDIATE` transaction and commits once with synchronous=FULL; only then
+are the jobs' futures resolved, so a caller that got its result knows its write is on disk. A
+job that raises fails alone: the batch is rolled back and run again with each job in its own
+savepoint (so a job must be a function of the database only: it may run twice). A batch whose
+BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -31,6 +34,31 @@ T = TypeVar("T")
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     future: Future[T] = field(default_factory=Future)
+    # For run(): the event loop awaiting the job, and what wakes it there.
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[None] | None = None
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _wake(jobs: list[_Job[Any]]) -> None:
+    """Wake the event loops awaiting these (resolved) jobs: one call per loop, not per job.
+
+    Each cross-thread call writes to the loop's self-pipe, a system call that gives the GIL
+    away; once per batch keeps that off the per-callback path.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for job in jobs:
+        if job.loop is not None and job.waiter is not None:
+            by_loop.setdefault(job.loop, []).append(job.waiter)
+    for loop, waiters in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_release, waiters)
 
 
 class Writer:
@@ -71,11 +99,27 @@ class Writer:
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         job: _Job[T] = _Job(fn)
+        self._enqueue(job)
+        return job.future
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Submit from an event loop and await the job's committed result."""
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(fn, loop=loop, waiter=loop.create_future())
+        self._enqueue(job)
+        assert job.waiter is not None
+        try:
+            await job.waiter
+        except asyncio.CancelledError:
+            job.future.cancel()  # skipped if not started yet; else it commits unanswered
+            raise
+        return job.future.result()
+
+    def _enqueue(self, job: _Job[Any]) -> None:
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is not running")
             self._queue.put(job)
-        return job.future
 
     def stop(self) -> None:
         """Finish every job already submitted, then close the connection."""
@@ -106,6 +150,7 @@ class Writer:
                 return
             if job is not None and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(StoreUnavailable("the store stopped"))
+                _wake([job])
 
     def _take_batch(self) -> tuple[list[_Job[Any]], bool]:
         """Block for the next jobs; return those still wanted, and whether to stop after them."""
@@ -145,6 +190,29 @@ class Writer:
                 self._closed = True
             self._fail_queued()
 
+    @staticmethod
+    def _run_jobs(
+        conn: sqlite3.Connection, batch: list[_Job[Any]], *, isolated: bool
+    ) -> list[tuple[_Job[Any], Any, Exception | None]] | None:
+        """Each job's (result, error); None when not isolated and a job raised."""
+        outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
+        for job in batch:
+            if isolated:
+                conn.execute("SAVEPOINT job")
+            try:
+                result = job.fn(conn)
+            except Exception as exc:  # one bad job must not sink its batch
+                if not isolated:
+                    return None
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                outcomes.append((job, None, exc))
+            else:
+                if isolated:
+                    conn.execute("RELEASE job")
+                outcomes.append((job, result, None))
+        return outcomes
+
     def _recover(
         self, conn: sqlite3.Connection, batch: list[_Job[Any]], exc: BaseException
     ) -> None:
@@ -159,25 +227,23 @@ class Writer:
                 failure = StoreUnavailable(f"writer failed: {exc!r}")
                 failure.__cause__ = exc
                 job.future.set_exception(failure)
+        _wake(batch)
         # Logged last, so nothing here can leave a caller unanswered.
         log.error("writer_error", jobs=len(batch), exc_info=exc)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
-        outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.fn(conn)
-                except Exception as exc:  # one bad job must not sink its batch
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
+            outcomes = self._run_jobs(conn, batch, isolated=False)
+            if outcomes is None:
+                # A job raised: redo the batch with each job in its own savepoint, so it fails
+                # alone. Savepoints cost two statements a job, and each statement hands the GIL
+                # to the event loop and waits to get it back, so the common case goes without.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = self._run_jobs(conn, batch, isolated=True)
+                assert outcomes is not None  # isolated jobs fail alone
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -189,6 +255,7 @@ class Writer:
                 failure = StoreUnavailable(f"database write failed: {exc}")
                 failure.__cause__ = exc
                 job.future.set_exception(failure)
+            _wake(batch)
             return
         elapsed = time.perf_counter() - started
         # Counted before the futures resolve, so a caller that has its result sees its batch.
@@ -204,6 +271,7 @@ class Writer:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)
+        _wake(batch)
         log.debug(
             "write_batch_committed",
             jobs=len(batch),
