@@ -31,28 +31,22 @@ STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 @dataclass
-class LiveServer:
-    """The real app under uvicorn on 127.0.0.1, in a thread, with its own SQLite file."""
+class AppServer:
+    """Any ASGI app under real uvicorn on 127.0.0.1 (a free port), in a thread."""
 
-    settings: Settings
-    store: Store | None = None
+    app: Any
     base_url: str = ""
     _server: uvicorn.Server | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
-    def start(self) -> LiveServer:
-        # IPPROTO_TCP, so asyncio sets TCP_NODELAY as it does for servers it binds itself.
+    def start(self) -> AppServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        # proxy_headers off: the app reads forwarded headers itself, when told to trust them.
         config = uvicorn.Config(
-            create_app(self.settings, self.store),
-            log_level="warning",
-            lifespan="on",
-            proxy_headers=False,
-            access_log=False,
+            self.app, log_level="warning", lifespan="on", proxy_headers=False, access_log=False
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -70,6 +64,28 @@ class LiveServer:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
+
+
+@dataclass
+class LiveServer:
+    """The real app under uvicorn on 127.0.0.1, in a thread, with its own SQLite file."""
+
+    settings: Settings
+    store: Store | None = None
+    _server: AppServer | None = field(default=None, repr=False)
+
+    def start(self) -> LiveServer:
+        self._server = AppServer(create_app(self.settings, self.store)).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the server first"
+        return self._server.base_url
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)
@@ -221,36 +237,3 @@ def count_events(server: LiveServer, message_id: str | None = None) -> int:
             sql, args = sql + " WHERE message_id = ?", (message_id,)
         count: int = conn.execute(sql, args).fetchone()[0]
     return count
-
-
-@dataclass
-class AppServer:
-    """Any ASGI app under real uvicorn on 127.0.0.1 (a free port), in a thread."""
-
-    app: Any
-    base_url: str = ""
-    _server: uvicorn.Server | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-
-    def start(self) -> AppServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)

@@ -18,6 +18,7 @@ from receiver import __version__
 from receiver.api import messages
 from receiver.engine import Outcome, Status
 from receiver.providers import REGISTRY, callback_path
+from receiver.store.base import EXPORT_COLUMNS
 
 Schema = dict[str, Any]
 
@@ -65,24 +66,8 @@ SCHEMAS: dict[str, Schema] = {
             "sent_at": _nullable("string"),
             "final_at": _nullable("string"),
         },
-        "required": [
-            "provider",
-            "message_id",
-            "status",
-            "provider_status",
-            "error_code",
-            "final",
-            "final_via",
-            "to",
-            "from",
-            "account",
-            "registered",
-            "metadata",
-            "created_at",
-            "updated_at",
-            "sent_at",
-            "final_at",
-        ],
+        # A message has exactly the fields an export row has, in the same order.
+        "required": list(EXPORT_COLUMNS),
         "additionalProperties": False,
     },
     "Event": {

@@ -14,11 +14,12 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from receiver.providers.base import CallbackRejected
+from receiver.providers.base import CallbackRejected, InboundRequest
+from receiver.settings import Settings, read_networks
 
 # Bumping the salt revokes every URL ever issued, whatever the key.
 SALT = "receiver.callback-url.v1"
@@ -159,3 +160,28 @@ class SignedUrlAuth:
     def check(self, client_host: str | None, token: str | None) -> TokenClaims:
         check_ip(client_host, self.allowed, self.provider)
         return self.tokens.verify(token or "", self.provider)
+
+
+class SignedUrlProvider:
+    """What providers authenticated by a receiver-issued URL share: the route, the token and
+    the optional allow-list `<NAME>_ALLOWED_IPS`. Subclasses add parsing (read_callback)."""
+
+    name: ClassVar[str]
+    callback_path: ClassVar[str] = "dlr/{token}"
+    signed_url: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings) -> None:
+        allowed = read_networks(settings.provider_env, f"{self.name.upper()}_ALLOWED_IPS")
+        self._auth = SignedUrlAuth(self.name, settings.secret_keys(), allowed)
+
+    @property
+    def configured(self) -> bool:
+        return self._auth.configured
+
+    @property
+    def message_providers(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def authenticate(self, request: InboundRequest) -> TokenClaims:
+        """The URL's claims; CallbackRejected(403) for a refused address or token."""
+        return self._auth.check(request.client_host, request.path_params.get("token"))

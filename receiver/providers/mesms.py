@@ -14,8 +14,7 @@ from typing import Any, ClassVar, Final
 from receiver.engine import Status
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
-from receiver.providers.callback_auth import SignedUrlAuth
-from receiver.settings import Settings, read_networks
+from receiver.providers.callback_auth import SignedUrlProvider
 
 # Per-recipient statuses and what they mean here (README: "me-sms").
 STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
@@ -49,30 +48,13 @@ def split_message_id(value: str) -> tuple[str, str] | None:
     return uuid, msisdn
 
 
-class MeSmsProvider:
+class MeSmsProvider(SignedUrlProvider):
     name: ClassVar[str] = "mesms"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
-    callback_path: ClassVar[str] = "dlr/{token}"
     env_vars: ClassVar[tuple[str, ...]] = ("MESMS_ALLOWED_IPS",)
-    signed_url: ClassVar[bool] = True
-
-    def __init__(self, settings: Settings) -> None:
-        self._auth = SignedUrlAuth(
-            self.name,
-            settings.secret_keys(),
-            read_networks(settings.provider_env, "MESMS_ALLOWED_IPS"),
-        )
-
-    @property
-    def configured(self) -> bool:
-        return self._auth.configured
-
-    @property
-    def message_providers(self) -> tuple[str, ...]:
-        return (self.name,)
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
-        claims = self._auth.check(request.client_host, request.path_params.get("token"))
+        claims = self.authenticate(request)
         kept = {h: v for h in KEPT_HEADERS if (v := request.headers.get(h)) is not None}
         reports = fields.records(
             request.body, request.headers.get("content-type"), max_records=MAX_RECIPIENTS

@@ -13,8 +13,8 @@ from typing import ClassVar, Final
 from receiver.engine import Status
 from receiver.providers import fields
 from receiver.providers.base import InboundRequest, StatusEvent
-from receiver.providers.callback_auth import SignedUrlAuth, check_body_hmac
-from receiver.settings import Settings, read_list, read_networks
+from receiver.providers.callback_auth import SignedUrlProvider, check_body_hmac
+from receiver.settings import Settings, read_list
 
 # The DLR statuses and what they mean here (README: "23 Telecom"). Upper-case SMPP states,
 # plus the lower-case interim states its API also reports.
@@ -44,31 +44,20 @@ def canonical(raw: str) -> Status | None:
     return _BY_FOLDED.get(raw.upper())
 
 
-class Telecom23Provider:
+class Telecom23Provider(SignedUrlProvider):
     name: ClassVar[str] = "telecom23"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
-    callback_path: ClassVar[str] = "dlr/{token}"
     env_vars: ClassVar[tuple[str, ...]] = ("TELECOM23_WEBHOOK_SECRET", "TELECOM23_ALLOWED_IPS")
-    signed_url: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
-        env = settings.provider_env
-        self._auth = SignedUrlAuth(
-            self.name, settings.secret_keys(), read_networks(env, "TELECOM23_ALLOWED_IPS")
-        )
+        super().__init__(settings)
         # Several secrets may be listed while a gateway's secret is rotated.
-        self._hmac_secrets = [s.encode() for s in read_list(env, "TELECOM23_WEBHOOK_SECRET")]
-
-    @property
-    def configured(self) -> bool:
-        return self._auth.configured
-
-    @property
-    def message_providers(self) -> tuple[str, ...]:
-        return (self.name,)
+        self._hmac_secrets = [
+            s.encode() for s in read_list(settings.provider_env, "TELECOM23_WEBHOOK_SECRET")
+        ]
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
-        claims = self._auth.check(request.client_host, request.path_params.get("token"))
+        claims = self.authenticate(request)
         check_body_hmac(
             request.body,
             request.headers.get(SIGNATURE_HEADER.lower()),
