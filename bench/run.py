@@ -194,10 +194,14 @@ def check_database(database: Path, acked: list[str], in_flight: int) -> tuple[bo
     finally:
         conn.close()
     unique = set(acked)
-    applied = {sid for (sid, outcome), n in counts.items() if outcome == "applied" and n >= 1}
-    not_once = [sid for sid in unique if counts[(sid, "applied")] != 1]
+    per_sid = Counter[str]()
+    for (sid, _outcome), n in counts.items():
+        per_sid[sid] += n
+    # Exactly one event per acknowledged callback, and that one applied: a write that ran
+    # twice would show as a second event (a duplicate), caught here too.
+    not_once = [sid for sid in unique if counts[(sid, "applied")] != 1 or per_sid[sid] != 1]
     # Callbacks wrk sent but stopped waiting for when its time was up: committed, never counted.
-    unacked = applied - unique
+    unacked = set(per_sid) - unique
     events = sum(counts.values())
     lines = [
         f"integrity_check: {integrity}",
@@ -207,7 +211,14 @@ def check_database(database: Path, acked: list[str], in_flight: int) -> tuple[bo
         f"events stored: {events}; messages: {messages}; applied but not acknowledged "
         f"(in flight when wrk stopped, at most {in_flight}): {len(unacked)}",
     ]
-    ok = integrity == "ok" and not not_once and len(unacked) <= in_flight
+    # Nothing else is stored: every event and message is an acknowledged or in-flight callback's.
+    ok = (
+        integrity == "ok"
+        and not not_once
+        and len(unacked) <= in_flight
+        and all(per_sid[sid] == 1 for sid in unacked)
+        and events == messages == len(unique) + len(unacked)
+    )
     return ok, lines
 
 

@@ -162,8 +162,12 @@ def _callback_urls(
     base = callback_urls.base_url(None, settings)
     urls: dict[str, str] = {}
     for name, cls in REGISTRY.items():
-        if cls.signed_url and not tokens.configured:
-            continue  # no key, no URL: the summary lists it as not configured
+        if cls.signed_url:
+            # The URL is a credential: logged, it would travel with the logs. Point at where
+            # it is handed out instead.
+            if tokens.configured:
+                urls[name] = f"GET /v1/callback-url?provider={name} (a secret URL, not logged)"
+            continue
         if "{source}" in cls.callback_path:
             for source in providers[name].message_providers:
                 urls[f"{name}/{source}"] = callback_urls.callback_url(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,9 @@ def serve(args: argparse.Namespace) -> int:
         overrides["PORT"] = str(args.port)
     settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # The port first: a second instance started by mistake stops here, before it touches the
+    # database or logs a "started" line that is not true.
+    sock = _listen_or_exit(settings.host, settings.port)
     applied = _migrate_or_exit(settings)
     if applied:
         structlog.get_logger("receiver").info(
@@ -42,7 +46,7 @@ def serve(args: argparse.Namespace) -> int:
         )
     app = create_app(settings)
     tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -54,7 +58,23 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen_or_exit(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (as uvicorn binds it), or a readable reason and exit 1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(f"receiver: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def tune_gc() -> None:
@@ -100,8 +120,11 @@ def prune(args: argparse.Namespace) -> int:
     settings = _settings(**({"RECEIVER_RETENTION_DAYS": args.days} if args.days else {}))
     configure_logging(settings.log_level, settings.log_format)
     if settings.retention_days == 0:
-        print("receiver: retention is off (RECEIVER_RETENTION_DAYS=0); nothing pruned")
+        source = "--days 0" if args.days else "RECEIVER_RETENTION_DAYS=0"
+        print(f"receiver: retention is off ({source} keeps everything); nothing pruned")
         return 0
+    if not _existing_store_or_exit(settings):
+        return 1
 
     async def run() -> int:
         store = open_store(settings)
@@ -123,6 +146,20 @@ def prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store_or_exit(settings: Settings) -> bool:
+    """False, with the reason printed, when there is no database to work on."""
+    from receiver.store import open_store
+
+    if open_store(settings).exists():
+        return True
+    print(
+        f"receiver: there is no database at {settings.database} "
+        "(set RECEIVER_DATABASE to the service's database)",
+        file=sys.stderr,
+    )
+    return False
+
+
 def backup(args: argparse.Namespace) -> int:
     from receiver.store import StoreUnavailable, open_store
 
@@ -133,6 +170,8 @@ def backup(args: argparse.Namespace) -> int:
     if target.resolve() == Path(settings.database).resolve():
         print("receiver: the backup path is the database itself", file=sys.stderr)
         return 2
+    if not _existing_store_or_exit(settings):
+        return 1
     try:
         info = open_store(settings).backup(str(target))
     except StoreUnavailable as exc:
@@ -144,8 +183,6 @@ def backup(args: argparse.Namespace) -> int:
 
 def simulate(args: argparse.Namespace) -> int:
     """Serve the provider simulator (fake accounts; the credentials are flags, never the env)."""
-    import socket
-
     import uvicorn
 
     from receiver.simulator import Accounts, SimConfig, create_simulator

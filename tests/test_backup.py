@@ -116,6 +116,14 @@ def test_backup_of_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists() and not (tmp_path / "copy.db").exists()
 
 
+def test_backup_into_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    database = tmp_path / "receiver.db"
+    seed_messages(database, 1)
+    result = run_backup(database, tmp_path / "no-such-dir" / "copy.db")
+    assert result.returncode == 1
+    assert "is not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_the_copy_serves_as_the_database_of_a_new_service(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -120,3 +120,23 @@ def test_serve_tunes_the_garbage_collector_for_load() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_serve_on_a_busy_port_stops_before_touching_the_database(tmp_path: Path) -> None:
+    """A second instance started by mistake says why and leaves no trace."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        database = tmp_path / "second.db"
+        result = run(
+            str(BIN),
+            "serve",
+            "--port",
+            str(port),
+            env={"RECEIVER_DATABASE": str(database), "RECEIVER_LOG_FORMAT": "json"},
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr and '"started"' not in result.stdout + result.stderr
+    assert not database.exists()

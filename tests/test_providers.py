@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from support import SECRET_KEY, LiveServer, assert_error, make_settings
+from support import SECRET_KEY, STANDARD_SECRET, LiveServer, assert_error, make_settings
 
 from receiver.engine import Status
 from receiver.providers import REGISTRY, callback_path, provider_env_names
@@ -100,7 +100,10 @@ def test_a_new_provider_is_one_class_and_one_registry_line(
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(
-        tmp_path_factory.mktemp("urls"), secret_key=SECRET_KEY, api_token="tok"
+        tmp_path_factory.mktemp("urls"),
+        secret_key=SECRET_KEY,
+        api_token="tok",
+        provider_env={"STANDARD_WEBHOOK_SECRETS": f"acme:{STANDARD_SECRET}"},
     )
     server = LiveServer(settings)
     yield server.start()
@@ -122,6 +125,7 @@ def test_callback_url_gives_fixed_paths_for_self_signing_providers(api: LiveServ
     }
     standard = get_url(api, provider="standard", source="acme").json()
     assert standard["url"] == f"{api.base_url}/v1/webhook/standard/acme"
+    assert_error(get_url(api, provider="standard", source="nosuch"), 409, "provider_not_configured")
 
 
 def test_callback_url_is_fresh_and_never_cached(api: LiveServer) -> None:

@@ -163,6 +163,16 @@ def test_receiver_prune_with_retention_off_deletes_nothing(tmp_path: Path) -> No
     assert "RECEIVER_RETENTION_DAYS must be between 0 and 36500" in bad.stderr
 
 
+def test_receiver_prune_of_a_missing_database_creates_nothing(tmp_path: Path) -> None:
+    """Run from the wrong directory, prune says so rather than make an empty database."""
+    path = tmp_path / "elsewhere.db"
+    result = run_prune(path, days="30")
+    assert result.returncode == 1 and "there is no database" in result.stderr
+    assert not path.exists()
+    off = run_prune(path, "--days", "0")
+    assert off.returncode == 0 and "--days 0 keeps everything" in off.stdout
+
+
 def test_receiver_prune_beside_the_running_service_lets_its_writes_through(
     start_server: StartServer,
 ) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import structlog
 from support import (
     SECRET_KEY,
     LiveServer,
@@ -348,3 +349,24 @@ def test_a_forged_first_forwarded_for_line_does_not_pass_the_allow_list(
     response = httpx.post(callback_url(server, "telecom23"), json=dlr(new_id()), headers=headers)
     assert_error(response, 403, "ip_not_allowed")
     assert count_events(server) == 0
+
+
+def test_a_rejected_callback_is_logged_without_the_urls_secret(t23: LiveServer) -> None:
+    url = callback_url(t23, "telecom23")
+    token = url.rsplit("/", 1)[1]
+    with structlog.testing.capture_logs() as logs:
+        response = httpx.post(url, content=b"{broken", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    [rejected] = [e for e in logs if e["event"] == "callback_rejected"]
+    claims, signature = token.rsplit(".", 1)
+    assert rejected["url"].endswith(f"/dlr/{claims}.<redacted>")
+    assert signature not in str(logs)
+
+
+def test_a_json_report_labelled_as_a_form_is_read_as_json(t23: LiveServer) -> None:
+    """`curl -d` labels every body a form; no form starts with "{"."""
+    mid = new_id()
+    body = json.dumps(dlr(mid)).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(callback_url(t23, "telecom23"), content=body, headers=form).status_code == 204
+    assert message(t23, mid)["status"] == "delivered"

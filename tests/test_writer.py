@@ -410,3 +410,32 @@ def test_run_after_stop_raises_and_stop_answers_queued_runs(path: str) -> None:
 
     asyncio.run(main())
     assert rows(path) == [7]
+
+
+class BrokenLog:
+    """A logger whose every call fails, as one writing to a closed pipe does."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise BrokenPipeError("stdout is gone")
+
+        return fail
+
+
+def test_a_failing_log_never_stops_the_writer(
+    path: str, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failed batches log; if logging fails too, later writes must still commit."""
+    monkeypatch.setattr("receiver.store.writer.log", BrokenLog())
+    gate = Gate()
+    gate.hold(writer)
+
+    def aborting(conn: sqlite3.Connection) -> None:
+        raise Abort  # a BaseException: the whole batch fails and the writer recovers
+
+    failed = writer.submit(aborting)
+    gate.release.set()
+    with pytest.raises(StoreUnavailable):
+        failed.result(TIMEOUT)
+    assert writer.submit(insert(5)).result(TIMEOUT) == 5
+    assert rows(path) == [5]

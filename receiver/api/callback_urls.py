@@ -63,7 +63,7 @@ async def get_callback_url(request: Request) -> Response:
         raise ApiError(
             400,
             "invalid_parameter",
-            "provider must name a provider",
+            "provider is required" if provider is None else f"unknown provider {provider!r}",
             parameter="provider",
             allowed=sorted(REGISTRY),
         )
@@ -80,6 +80,13 @@ async def get_callback_url(request: Request) -> Response:
                 400,
                 "invalid_parameter",
                 "source is required: lower-case letters, digits, '-' or '_' (32 at most)",
+                parameter="source",
+            )
+        if source not in request.state.providers[provider].message_providers:
+            raise ApiError(
+                409,
+                "provider_not_configured",
+                f"no secret is configured for source {source!r} in STANDARD_WEBHOOK_SECRETS",
                 parameter="source",
             )
     elif source is not None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -20,8 +21,10 @@ from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
 from receiver.engine import Status
-from receiver.store import MessageFilter, Registration, Store
+from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
 from receiver.store.base import EXPORT_COLUMNS, format_time, utcnow
+
+log = structlog.get_logger("receiver.api")
 
 MAX_BATCH = 1000
 MAX_LIMIT = 1000
@@ -195,8 +198,16 @@ async def export_messages(request: Request) -> Response:
         if first is None:
             return
         yield _csv(first)
-        async for chunk in chunks:
-            yield _csv(chunk)
+        sent = len(first)
+        try:
+            async for chunk in chunks:
+                yield _csv(chunk)
+                sent += len(chunk)
+        except StoreUnavailable as exc:
+            # The headers are gone: all that can be done is to cut the download short (the
+            # client sees an incomplete body, never a complete-looking one) and say why here.
+            log.error("export_aborted", rows_sent=sent, error=str(exc))
+            raise
 
     stamp = utcnow().replace("-", "").replace(":", "").split(".")[0]
     return StreamingResponse(

@@ -461,7 +461,11 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             "responses": {
                 "200": _json(_ref("CallbackUrl"), "the URL"),
                 "400": _BAD_QUERY,
-                "409": _error("RECEIVER_SECRET_KEY is not set", "secret_key_unset"),
+                "409": _error(
+                    "RECEIVER_SECRET_KEY is not set, or the source has no secret",
+                    "secret_key_unset",
+                    "provider_not_configured",
+                ),
                 **_GUARDED,
             },
         },

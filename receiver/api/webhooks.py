@@ -19,6 +19,7 @@ from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
 from receiver.metrics import Metrics
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
+from receiver.providers.callback_auth import redact_token
 from receiver.settings import Settings
 from receiver.store import Store
 
@@ -51,7 +52,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
             status=exc.status,
             error_code=exc.error_code,
             reason=exc.message,
-            url=url,
+            url=redact_token(url, request.path_params.get("token")),
             client=client_host,
         )
         return error_response(exc.status, exc.error_code, exc.message)

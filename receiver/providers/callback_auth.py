@@ -106,6 +106,15 @@ class CallbackTokens:
         )
 
 
+def redact_token(url: str, token: str | None) -> str:
+    """`url` with a callback token's signature hidden: a signed URL is a credential, and logs
+    travel further than secrets should. What the token claims (provider, key id) stays."""
+    if not token:
+        return url
+    claims, dot, _signature = token.rpartition(".")
+    return url.replace(token, f"{claims}.<redacted>" if dot else "<redacted>")
+
+
 def check_ip(client_host: str | None, allowed: Sequence[Network], provider: str) -> None:
     """CallbackRejected(403) unless an allow-list is unset or names the caller's address."""
     if not allowed:

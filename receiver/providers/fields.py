@@ -25,10 +25,10 @@ def records(body: bytes, content_type: str | None, *, max_records: int) -> list[
     except UnicodeDecodeError:
         raise CallbackRejected(400, "invalid_body", "the body is not UTF-8") from None
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    stripped = text.lstrip()
-    if media_type == "application/x-www-form-urlencoded" or (
-        not media_type.endswith("json") and stripped[:1] not in ("{", "[")
-    ):
+    # A body that starts like JSON is read as JSON whatever its label: `curl -d` and many
+    # HTTP clients label every body a form, and no form starts with "{" or "[".
+    looks_json = text.lstrip()[:1] in ("{", "[")
+    if not looks_json and not media_type.endswith("json"):
         try:
             pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
         except ValueError:

@@ -32,9 +32,14 @@ def decode_secret(secret: str) -> bytes:
     try:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
+        raise ValueError(
+            "a Standard Webhooks secret is whsec_ followed by the base64 of 24 to 64 bytes"
+        ) from None
     if not 24 <= len(key) <= 64:  # the specification's bounds
-        raise ValueError("a Standard Webhooks secret must hold 24 to 64 bytes")
+        raise ValueError(
+            "a Standard Webhooks secret is whsec_ followed by the base64 of 24 to 64 bytes; "
+            f"this one holds {len(key)}"
+        )
     return key
 
 

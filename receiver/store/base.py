@@ -122,6 +122,11 @@ class Store(Protocol):
 
     kind: str
 
+    def exists(self) -> bool:
+        """Whether the database has been created, so commands that only read or trim it
+        (prune, backup) can refuse to make an empty one somewhere unexpected."""
+        ...
+
     def migrate(self) -> list[str]:
         """Create or upgrade the schema (synchronously, for the CLI); the steps applied.
 

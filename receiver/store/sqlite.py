@@ -116,6 +116,9 @@ class SQLiteStore:
     def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
         return connect(self.path, busy_timeout_ms=self.busy_timeout_ms, read_only=read_only)
 
+    def exists(self) -> bool:
+        return Path(self.path).is_file()
+
     def migrate(self) -> list[str]:
         """Create or upgrade the schema; return the migrations applied."""
         try:
@@ -141,8 +144,9 @@ class SQLiteStore:
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.stop()  # commits everything already submitted
-        if self._readers is not None:
-            self._readers.shutdown(wait=True)
+        readers, self._readers = self._readers, None  # later reads: StoreUnavailable, a 503
+        if readers is not None:
+            readers.shutdown(wait=True)
         with self._lock:
             for conn in self._read_conns:
                 conn.close()
@@ -182,6 +186,8 @@ class SQLiteStore:
             return await loop.run_in_executor(self._readers, lambda: fn(self._read_conn()))
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"database read failed: {exc}") from exc
+        except RuntimeError as exc:  # the pool shut down between the check and the call
+            raise StoreUnavailable("the store is closing") from exc
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -480,6 +486,10 @@ class SQLiteStore:
         if not Path(self.path).is_file():
             raise StoreUnavailable(f"there is no database at {self.path!r}")
         dest = Path(target)
+        if not dest.parent.is_dir():
+            raise StoreUnavailable(
+                f"cannot back up to {target!r}: {dest.parent} is not a directory"
+            )
         partial_path = dest.with_name(dest.name + ".partial")
         try:
             partial_path.unlink(missing_ok=True)
@@ -496,6 +506,7 @@ class SQLiteStore:
             with open(partial_path, "rb") as written:
                 os.fsync(written.fileno())  # on disk before it takes the target's name
             os.replace(partial_path, dest)
+            _fsync_directory(dest.parent)  # the new name, too, survives a crash
         except (OSError, sqlite3.Error) as exc:
             partial_path.unlink(missing_ok=True)
             raise StoreUnavailable(f"backup to {target!r} failed: {exc}") from exc
@@ -510,6 +521,14 @@ class SQLiteStore:
             return {status: n for status, n in rows}
 
         return await self._read(query)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- helpers shared by the jobs ----------------------------------------------------------------

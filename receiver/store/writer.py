@@ -27,6 +27,14 @@ from receiver.store.base import CommitObserver, StoreUnavailable
 
 log = structlog.get_logger("receiver.store")
 
+
+def _log(method: str, event: str, **fields: Any) -> None:
+    """Log from the writer thread; a log that fails (stdout gone, a full disk) must never
+    take the thread down with it, or every later write would get 503 until a restart."""
+    with contextlib.suppress(Exception):
+        getattr(log, method)(event, **fields)
+
+
 T = TypeVar("T")
 
 
@@ -229,7 +237,7 @@ class Writer:
                 job.future.set_exception(failure)
         _wake(batch)
         # Logged last, so nothing here can leave a caller unanswered.
-        log.error("writer_error", jobs=len(batch), exc_info=exc)
+        _log("error", "writer_error", jobs=len(batch), exc_info=exc)
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
@@ -248,7 +256,7 @@ class Writer:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            log.error("write_batch_failed", jobs=len(batch), error=str(exc))
+            _log("error", "write_batch_failed", jobs=len(batch), error=str(exc))
             for job in batch:
                 # One exception per future: a shared one would have its traceback rewritten
                 # by every thread that raises it.
@@ -265,15 +273,11 @@ class Writer:
             try:
                 self._on_commit(len(batch), elapsed)
             except Exception:  # the batch is committed: its callers must still hear so
-                log.exception("commit_observer_failed")
+                _log("exception", "commit_observer_failed")
         for job, result, error in outcomes:
             if error is not None:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)
         _wake(batch)
-        log.debug(
-            "write_batch_committed",
-            jobs=len(batch),
-            commit_ms=round(elapsed * 1000, 2),
-        )
+        _log("debug", "write_batch_committed", jobs=len(batch), commit_ms=round(elapsed * 1000, 2))
