@@ -51,7 +51,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
         "version": __version__,
         "store": "sqlite",
         "database": str(tmp_path / "receiver.db"),
-        "migrations_applied": ["0001_messages_and_events"],
+        "migrations_applied": ["0001_messages_and_events", "0002_prunable_index"],
         "providers_configured": ["twilio"],
         "providers_not_configured": ["telecom23", "mesms", "standard"],
         "public_url": "https://sms.example.com",

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from receiver.engine import Outcome, Status, StatusEvent
-from receiver.store import MessageFilter, Registration, StoreUnavailable
+from receiver.store import MessageFilter, Registration, StoreUnavailable, schema
 from receiver.store.sqlite import SQLiteStore, connect
 from receiver.store.writer import Writer
 
@@ -26,6 +27,9 @@ def event(message_id: str, status: Status | None, raw: str | None = None, **kw: 
     )
 
 
+MIGRATIONS = ["0001_messages_and_events", "0002_prunable_index"]
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s = SQLiteStore(str(tmp_path / "store.db"))
@@ -36,13 +40,39 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 def test_fresh_database_gets_every_migration_recorded(tmp_path: Path) -> None:
     s = SQLiteStore(str(tmp_path / "sub" / "dir" / "fresh.db"))
-    assert s.migrate() == ["0001_messages_and_events"]
+    assert s.migrate() == MIGRATIONS
     assert s.migrate() == []  # a second start finds nothing to do
     conn = sqlite3.connect(s.path)
     names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert names == ["0001_messages_and_events"]
+    assert names == MIGRATIONS
     assert {"messages", "events", "_sqlite_migrations"} <= tables
+
+
+def test_a_database_of_an_earlier_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file made by 0001 alone (the first release) gets the later steps, data kept."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = Database(conn)
+    schema.migrations.apply(db, stop_before="0002_prunable_index")
+    conn.execute(
+        "INSERT INTO messages (provider, message_id, status, registered, is_final, created_at, "
+        "updated_at) VALUES ('twilio', 'SM1', 'delivered', 0, 1, '2026-01-01', '2026-01-01')"
+    )
+    conn.close()
+    s = SQLiteStore(str(path))
+    assert s.migrate() == MIGRATIONS[1:]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    [(plan,)] = [
+        (r[3],)
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE is_final = 1 "
+            "AND coalesce(final_at, updated_at) < '2027' "
+            "ORDER BY coalesce(final_at, updated_at), id"
+        )
+    ]
+    assert "idx_messages_prunable" in plan  # pruning reads only what it deletes
 
 
 def test_two_processes_migrating_at_once_apply_each_step_once(tmp_path: Path) -> None:
@@ -56,7 +86,7 @@ def test_two_processes_migrating_at_once_apply_each_step_once(tmp_path: Path) ->
         t.start()
     for t in threads:
         t.join()
-    assert sorted(map(len, results)) == [0, 0, 0, 1]
+    assert sorted(results) == [[], [], [], MIGRATIONS]  # one of them did all, once
 
 
 def test_connections_use_wal_and_full_sync(tmp_path: Path) -> None:

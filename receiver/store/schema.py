@@ -89,6 +89,16 @@ def _messages_and_events(db: Database) -> None:
     db["_receiver_health"].create({"id": int, "checked_at": str}, pk="id")  # type: ignore[union-attr]
 
 
+@migrations(name="0002_prunable_index")
+def _prunable_index(db: Database) -> None:
+    # Retention finds final messages by the time they became final, oldest first: with this
+    # index a prune reads only what it deletes, however many messages are kept.
+    db.execute(
+        "CREATE INDEX idx_messages_prunable ON messages (coalesce(final_at, updated_at), id) "
+        "WHERE is_final = 1"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 

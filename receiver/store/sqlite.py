@@ -465,16 +465,17 @@ class SQLiteStore:
                 return
 
     async def prune(self, older_than: str, *, batch_size: int = 500) -> Pruned:
-        # Candidates are found on a read connection (walking ids upwards, where the old messages
-        # are), so the writer holds its lock for one small batch of deletes at a time, and
-        # callbacks queued meanwhile are committed between batches.
+        # Candidates are found on a read connection, oldest final first on their own index, so
+        # the writer holds its lock for one small batch of deletes at a time, and callbacks
+        # queued meanwhile are committed between batches.
         messages = events = batches = 0
-        after = 0
+        after = ("", 0)
         while True:
-            ids = await self._read(partial(_prunable_ids, after, older_than, batch_size))
+            found = await self._read(partial(_prunable_ids, after, older_than, batch_size))
+            ids = [row_id for _, row_id in found]
             if not ids:
                 return Pruned(messages, events, batches)
-            after = ids[-1]
+            after = found[-1]
             deleted, deleted_events = await self._write(partial(_delete_messages, ids, older_than))
             messages += deleted
             events += deleted_events
@@ -701,13 +702,18 @@ def _export_chunk(
 
 
 def _prunable_ids(
-    after: int, older_than: str, batch_size: int, conn: sqlite3.Connection
-) -> list[int]:
+    after: tuple[str, int], older_than: str, batch_size: int, conn: sqlite3.Connection
+) -> list[tuple[str, int]]:
+    """The next prunable messages' (final time, id) after `after`, oldest first, on
+    idx_messages_prunable (the expression and the WHERE match the index's exactly)."""
     return [
-        row[0]
+        (row[0], row[1])
         for row in conn.execute(
-            f"SELECT id FROM messages WHERE id > ? AND {_PRUNABLE} ORDER BY id LIMIT ?",
-            (after, older_than, batch_size),
+            "SELECT coalesce(final_at, updated_at), id FROM messages "
+            "WHERE is_final = 1 AND coalesce(final_at, updated_at) < ? "
+            "AND (coalesce(final_at, updated_at), id) > (?, ?) "
+            "ORDER BY coalesce(final_at, updated_at), id LIMIT ?",
+            (older_than, after[0], after[1], batch_size),
         )
     ]
 
