@@ -77,24 +77,6 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return value.rstrip("/")
 
 
-def _twilio_accounts(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    raw = env.get("TWILIO_ACCOUNTS", "")
-    pairs: list[tuple[str, str]] = []
-    for item in raw.replace("\n", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        sid, sep, token = item.partition(":")
-        sid, token = sid.strip(), token.strip()
-        if not sep or not sid.startswith("AC") or not token:
-            raise SettingsError(
-                "TWILIO_ACCOUNTS must be comma-separated AccountSid:auth_token pairs "
-                f"(AC...:token); got an item starting {item[:6]!r}"
-            )
-        pairs.append((sid, token))
-    return tuple(pairs)
-
-
 MIN_SECRET_KEY_LENGTH = 16
 
 
@@ -169,9 +151,6 @@ class Settings:
     log_format: str = "auto"
     retention_days: int = 90
     export_max_rows: int = 1_000_000
-    twilio_auth_token: str | None = field(default=None, repr=False)
-    twilio_auth_token_secondary: str | None = field(default=None, repr=False)
-    twilio_accounts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secret_key: str | None = field(default=None, repr=False)
     secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
     # The variables each provider adapter declares (its `env_vars`), as found in the
@@ -197,9 +176,6 @@ class Settings:
             "log_format": "RECEIVER_LOG_FORMAT",
             "retention_days": "RECEIVER_RETENTION_DAYS",
             "export_max_rows": "RECEIVER_EXPORT_MAX_ROWS",
-            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
-            "twilio_auth_token_secondary": "TWILIO_AUTH_TOKEN_SECONDARY",
-            "twilio_accounts": "TWILIO_ACCOUNTS",
             "secret_key": "RECEIVER_SECRET_KEY",
             "secret_key_fallbacks": "RECEIVER_SECRET_KEY_FALLBACKS",
         }
@@ -246,9 +222,6 @@ class Settings:
             export_max_rows=_int(
                 env, "RECEIVER_EXPORT_MAX_ROWS", 1_000_000, minimum=1, maximum=100_000_000
             ),
-            twilio_auth_token=_str(env, "TWILIO_AUTH_TOKEN"),
-            twilio_auth_token_secondary=_str(env, "TWILIO_AUTH_TOKEN_SECONDARY"),
-            twilio_accounts=_twilio_accounts(env),
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
             provider_env=MappingProxyType(
@@ -271,21 +244,3 @@ class Settings:
     def secret_keys(self) -> list[str]:
         """The key that signs callback URLs first, then the older ones still accepted."""
         return [self.secret_key, *self.secret_key_fallbacks] if self.secret_key else []
-
-    def twilio_tokens_for(self, account_sid: str | None) -> list[str]:
-        """Auth tokens to try for a callback from `account_sid`, most likely first.
-
-        A subaccount listed in TWILIO_ACCOUNTS uses its own token(s) (list a SID twice to rotate
-        its token); any other account uses TWILIO_AUTH_TOKEN. The secondary token is accepted
-        for every account while a rotation is under way.
-        """
-        tokens = [tok for sid, tok in self.twilio_accounts if sid == account_sid]
-        if not tokens and self.twilio_auth_token:
-            tokens.append(self.twilio_auth_token)
-        if self.twilio_auth_token_secondary:
-            tokens.append(self.twilio_auth_token_secondary)
-        return tokens
-
-    @property
-    def twilio_configured(self) -> bool:
-        return bool(self.twilio_auth_token or self.twilio_accounts)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -111,12 +112,35 @@ def assert_error(response: httpx.Response, status: int, error_code: str) -> dict
     return body
 
 
+# Twilio's variables, which tests may give as keyword arguments of make_settings.
+TWILIO_VARS = {
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "twilio_auth_token_secondary": "TWILIO_AUTH_TOKEN_SECONDARY",
+    "twilio_accounts": "TWILIO_ACCOUNTS",
+}
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: loopback, its own database, Twilio's test token.
+
+    Providers' variables go in `provider_env`; Twilio's may also be keyword arguments
+    (twilio_auth_token=None removes the token; twilio_accounts takes (sid, token) pairs).
+    """
+    env = {"TWILIO_AUTH_TOKEN": TWILIO_TOKEN}
+    for key, var in TWILIO_VARS.items():
+        if key not in overrides:
+            continue
+        value = overrides.pop(key)
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value if isinstance(value, str) else ",".join(f"{s}:{t}" for s, t in value)
+    env.update(overrides.pop("provider_env", {}))
     base = Settings(
         host="127.0.0.1",
         port=0,
         database=str(tmp_path / "receiver.db"),
-        twilio_auth_token=TWILIO_TOKEN,
+        provider_env=MappingProxyType(env),
     )
     return base.replace(**overrides)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from receiver.providers.twilio import TwilioProvider
 from receiver.settings import Settings, SettingsError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -64,7 +65,7 @@ def test_every_variable_is_read() -> None:
     assert s.trust_forwarded and s.unknown_messages == "hold"
     assert (s.retention_days, s.export_max_rows) == (0, 5000)
     assert (s.api_token, s.metrics_token) == ("tok", "scrape")
-    assert s.twilio_accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
+    assert TwilioProvider(s).accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
             "TWILIO_ACCOUNTS": "AC1:one,AC2:two,AC1:one-new",
         }
     )
-    assert s.twilio_tokens_for(account) == tokens
+    assert TwilioProvider(s).tokens_for(account) == tokens
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 from receiver.engine import Status
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
 from receiver.providers.twilio_signature import body_hash_param, validate
-from receiver.settings import Settings
+from receiver.settings import Settings, SettingsError, read_str
 
 # Twilio's MessageStatus values and what they mean here (README: "Twilio").
 STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
@@ -49,29 +49,68 @@ def _dlr_done_date(raw: str | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+def parse_accounts(raw: str) -> tuple[tuple[str, str], ...]:
+    """TWILIO_ACCOUNTS: comma-separated AccountSid:auth_token pairs."""
+    pairs: list[tuple[str, str]] = []
+    for item in raw.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        sid, sep, token = item.partition(":")
+        sid, token = sid.strip(), token.strip()
+        if not sep or not sid.startswith("AC") or not token:
+            raise SettingsError(
+                "TWILIO_ACCOUNTS must be comma-separated AccountSid:auth_token pairs "
+                f"(AC...:token); got an item starting {item[:6]!r}"
+            )
+        pairs.append((sid, token))
+    return tuple(pairs)
+
+
 class TwilioProvider:
     name: ClassVar[str] = "twilio"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
     callback_path: ClassVar[str] = "sms-status"
-    env_vars: ClassVar[tuple[str, ...]] = ()  # its settings predate the adapters' own: settings.py
+    env_vars: ClassVar[tuple[str, ...]] = (
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_AUTH_TOKEN_SECONDARY",
+        "TWILIO_ACCOUNTS",
+    )
     signed_url: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+        env = settings.provider_env
+        self.auth_token = read_str(env, "TWILIO_AUTH_TOKEN")
+        self.auth_token_secondary = read_str(env, "TWILIO_AUTH_TOKEN_SECONDARY")
+        self.accounts = parse_accounts(env.get("TWILIO_ACCOUNTS", ""))
         self._tokens_by_account: dict[str | None, list[str]] = {}
 
+    def tokens_for(self, account_sid: str | None) -> list[str]:
+        """Auth tokens to try for a callback from `account_sid`, most likely first.
+
+        A subaccount listed in TWILIO_ACCOUNTS uses its own token(s) (list a SID twice to rotate
+        its token); any other account uses TWILIO_AUTH_TOKEN. The secondary token is accepted
+        for every account while a rotation is under way.
+        """
+        tokens = [tok for sid, tok in self.accounts if sid == account_sid]
+        if not tokens and self.auth_token:
+            tokens.append(self.auth_token)
+        if self.auth_token_secondary:
+            tokens.append(self.auth_token_secondary)
+        return tokens
+
     def _tokens(self, account: str | None) -> list[str]:
-        # Memoised: the settings are frozen, and the hot path should not rebuild lists.
+        # Memoised: the hot path should not rebuild lists.
         tokens = self._tokens_by_account.get(account)
         if tokens is None:
-            tokens = self._settings.twilio_tokens_for(account)
+            tokens = self.tokens_for(account)
             if len(self._tokens_by_account) < 1024:  # AccountSid is attacker-chosen: cap it
                 self._tokens_by_account[account] = tokens
         return tokens
 
     @property
     def configured(self) -> bool:
-        return self._settings.twilio_configured
+        return bool(self.auth_token or self.accounts)
 
     @property
     def message_providers(self) -> tuple[str, ...]:
