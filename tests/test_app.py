@@ -51,7 +51,11 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
         "version": __version__,
         "store": "sqlite",
         "database": str(tmp_path / "receiver.db"),
-        "migrations_applied": ["0001_messages_and_events", "0002_prunable_index"],
+        "migrations_applied": [
+            "0001_messages_and_events",
+            "0002_prunable_index",
+            "0003_status_counts",
+        ],
         "providers_configured": ["twilio"],
         "providers_not_configured": ["telecom23", "mesms", "standard"],
         "public_url": "https://sms.example.com",
