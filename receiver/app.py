@@ -80,8 +80,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         _route("/v1/messages", GET=messages.list_messages, POST=messages.register_messages),
         # Before /v1/messages/{message_id}, which would otherwise take "export" for an id.
         Route("/v1/messages/export", messages.export_messages, methods=["GET"]),
-        Route("/v1/messages/{message_id}", messages.get_message, methods=["GET"]),
-        Route("/v1/messages/{message_id}/events", messages.get_message_events, methods=["GET"]),
+        # Ids may hold "/" (a Standard Webhooks sender's, or one registered so): the path
+        # convertor takes them whole; /events first, so it is not read as part of an id.
+        Route(
+            "/v1/messages/{message_id:path}/events", messages.get_message_events, methods=["GET"]
+        ),
+        Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
     ]

@@ -607,7 +607,7 @@ def test_a_bad_query_parameter_is_400_with_a_stable_error_code(
     [
         ("DELETE", "/v1/messages", 405, "method_not_allowed"),
         ("PUT", "/v1/messages/SM1", 405, "method_not_allowed"),
-        ("GET", "/v1/messages/SM1/history", 404, "not_found"),
+        ("GET", "/v1/messages/SM1/history", 404, "message_not_found"),  # an id with a "/"
         ("GET", "/v1/nothing", 404, "not_found"),
     ],
 )
@@ -819,3 +819,16 @@ def test_a_registration_body_over_the_limit_is_413_before_it_is_read(
     head = send_head_only(shared.base_url, "/v1/messages", MAX_REGISTRATION_BODY + 1, b"[")
     assert head.startswith(b"HTTP/1.1 413 ")
     assert b"body_too_large" in head
+
+
+def test_a_message_id_holding_slashes_is_read_whole(server: LiveServer) -> None:
+    """Registration takes any id, so reading must too: "/" included, encoded or not."""
+    with server.client() as client:
+        created = client.post("/v1/messages", json={"provider": "twilio", "message_id": "a/b/c"})
+        assert created.status_code == 201, created.text
+        for path in ("/v1/messages/a/b/c", "/v1/messages/a%2Fb%2Fc"):
+            got = client.get(path)
+            assert got.status_code == 200 and got.json()["message_id"] == "a/b/c"
+        history = client.get("/v1/messages/a/b/c/events")
+        assert history.status_code == 200 and history.json()["message"]["message_id"] == "a/b/c"
+        assert_error(client.get("/v1/messages/a/b"), 404, "message_not_found")

@@ -260,8 +260,9 @@ _MESSAGE_ID = {
     "name": "message_id",
     "in": "path",
     "required": True,
-    # A slash would route elsewhere; an empty id would be another path.
-    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+    # An empty id would be another path; "/" is allowed, as registration allows it.
+    "schema": {"type": "string", "minLength": 1},
+    "description": "the provider's message id; one ending in /events cannot be read here",
 }
 _SINCE = _query("since", {"type": "string"}, "ISO 8601 time or date (inclusive), on created_at")
 _UNTIL = _query("until", {"type": "string"}, "ISO 8601 time or date (exclusive), on created_at")
