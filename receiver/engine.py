@@ -7,9 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
+
+
+def format_time(moment: datetime) -> str:
+    """How every time is kept: ISO 8601 UTC with milliseconds, which sorts correctly as text.
+
+    OverflowError for an aware time that UTC cannot hold (year 1 or 9999 with an offset).
+    """
+    moment = moment.astimezone(UTC)
+    # The year zero-padded by hand: strftime's %Y writes year 999 as "999".
+    return (
+        f"{moment.year:04d}-"
+        + moment.strftime("%m-%dT%H:%M:%S.")
+        + (f"{moment.microsecond // 1000:03d}Z")
+    )
 
 
 class Status(StrEnum):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from receiver.engine import format_time
 from receiver.providers.base import CallbackRejected
 
 MAX_TEXT = 256  # ids, statuses, numbers, codes: anything longer is not a real value
@@ -121,55 +122,46 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
 # SMPP DLR "done date", by length: strptime alone would read 10 digits as hhmmss too.
 _SMPP_FORMATS = {10: "%y%m%d%H%M", 12: "%y%m%d%H%M%S"}
 
 
-def iso_time(value: str | None) -> str | None:
-    """A provider's timestamp as ISO 8601 UTC with milliseconds, or None if it is not one.
+def smpp_time(value: str) -> datetime | None:
+    """SMPP's DLR "done date", YYMMDDhhmm or YYMMDDhhmmss, read as UTC; None if not one."""
+    fmt = _SMPP_FORMATS.get(len(value))
+    if fmt is None or not (value.isascii() and value.isdigit()):  # "²" is a digit to isdigit()
+        return None
+    try:
+        return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
-    Accepts ISO 8601 with Z or an offset, "YYYY-MM-DD hh:mm:ss" and SMPP's YYMMDDhhmm[ss]
-    (both read as UTC), and Unix seconds. A time we cannot read is left out, not guessed;
-    the raw body keeps it.
+
+def iso_time(value: str | None) -> str | None:
+    """A provider's timestamp as the receiver keeps times (engine.format_time), or None.
+
+    Accepts ISO 8601 with Z or an offset, "YYYY-MM-DD hh:mm:ss" (read as UTC), SMPP's done
+    date, and Unix seconds. A time we cannot read is left out, not guessed; the raw body
+    keeps it.
     """
-    if not value:
-        return None
-    moment: datetime | None = None
-    if not value.isascii():  # str.isdigit() takes "²", which int() and strptime refuse
-        return None
-    if len(value) == 10 and value.isdigit() and value[0] == "1":
-        # Unix seconds (2001-2033). An SMPP YYMMDDhhmm starting with 1 would be from the 2010s.
-        moment = datetime.fromtimestamp(int(value), UTC)
-    elif not value.isdigit():  # fromisoformat reads bare digits as ISO basic dates
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
-    if moment is None:
-        if value.isdigit():
-            formats: tuple[str, ...] = (
-                (_SMPP_FORMATS[len(value)],) if len(value) in _SMPP_FORMATS else ()
-            )
-        else:
-            formats = _TIME_FORMATS
-        for fmt in formats:
-            try:
-                moment = datetime.strptime(value, fmt)
-                break
-            except ValueError:
-                continue
+    moment = _parse_time(value) if value and value.isascii() else None
     if moment is None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
-        moment = moment.astimezone(UTC)
+        return format_time(moment)
     except OverflowError:  # year 1 or 9999 with an offset
         return None
-    # Year zero-padded by hand: strftime's %Y writes year 999 as "999".
-    return (
-        f"{moment.year:04d}-"
-        + moment.strftime("%m-%dT%H:%M:%S.")
-        + (f"{moment.microsecond // 1000:03d}Z")
-    )
+
+
+def _parse_time(value: str) -> datetime | None:
+    if value.isdigit():  # fromisoformat would read bare digits as an ISO basic date
+        if len(value) == 10 and value[0] == "1":
+            # Unix seconds (2001-2033); an SMPP date starting with 1 would be from the 2010s.
+            return datetime.fromtimestamp(int(value), UTC)
+        return smpp_time(value)
+    try:  # ISO 8601, and also "YYYY-MM-DD hh:mm[:ss]" (Python 3.11 reads both)
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import ClassVar, Final
 from urllib.parse import parse_qs
 
-from receiver.engine import Status
+from receiver.engine import Status, format_time
+from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
 from receiver.providers.twilio_signature import body_hash_param, validate
 from receiver.settings import Settings, SettingsError, read_str
@@ -39,14 +39,9 @@ KEPT_HEADERS: Final = ("content-type", "user-agent", "i-twilio-idempotency-token
 
 
 def _dlr_done_date(raw: str | None) -> str | None:
-    """RawDlrDoneDate (YYMMDDhhmm, UTC) as ISO 8601, or None when absent or malformed."""
-    if not raw or len(raw) != 10 or not raw.isdigit():
-        return None
-    try:
-        moment = datetime.strptime(raw, "%y%m%d%H%M").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    """RawDlrDoneDate (YYMMDDhhmm, UTC) as the receiver keeps times, or None."""
+    moment = fields.smpp_time(raw) if raw and len(raw) == 10 else None
+    return format_time(moment) if moment else None
 
 
 def parse_accounts(raw: str) -> tuple[tuple[str, str], ...]:

@@ -10,18 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from receiver.engine import Outcome, StatusEvent
+from receiver.engine import Outcome, StatusEvent, format_time
+
+__all__ = ["format_time", "utcnow"]  # with the records and the Store interface below
 
 
 def utcnow() -> str:
-    """Now as stored: ISO 8601 UTC with milliseconds, which sorts correctly as text."""
+    """Now as stored (engine.format_time)."""
     return format_time(datetime.now(UTC))
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{moment.microsecond // 1000:03d}Z"
-    )
 
 
 # Told (jobs in the batch, seconds from BEGIN to COMMIT) after each committed write batch, from
