@@ -106,6 +106,11 @@ def read_str(env: Mapping[str, str], name: str) -> str | None:
     return _str(env, name)
 
 
+def read_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A provider's whole-number setting within bounds."""
+    return _int(env, name, default, minimum=minimum, maximum=maximum)
+
+
 def read_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """A comma-separated setting, blanks dropped."""
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from receiver.api.auth import require_api_access
 from receiver.api.errors import ApiError
 from receiver.api.origin import external_url
+from receiver.api.query import query
 from receiver.providers import REGISTRY, callback_path
 from receiver.providers.callback_auth import CallbackTokens
 from receiver.providers.standard import SOURCE_PATTERN
@@ -54,10 +55,7 @@ async def get_callback_url(request: Request) -> Response:
     require_api_access(request)
     settings: Settings = request.state.settings
     tokens: CallbackTokens = request.state.callback_tokens
-    params = request.query_params
-    unknown = sorted(set(params) - {"provider", "label", "source"})
-    if unknown:
-        raise ApiError(400, "unknown_parameter", f"unknown query parameter: {unknown[0]}")
+    params = query(request, {"provider", "label", "source"})
     provider = params.get("provider")
     if provider not in REGISTRY:
         raise ApiError(

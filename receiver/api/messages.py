@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
+from receiver.api.query import query
 from receiver.engine import Status
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
 from receiver.store.base import EXPORT_COLUMNS, format_time, utcnow
@@ -61,22 +62,6 @@ def parse_time(value: str, name: str) -> str:
             parameter=name,
         )
     return format_time(moment)
-
-
-def _query(request: Request, allowed: set[str]) -> Mapping[str, str]:
-    params = request.query_params
-    unknown = sorted(set(params.keys()) - allowed)
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_parameter",
-            f"unknown query parameter: {unknown[0]}",
-            allowed=sorted(allowed),
-        )
-    for key in params:
-        if len(params.getlist(key)) > 1:
-            raise ApiError(400, "invalid_parameter", f"{key} given more than once", parameter=key)
-    return params
 
 
 def _provider_param(request: Request, params: Mapping[str, str]) -> str | None:
@@ -136,7 +121,7 @@ def _decode_cursor(cursor: str) -> int:
 
 async def list_messages(request: Request) -> Response:
     store = _store(request)
-    params = _query(request, {"status", "provider", "to", "since", "until", "limit", "cursor"})
+    params = query(request, {"status", "provider", "to", "since", "until", "limit", "cursor"})
     f = _filter(request, params)
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
@@ -185,7 +170,7 @@ def _csv(rows: Iterable[Iterable[Any]]) -> bytes:
 async def export_messages(request: Request) -> Response:
     """The filtered list as a CSV download: streamed, chunk by chunk, in constant memory."""
     store = _store(request)
-    params = _query(request, {"status", "provider", "to", "since", "until"})
+    params = query(request, {"status", "provider", "to", "since", "until"})
     f = _filter(request, params)
     limit: int = request.state.settings.export_max_rows
     chunks = store.export_messages(f, max_rows=limit)
@@ -223,7 +208,7 @@ async def export_messages(request: Request) -> Response:
 
 async def _one_message(request: Request) -> dict[str, Any]:
     store = _store(request)
-    params = _query(request, {"provider"})
+    params = query(request, {"provider"})
     message_id = request.path_params["message_id"]
     matches = await store.get_messages(message_id, _provider_param(request, params))
     if not matches:
@@ -250,7 +235,7 @@ async def get_message_events(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     store = _store(request)
-    params = _query(request, {"since", "until", "provider"})
+    params = query(request, {"since", "until", "provider"})
     return JSONResponse(await store.stats(_filter(request, params)))
 
 

@@ -283,6 +283,14 @@ def _provider_param(providers: list[str]) -> Schema:
 
 def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, str], Schema]:
     """Every route's documentation: (method, path) -> OpenAPI operation."""
+    # The list's filters, which the export takes too.
+    filters = [
+        _query("status", {"enum": _STATUSES}, "current status"),
+        _provider_param(providers),
+        _query("to", {"type": "string"}, "recipient number, exact"),
+        _SINCE,
+        _UNTIL,
+    ]
     registration = _ref("Registration")
     batch = {"type": "array", "items": registration, "minItems": 1, "maxItems": messages.MAX_BATCH}
     return {
@@ -326,11 +334,7 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             "tags": ["messages"],
             "security": _API_SECURITY,
             "parameters": [
-                _query("status", {"enum": _STATUSES}, "current status"),
-                _provider_param(providers),
-                _query("to", {"type": "string"}, "recipient number, exact"),
-                _SINCE,
-                _UNTIL,
+                *filters,
                 _query(
                     "limit",
                     {"type": "integer", "minimum": 1, "maximum": messages.MAX_LIMIT},
@@ -427,11 +431,7 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             "tags": ["messages"],
             "security": _API_SECURITY,
             "parameters": [
-                _query("status", {"enum": _STATUSES}, "current status"),
-                _provider_param(providers),
-                _query("to", {"type": "string"}, "recipient number, exact"),
-                _SINCE,
-                _UNTIL,
+                *filters,
             ],
             "responses": {
                 "200": {

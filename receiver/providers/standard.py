@@ -17,7 +17,7 @@ from receiver.engine import Status
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
 from receiver.providers.standard_signature import SignatureError, decode_secret, verify
-from receiver.settings import Settings, SettingsError, read_list
+from receiver.settings import Settings, SettingsError, read_int, read_list
 
 # Canonical statuses are accepted as they are (README: "Standard Webhooks").
 # "registered" is the receiver's own state before any report, never a sender's.
@@ -51,16 +51,6 @@ def parse_secrets(env: Mapping[str, str], reserved: set[str]) -> dict[str, list[
     return secrets
 
 
-def _tolerance(env: Mapping[str, str]) -> int:
-    name = "STANDARD_WEBHOOK_TOLERANCE"
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return DEFAULT_TOLERANCE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 3600:
-        raise SettingsError(f"{name} must be a number of seconds from 1 to 3600; got {raw!r}")
-    return int(raw)
-
-
 class StandardProvider:
     name: ClassVar[str] = "standard"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
@@ -75,7 +65,13 @@ class StandardProvider:
         from receiver.providers import REGISTRY  # this module is one of its entries
 
         self._clock = clock
-        self._tolerance = _tolerance(settings.provider_env)
+        self._tolerance = read_int(
+            settings.provider_env,
+            "STANDARD_WEBHOOK_TOLERANCE",
+            DEFAULT_TOLERANCE,
+            minimum=1,
+            maximum=3600,
+        )
         self._secrets = parse_secrets(settings.provider_env, set(REGISTRY))
         # A sender may report another provider's raw status, naming that provider; matched
         # in any case, as the providers' own adapters do.
