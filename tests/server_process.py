@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-from support import CALLBACK_PATH, TWILIO_TOKEN, status_params, twilio_form
+from support import (
+    CALLBACK_PATH,
+    TWILIO_TOKEN,
+    free_port,
+    status_params,
+    twilio_form,
+    wait_for_healthz,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
@@ -66,17 +63,13 @@ class ServerProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"receiver did not start (exit code {self.proc.returncode})")
-            time.sleep(0.05)
+        try:
+            ready = wait_for_healthz(self.base_url, self.proc, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        assert ready.status_code == 200, ready.text
+        return self
 
     def kill(self) -> None:
         """kill -9: no shutdown, no last commit; whatever was committed is what survives."""

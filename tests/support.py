@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -261,3 +262,29 @@ def count_events(server: LiveServer, message_id: str | None = None) -> int:
             sql, args = sql + " WHERE message_id = ?", (message_id,)
         count: int = conn.execute(sql, args).fetchone()[0]
     return count
+
+
+# --- servers in child processes ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a child process to bind)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_healthz(
+    base_url: str, proc: subprocess.Popen[Any], timeout: float = 20
+) -> httpx.Response:
+    """The first answer of a starting server's /healthz; RuntimeError if it exits or stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(base_url + "/healthz", timeout=1)
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not start (exit code {proc.returncode})"
+                ) from None
+            time.sleep(0.05)

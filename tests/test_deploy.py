@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
+from support import free_port, wait_for_healthz
 from test_docs import section
 
 from receiver.settings import Settings
@@ -31,12 +30,6 @@ SETTINGS = set(Settings().env_names())
 def procfile() -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     return dict(line.split(": ", 1) for line in lines if line.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shell_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -82,14 +75,7 @@ def test_procfile_web_command_as_written_serves_healthz_on_port(tmp_path: Path) 
         start_new_session=True,  # the shell and the server in one group, stopped together
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "web did not start"
-                time.sleep(0.1)
+        response = wait_for_healthz(f"http://127.0.0.1:{port}", proc)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
