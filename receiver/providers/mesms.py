@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from receiver.engine import Status
+from receiver.polling.base import poll_env_vars
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
 from receiver.providers.callback_auth import SignedUrlProvider
@@ -51,7 +52,12 @@ def split_message_id(value: str) -> tuple[str, str] | None:
 class MeSmsProvider(SignedUrlProvider):
     name: ClassVar[str] = "mesms"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
-    env_vars: ClassVar[tuple[str, ...]] = ("MESMS_ALLOWED_IPS",)
+    env_vars: ClassVar[tuple[str, ...]] = (
+        "MESMS_ALLOWED_IPS",
+        "MESMS_API_BASE",
+        "MESMS_API_KEY",
+        *poll_env_vars("MESMS"),
+    )
 
     def read_callback(self, request: InboundRequest) -> list[StatusEvent]:
         claims = self.authenticate(request)

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from receiver.engine import Status
+from receiver.polling.base import poll_env_vars
 from receiver.providers import fields
 from receiver.providers.base import InboundRequest, StatusEvent
 from receiver.providers.callback_auth import SignedUrlProvider, check_body_hmac
@@ -47,7 +48,13 @@ def canonical(raw: str) -> Status | None:
 class Telecom23Provider(SignedUrlProvider):
     name: ClassVar[str] = "telecom23"
     status_map: ClassVar[Mapping[str, Status]] = STATUS_MAP
-    env_vars: ClassVar[tuple[str, ...]] = ("TELECOM23_WEBHOOK_SECRET", "TELECOM23_ALLOWED_IPS")
+    env_vars: ClassVar[tuple[str, ...]] = (
+        "TELECOM23_WEBHOOK_SECRET",
+        "TELECOM23_ALLOWED_IPS",
+        "TELECOM23_API_BASE",
+        "TELECOM23_API_KEY",
+        *poll_env_vars("TELECOM23"),
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -9,6 +9,7 @@ from typing import ClassVar, Final
 from urllib.parse import parse_qs
 
 from receiver.engine import Status, format_time
+from receiver.polling.base import poll_env_vars
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
 from receiver.providers.twilio_signature import body_hash_param, validate
@@ -70,6 +71,9 @@ class TwilioProvider:
         "TWILIO_AUTH_TOKEN",
         "TWILIO_AUTH_TOKEN_SECONDARY",
         "TWILIO_ACCOUNTS",
+        "TWILIO_API_BASE",
+        "TWILIO_ACCOUNT_SID",
+        *poll_env_vars("TWILIO"),
     )
     signed_url: ClassVar[bool] = False
 

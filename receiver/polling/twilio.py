@@ -1,0 +1,105 @@
+"""Twilio's status client: GET the Message resource with the account's SID and auth token."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import httpx
+
+from receiver.engine import StatusEvent, format_time
+from receiver.polling.base import DueMessage, PollAnswer, RequestObserver
+from receiver.polling.clients import api_base, get_answer, required_text, segment
+from receiver.providers import fields
+from receiver.providers.twilio import STATUS_MAP, TwilioProvider
+from receiver.settings import Settings, SettingsError, read_str
+
+DEFAULT_API_BASE: Final = "https://api.twilio.com"
+ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+class TwilioStatusClient:
+    provider = "twilio"
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = api_base(settings, "TWILIO_API_BASE", DEFAULT_API_BASE)
+        self._adapter = TwilioProvider(settings)  # its tokens, checked and parsed once
+        sid = read_str(settings.provider_env, "TWILIO_ACCOUNT_SID")
+        if sid is not None and not ACCOUNT_SID.fullmatch(sid):
+            raise SettingsError(
+                "TWILIO_ACCOUNT_SID must be an account SID, AC and 32 hex digits; "
+                f"got one starting {sid[:6]!r}"
+            )
+        listed = sorted({account for account, _ in self._adapter.accounts})
+        # The account of a message that does not name its own (registered by the app, and no
+        # callback has told us): the one set, else the only subaccount listed.
+        self.default_sid = sid or (listed[0] if len(listed) == 1 else None)
+        # A token alone is not enough: it does not say which account to ask about.
+        self.configured = self._adapter.configured and (sid is not None or bool(listed))
+
+    def group(self, message: DueMessage) -> str:
+        return message.message_id
+
+    async def poll(
+        self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
+    ) -> list[PollAnswer]:
+        return [await self._poll_one(http, message, observe) for message in messages]
+
+    def account_sid(self, message: DueMessage) -> str | None:
+        """Whose Messages resource to ask: the message's own account, else the default."""
+        if message.account and ACCOUNT_SID.fullmatch(message.account):
+            return message.account
+        return self.default_sid
+
+    async def _poll_one(
+        self, http: httpx.AsyncClient, message: DueMessage, observe: RequestObserver
+    ) -> PollAnswer:
+        sid = self.account_sid(message)
+        tokens = self._adapter.tokens_for(sid) if sid else []
+        message_sid = segment(message.message_id)
+        if sid is None or not tokens or message_sid is None:
+            return PollAnswer(message.message_id, None)  # nothing we could ask Twilio
+        url = f"{self.base}/2010-04-01/Accounts/{segment(sid)}/Messages/{message_sid}.json"
+        event = await get_answer(
+            http,
+            url,
+            observe,
+            lambda data: self._event(message.message_id, sid, data),
+            auth=(sid, tokens[0]),
+        )
+        return PollAnswer(message.message_id, event)
+
+    def _event(self, message_id: str, sid: str, data: dict[str, Any]) -> StatusEvent:
+        raw = required_text(data, "status").lower()
+        return StatusEvent(
+            provider=self.provider,
+            message_id=message_id,
+            provider_status=raw,
+            status=STATUS_MAP.get(raw),
+            source="poll",
+            account=sid,
+            to_number=fields.text(data, "to"),
+            from_number=fields.text(data, "from"),
+            error_code=fields.text(data, "error_code"),  # a number, or null
+            event_time=rfc2822_time(data.get("date_updated")),
+            body=fields.json_text(data),
+        )
+
+
+def rfc2822_time(value: object) -> str | None:
+    """Twilio's "Thu, 13 Feb 2026 10:30:04 +0000" as the receiver keeps times, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC, says RFC 2822
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return format_time(moment)
+    except OverflowError:
+        return None
