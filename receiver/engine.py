@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -25,6 +25,16 @@ def format_time(moment: datetime) -> str:
         + moment.strftime("%m-%dT%H:%M:%S.")
         + (f"{moment.microsecond // 1000:03d}Z")
     )
+
+
+def parse_time(text: str) -> datetime:
+    """A time as kept (format_time), back as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+def later(text: str, seconds: float) -> str:
+    """The kept time `seconds` after the kept time `text`."""
+    return format_time(parse_time(text) + timedelta(seconds=seconds))
 
 
 class Status(StrEnum):

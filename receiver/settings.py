@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -77,6 +78,7 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return value.rstrip("/")
 
 
+_WEEK = 7 * 86400.0
 MIN_SECRET_KEY_LENGTH = 16
 
 
@@ -109,6 +111,66 @@ def read_str(env: Mapping[str, str], name: str) -> str | None:
 def read_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
     """A provider's whole-number setting within bounds."""
     return _int(env, name, default, minimum=minimum, maximum=maximum)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    """Seconds, written as a number of seconds or with a unit: 500ms, 30s, 5m, 72h, 2d."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    match = _DURATION.fullmatch(raw.strip().lower())
+    if match is None:
+        raise SettingsError(
+            f"{name} must be a duration such as 300, 30s, 5m, 72h or 500ms; got {raw!r}"
+        )
+    value = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+    if not minimum <= value <= maximum:
+        raise SettingsError(
+            f"{name} must be between {_say(minimum)} and {_say(maximum)}; got {raw.strip()!r}"
+        )
+    return value
+
+
+def _say(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number; got {raw!r}") from None
+    if not minimum <= value <= maximum:  # also refuses NaN
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}; got {raw!r}")
+    return value
+
+
+def read_duration(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    """A provider's duration setting in seconds (300, 30s, 5m, 72h, 500ms)."""
+    return _duration(env, name, default, minimum=minimum, maximum=maximum)
+
+
+def read_float(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    """A provider's number setting within bounds."""
+    return _float(env, name, default, minimum=minimum, maximum=maximum)
 
 
 def read_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -156,6 +218,16 @@ class Settings:
     log_format: str = "auto"
     retention_days: int = 90
     export_max_rows: int = 1_000_000
+    # Polling for late DLRs (receiver/polling/); durations in seconds.
+    polling: bool = True
+    dlr_grace: float = 300.0
+    poll_max_age: float = 72 * 3600.0
+    poll_backoff: float = 60.0
+    poll_backoff_max: float = 3600.0
+    poll_interval: float = 5.0
+    poll_batch: int = 500
+    poll_lease: float = 120.0
+    poll_timeout: float = 10.0
     secret_key: str | None = field(default=None, repr=False)
     secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
     # The variables each provider adapter declares (its `env_vars`), as found in the
@@ -181,6 +253,15 @@ class Settings:
             "log_format": "RECEIVER_LOG_FORMAT",
             "retention_days": "RECEIVER_RETENTION_DAYS",
             "export_max_rows": "RECEIVER_EXPORT_MAX_ROWS",
+            "polling": "RECEIVER_POLLING",
+            "dlr_grace": "RECEIVER_DLR_GRACE",
+            "poll_max_age": "RECEIVER_POLL_MAX_AGE",
+            "poll_backoff": "RECEIVER_POLL_BACKOFF",
+            "poll_backoff_max": "RECEIVER_POLL_BACKOFF_MAX",
+            "poll_interval": "RECEIVER_POLL_INTERVAL",
+            "poll_batch": "RECEIVER_POLL_BATCH",
+            "poll_lease": "RECEIVER_POLL_LEASE",
+            "poll_timeout": "RECEIVER_POLL_TIMEOUT",
             "secret_key": "RECEIVER_SECRET_KEY",
             "secret_key_fallbacks": "RECEIVER_SECRET_KEY_FALLBACKS",
         }
@@ -227,16 +308,48 @@ class Settings:
             export_max_rows=_int(
                 env, "RECEIVER_EXPORT_MAX_ROWS", 1_000_000, minimum=1, maximum=100_000_000
             ),
+            polling=_bool(env, "RECEIVER_POLLING", True),
+            dlr_grace=_duration(env, "RECEIVER_DLR_GRACE", 300.0, minimum=0.01, maximum=_WEEK),
+            poll_max_age=_duration(
+                env, "RECEIVER_POLL_MAX_AGE", 72 * 3600.0, minimum=1.0, maximum=90 * 86400.0
+            ),
+            poll_backoff=_duration(
+                env, "RECEIVER_POLL_BACKOFF", 60.0, minimum=0.01, maximum=86400.0
+            ),
+            poll_backoff_max=_duration(
+                env, "RECEIVER_POLL_BACKOFF_MAX", 3600.0, minimum=0.01, maximum=_WEEK
+            ),
+            poll_interval=_duration(
+                env, "RECEIVER_POLL_INTERVAL", 5.0, minimum=0.01, maximum=3600.0
+            ),
+            poll_batch=_int(env, "RECEIVER_POLL_BATCH", 500, minimum=1, maximum=10_000),
+            poll_lease=_duration(env, "RECEIVER_POLL_LEASE", 120.0, minimum=1.0, maximum=86400.0),
+            poll_timeout=_duration(env, "RECEIVER_POLL_TIMEOUT", 10.0, minimum=0.1, maximum=300.0),
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
             provider_env=MappingProxyType(
                 {name: env[name] for name in _provider_env_names() if name in env}
             ),
         )
+        if settings.poll_backoff_max < settings.poll_backoff:
+            raise SettingsError(
+                "RECEIVER_POLL_BACKOFF_MAX must be at least RECEIVER_POLL_BACKOFF "
+                f"({settings.poll_backoff:g} s); got {settings.poll_backoff_max:g} s"
+            )
+        if settings.poll_lease < 2 * settings.poll_timeout:
+            # A claim must outlive the requests made under it, or another instance could
+            # claim the same message while this one still polls it.
+            raise SettingsError(
+                "RECEIVER_POLL_LEASE must be at least twice RECEIVER_POLL_TIMEOUT "
+                f"({2 * settings.poll_timeout:g} s); got {settings.poll_lease:g} s"
+            )
         # Each adapter checks its own variables now, so a wrong value stops the start.
         from receiver.providers import check_provider_settings
 
         check_provider_settings(settings)
+        from receiver.polling.service import check_polling_settings
+
+        check_polling_settings(settings)
         return settings
 
     def replace(self, **changes: Any) -> Settings:

@@ -55,6 +55,8 @@ MESSAGE_FIELDS = {
     "updated_at",
     "sent_at",
     "final_at",
+    "final_reason",
+    "poll",
 }
 
 

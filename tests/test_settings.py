@@ -46,6 +46,30 @@ def test_every_variable_is_read() -> None:
         "MESMS_ALLOWED_IPS": "198.51.100.7",
         "STANDARD_WEBHOOK_SECRETS": "acme:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "STANDARD_WEBHOOK_TOLERANCE": "120",
+        "RECEIVER_POLLING": "off",
+        "RECEIVER_DLR_GRACE": "90s",
+        "RECEIVER_POLL_MAX_AGE": "2d",
+        "RECEIVER_POLL_BACKOFF": "30",
+        "RECEIVER_POLL_BACKOFF_MAX": "15m",
+        "RECEIVER_POLL_INTERVAL": "500ms",
+        "RECEIVER_POLL_BATCH": "50",
+        "RECEIVER_POLL_LEASE": "1m",
+        "RECEIVER_POLL_TIMEOUT": "5s",
+        "TWILIO_API_BASE": "https://twilio.example.test",
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_POLL_RATE": "2",
+        "TWILIO_POLL_CONCURRENCY": "2",
+        "TWILIO_DLR_GRACE": "1m",
+        "TELECOM23_API_BASE": "https://t23.example.test/api/v1",
+        "TELECOM23_API_KEY": "t23-key",
+        "TELECOM23_POLL_RATE": "2",
+        "TELECOM23_POLL_CONCURRENCY": "2",
+        "TELECOM23_DLR_GRACE": "1m",
+        "MESMS_API_BASE": "https://mesms.example.test",
+        "MESMS_API_KEY": "mesms-key",
+        "MESMS_POLL_RATE": "2",
+        "MESMS_POLL_CONCURRENCY": "2",
+        "MESMS_DLR_GRACE": "1m",
     }
     s = Settings.from_env(env)
     assert set(env) == set(s.env_names())
@@ -65,6 +89,14 @@ def test_every_variable_is_read() -> None:
     assert s.trust_forwarded and s.unknown_messages == "hold"
     assert (s.retention_days, s.export_max_rows) == (0, 5000)
     assert (s.api_token, s.metrics_token) == ("tok", "scrape")
+    assert not s.polling
+    assert (s.dlr_grace, s.poll_max_age, s.poll_backoff, s.poll_backoff_max) == (
+        90,
+        2 * 86400,
+        30,
+        900,
+    )
+    assert (s.poll_interval, s.poll_batch, s.poll_lease, s.poll_timeout) == (0.5, 50, 60, 5)
     assert TwilioProvider(s).accounts == (("AC1", "one"), ("AC2", "two"), ("AC1", "one-new"))
 
 
@@ -120,11 +152,35 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("STANDARD_WEBHOOK_SECRETS", "twilio:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ("STANDARD_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ("STANDARD_WEBHOOK_TOLERANCE", "0"),
+        ("RECEIVER_POLLING", "sometimes"),
+        ("RECEIVER_DLR_GRACE", "5 minutes"),
+        ("RECEIVER_DLR_GRACE", "0"),
+        ("RECEIVER_DLR_GRACE", "-5m"),
+        ("RECEIVER_POLL_MAX_AGE", "1000d"),
+        ("RECEIVER_POLL_BACKOFF", "nan"),
+        ("RECEIVER_POLL_BACKOFF_MAX", "1s"),  # under the first backoff (1m)
+        ("RECEIVER_POLL_INTERVAL", "2h"),
+        ("RECEIVER_POLL_BATCH", "0"),
+        ("RECEIVER_POLL_LEASE", "15s"),  # under twice the request timeout (10 s)
+        ("RECEIVER_POLL_TIMEOUT", "1e3"),
+        ("TWILIO_POLL_RATE", "fast"),
+        ("TELECOM23_POLL_CONCURRENCY", "0"),
+        ("MESMS_DLR_GRACE", "soon"),
+        ("MESMS_API_BASE", "ftp://mesms.example"),
+        ("TWILIO_ACCOUNT_SID", "AC1"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("300", 300), ("300s", 300), ("5m", 300), ("72h", 259200), ("2d", 172800), ("250ms", 0.25)],
+)
+def test_durations_take_a_unit_or_plain_seconds(value: str, seconds: float) -> None:
+    assert Settings.from_env({"RECEIVER_DLR_GRACE": value}).dlr_grace == seconds
 
 
 def test_secrets_never_appear_in_repr() -> None:

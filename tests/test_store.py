@@ -27,7 +27,12 @@ def event(message_id: str, status: Status | None, raw: str | None = None, **kw: 
     )
 
 
-MIGRATIONS = ["0001_messages_and_events", "0002_prunable_index", "0003_status_counts"]
+MIGRATIONS = [
+    "0001_messages_and_events",
+    "0002_prunable_index",
+    "0003_status_counts",
+    "0004_poll_queue",
+]
 
 
 @pytest.fixture

@@ -31,4 +31,19 @@ def open_store(settings: Settings) -> Store:
         settings.database,
         unknown_messages=settings.unknown_messages,
         busy_timeout_ms=settings.db_busy_timeout_ms,
+        dlr_grace=settings.dlr_grace,
+        dlr_grace_by_provider=dlr_grace_by_provider(settings),
     )
+
+
+def dlr_grace_by_provider(settings: Settings) -> dict[str, float]:
+    """Each pollable provider's own grace (<PROVIDER>_DLR_GRACE), else the service's."""
+    from receiver.polling.base import poll_limits
+    from receiver.providers import REGISTRY
+
+    prefixes = {name: name.upper() for name in REGISTRY}
+    return {
+        name: poll_limits(settings, prefix).grace
+        for name, prefix in prefixes.items()
+        if f"{prefix}_DLR_GRACE" in REGISTRY[name].env_vars
+    }

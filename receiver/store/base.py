@@ -74,6 +74,32 @@ class MessageFilter:
 
 
 @dataclass(frozen=True)
+class DueMessage:
+    """A message claimed for a poll: what a status client needs to ask about it."""
+
+    pk: int
+    provider: str
+    message_id: str
+    account: str | None
+    status: str
+    provider_status: str | None
+    poll_attempts: int  # polls made before this one
+    created_at: str
+    sent_at: str | None
+
+
+@dataclass(frozen=True)
+class PollDone:
+    """The end of one claimed message's poll: what to keep, and when to ask again."""
+
+    message: DueMessage
+    result: str  # ok | not_found | rate_limited | unavailable | ... (polling.base)
+    next_poll_at: str  # unless the message is final by now (then it leaves the queue)
+    attempted: bool = True  # a request about it was made (counted in poll_attempts)
+    give_up_reason: str | None = None  # set: the message is given up as unconfirmed
+
+
+@dataclass(frozen=True)
 class Pruned:
     """What one prune deleted."""
 
@@ -109,6 +135,7 @@ EXPORT_COLUMNS = (
     "updated_at",
     "sent_at",
     "final_at",
+    "final_reason",
 )
 
 
@@ -161,6 +188,30 @@ class Store(Protocol):
     def backup(self, target: str) -> BackupInfo:
         """Write a consistent copy of the database to `target` (synchronously, for the CLI),
         safe while the service writes; `target` is replaced only by a complete copy."""
+
+    async def claim_due(
+        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+    ) -> list[DueMessage]:
+        """Claim up to `limit` of the provider's messages due at `now`, soonest due first: each
+        is leased to `owner` until `lease_until` (when it falls due again if never finished),
+        so concurrent claimers, in this process or another, never get the same message."""
+        ...
+
+    async def finish_polls(
+        self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
+    ) -> list[Recorded]:
+        """In one write: decide the polled `events` as callbacks are (an event for an unknown
+        message, or one that repeats the message's current provider status, is not kept), then
+        give up or reschedule each of `done` that `owner` still holds."""
+        ...
+
+    async def next_due(self, provider: str) -> str | None:
+        """When the provider's soonest queued message falls due (None: the queue is empty)."""
+        ...
+
+    async def due_count(self, provider: str, now: str) -> int:
+        """How many of the provider's messages are due at `now` (for the metrics)."""
+        ...
 
     async def count_by_status(self) -> dict[str, int]:
         """Messages per current status (statuses with none left out), for the metrics."""

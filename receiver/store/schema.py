@@ -127,6 +127,31 @@ def _status_counts(db: Database) -> None:
     )
 
 
+@migrations(name="0004_poll_queue")
+def _poll_queue(db: Database) -> None:
+    # The due queue for late-DLR polling lives on the message row: next_poll_at is set at every
+    # change that leaves a message non-final and cleared when it becomes final. A claim writes
+    # its owner to poll_lease and moves next_poll_at to the lease's end, so a claim whose
+    # owner died falls due again by itself.
+    for column, kind in (
+        ("next_poll_at", "TEXT"),
+        ("poll_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_polled_at", "TEXT"),
+        ("last_poll_result", "TEXT"),
+        ("poll_lease", "TEXT"),
+        ("final_reason", "TEXT"),  # why the receiver gave a message up as unconfirmed
+    ):
+        db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+    # Messages already waiting are due at once: they had no queue to wait in.
+    db.execute("UPDATE messages SET next_poll_at = updated_at WHERE is_final = 0")
+    # Only non-final messages are in this index, ordered by due time per provider: finding the
+    # due ones reads just those, whether the table holds ten messages or ten million.
+    db.execute(
+        "CREATE INDEX idx_messages_due ON messages (provider, next_poll_at) "
+        "WHERE next_poll_at IS NOT NULL"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 

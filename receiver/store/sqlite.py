@@ -9,20 +9,23 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver import engine
-from receiver.engine import MessageState, Outcome, Status, StatusEvent
+from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
 from receiver.store import schema
 from receiver.store.base import (
     BackupInfo,
     CommitObserver,
+    DueMessage,
     MessageFilter,
+    PollDone,
     Pruned,
     Recorded,
     Registered,
@@ -37,12 +40,15 @@ T = TypeVar("T")
 _MESSAGE_COLUMNS = (
     "id, provider, message_id, account, status, provider_status, error_code, to_number, "
     "from_number, metadata, registered, is_final, final_via, created_at, updated_at, sent_at, "
-    "final_at"
+    "final_at, final_reason, poll_attempts, last_polled_at, last_poll_result, next_poll_at"
+)
+_DUE_COLUMNS = (
+    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, sent_at"
 )
 _EXPORT_COLUMNS = (
     "id, provider, message_id, status, provider_status, error_code, is_final, final_via, "
     "to_number, from_number, account, registered, metadata, created_at, updated_at, sent_at, "
-    "final_at"
+    "final_at, final_reason"
 )
 # A final message's age is taken from its final time; updated_at covers any row without one.
 _PRUNABLE = "is_final = 1 AND coalesce(final_at, updated_at) < ?"
@@ -100,8 +106,13 @@ class SQLiteStore:
         unknown_messages: str = "create",
         busy_timeout_ms: int = 5000,
         readers: int = 4,
+        dlr_grace: float = 300.0,
+        dlr_grace_by_provider: Mapping[str, float] | None = None,
     ) -> None:
         self.path = path
+        # How long a non-final message waits for its DLR before it is due for a poll.
+        self.dlr_grace = dlr_grace
+        self.dlr_grace_by_provider = dict(dlr_grace_by_provider or {})
         self.unknown_messages = unknown_messages
         self.busy_timeout_ms = busy_timeout_ms
         self._reader_count = readers
@@ -191,13 +202,19 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------------
 
+    def _clock(self, provider: str) -> tuple[str, str]:
+        """Now, and when a message left non-final now falls due for a poll."""
+        moment = datetime.now(UTC)
+        grace = self.dlr_grace_by_provider.get(provider, self.dlr_grace)
+        return format_time(moment), format_time(moment + timedelta(seconds=grace))
+
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
         return await self._write(lambda conn: [self._record_one(conn, ev) for ev in events])
 
     def _record_one(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded:
         # Few statements per event: each one hands the GIL to the event loop and waits to get
         # it back, which is what bounds the writer under load.
-        now = utcnow()
+        now, due = self._clock(ev.provider)
         current, seen = _lookup(conn, ev)
         status = current.state.status.value if current else None
         pk = current.pk if current else None
@@ -226,12 +243,13 @@ class SQLiteStore:
                 state=new,
                 provider_status=ev.provider_status if new else None,
                 error_code=ev.error_code if new else None,
+                next_poll_at=due,
             ).pk
             new_status = new.status.value if new else Status.REGISTERED.value
             self._insert_event(conn, ev, pk, None, outcome, now)
             return Recorded(ev, outcome, None, new_status, created=True)
 
-        outcome, new_status = _apply(conn, current, ev, now)
+        outcome, new_status = _apply(conn, current, ev, now, due)
         self._insert_event(conn, ev, current.pk, status, outcome, now)
         return Recorded(ev, outcome, status, new_status)
 
@@ -276,7 +294,7 @@ class SQLiteStore:
         )
 
     def _register_one(self, conn: sqlite3.Connection, reg: Registration) -> Registered:
-        now = utcnow()
+        now, due = self._clock(reg.provider)
         metadata = json.dumps(reg.metadata, separators=(",", ":")) if reg.metadata else None
         current = _message_row(conn, reg.provider, reg.message_id)
         created = current is None
@@ -291,6 +309,8 @@ class SQLiteStore:
                 from_number=reg.from_number,
                 sent_at=reg.sent_at,
                 metadata=metadata,
+                # Due the grace after it was sent, when the app says it was sent earlier.
+                next_poll_at=min(due, self._due_after(reg.provider, reg.sent_at)),
             )
         else:
             # Idempotent: the app's facts fill in or correct the record; the status is left
@@ -313,7 +333,7 @@ class SQLiteStore:
         for row in held:
             ev = _event_from_row(row)
             previous = current.state.status.value
-            outcome, _ = _apply(conn, current, ev, now)
+            outcome, _ = _apply(conn, current, ev, now, due)
             conn.execute(
                 "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
                 "resolved_at = ? WHERE id = ?",
@@ -339,6 +359,143 @@ class SQLiteStore:
             )
 
         await self._write(touch)
+
+    def _due_after(self, provider: str, sent_at: str | None) -> str:
+        """When a message sent at `sent_at` falls due (the far future when unknown)."""
+        if sent_at is None:
+            return "9999"
+        grace = self.dlr_grace_by_provider.get(provider, self.dlr_grace)
+        try:
+            return engine.later(sent_at, grace)
+        except (ValueError, OverflowError):
+            return "9999"
+
+    # -- the poll queue ----------------------------------------------------------------------
+
+    async def claim_due(
+        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+    ) -> list[DueMessage]:
+        def claim(conn: sqlite3.Connection) -> list[DueMessage]:
+            # One write transaction: a second claimer (another process included) waits for
+            # the lock, then finds these rows leased to the end of the lease.
+            rows = conn.execute(
+                f"SELECT {_DUE_COLUMNS} FROM messages "
+                "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+                "ORDER BY next_poll_at LIMIT ?",
+                (provider, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
+                [(lease_until, owner, row["id"]) for row in rows],
+            )
+            return [DueMessage(*row) for row in rows]
+
+        return await self._write(claim)
+
+    async def finish_polls(
+        self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
+    ) -> list[Recorded]:
+        return await self._write(partial(self._finish_polls, owner, events, done))
+
+    def _finish_polls(
+        self,
+        owner: str,
+        events: Sequence[StatusEvent],
+        done: Sequence[PollDone],
+        conn: sqlite3.Connection,
+    ) -> list[Recorded]:
+        recorded = [r for ev in events if (r := self._record_polled(conn, ev)) is not None]
+        now = utcnow()
+        for item in done:
+            pk = item.message.pk
+            if item.give_up_reason is not None:
+                recorded += self._give_up(conn, item, owner, now)
+            conn.execute(
+                "UPDATE messages SET poll_attempts = poll_attempts + ?, "
+                "last_polled_at = CASE WHEN ? THEN ? ELSE last_polled_at END, "
+                "last_poll_result = ?, poll_lease = NULL, "
+                "next_poll_at = CASE WHEN is_final = 1 THEN NULL ELSE ? END "
+                "WHERE id = ? AND poll_lease = ?",
+                (
+                    int(item.attempted),
+                    item.attempted,
+                    now,
+                    item.result,
+                    item.next_poll_at,
+                    pk,
+                    owner,
+                ),
+            )
+        return recorded
+
+    def _record_polled(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded | None:
+        """A polled status, decided as a callback's is; None when it is not kept: its message
+        is unknown (a poll never creates one), or it says what the message already says."""
+        now, due = self._clock(ev.provider)
+        current = _message_row(conn, ev.provider, ev.message_id)
+        if current is None:
+            return None
+        row = conn.execute(
+            "SELECT provider_status FROM messages WHERE id = ?", (current.pk,)
+        ).fetchone()
+        status = current.state.status.value
+        if row["provider_status"] == ev.provider_status and (
+            ev.status is None or ev.status.value == status
+        ):
+            return None  # nothing new: a poll repeats what the last report said
+        # Decided against the status as it is now, inside the write: a callback committed while
+        # the request was in flight is seen here, and an older polled status cannot undo it.
+        outcome, new_status = _apply(conn, current, ev, now, due)
+        self._insert_event(conn, ev, current.pk, status, outcome, now)
+        return Recorded(ev, outcome, status, new_status)
+
+    def _give_up(
+        self, conn: sqlite3.Connection, item: PollDone, owner: str, now: str
+    ) -> list[Recorded]:
+        """No final status within the maximum age: the message becomes unconfirmed (a later
+        report of higher rank still moves it on), with the reason kept."""
+        current = _message_row(conn, item.message.provider, item.message.message_id)
+        held = conn.execute(
+            "SELECT 1 FROM messages WHERE id = ? AND poll_lease = ?", (item.message.pk, owner)
+        ).fetchone()
+        if current is None or held is None or current.state.final:
+            return []
+        reason = item.give_up_reason
+        ev = StatusEvent(
+            provider=item.message.provider,
+            message_id=item.message.message_id,
+            provider_status="receiver_gave_up",
+            status=Status.UNCONFIRMED,
+            source="timeout",
+            body=json.dumps({"reason": reason}),
+        )
+        status = current.state.status.value
+        outcome, new_status = _apply(conn, current, ev, now, now)
+        conn.execute("UPDATE messages SET final_reason = ? WHERE id = ?", (reason, current.pk))
+        self._insert_event(conn, ev, current.pk, status, outcome, now)
+        return [Recorded(ev, outcome, status, new_status)]
+
+    async def next_due(self, provider: str) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT min(next_poll_at) FROM messages "
+                "WHERE provider = ? AND next_poll_at IS NOT NULL",
+                (provider,),
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._read(query)
+
+    async def due_count(self, provider: str, now: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM messages "
+                "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?",
+                (provider, now),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._read(query)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -588,14 +745,15 @@ def _insert_message(
     state: MessageState | None = None,
     provider_status: str | None = None,
     error_code: str | None = None,
+    next_poll_at: str | None = None,
 ) -> _Current:
     """Insert a message, registered or in `state` (the one its first event gave it)."""
     state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
     cur = conn.execute(
         "INSERT INTO messages (provider, message_id, account, status, provider_status, "
         "error_code, to_number, from_number, metadata, registered, is_final, final_via, "
-        "created_at, updated_at, sent_at, final_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, sent_at, final_at, next_poll_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             provider,
             message_id,
@@ -613,6 +771,7 @@ def _insert_message(
             now,
             state.sent_at,
             state.final_at,
+            None if state.final else next_poll_at,
         ),
     )
     assert cur.lastrowid is not None
@@ -620,15 +779,19 @@ def _insert_message(
 
 
 def _apply(
-    conn: sqlite3.Connection, current: _Current, ev: StatusEvent, now: str
+    conn: sqlite3.Connection, current: _Current, ev: StatusEvent, now: str, due: str
 ) -> tuple[Outcome, str]:
-    """Decide `ev` against the message and store the change if it wins; (outcome, status)."""
+    """Decide `ev` against the message and store the change if it wins; (outcome, status).
+
+    A change that leaves the message non-final puts it (back) in the poll queue at `due`; a
+    final one takes it out.
+    """
     outcome, new = engine.apply_event(current.state, ev, now)
     if new is None:
         return outcome, current.state.status.value
     conn.execute(
         "UPDATE messages SET status = ?, provider_status = ?, error_code = ?, updated_at = ?, "
-        "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, "
+        "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, next_poll_at = ?, "
         "to_number = coalesce(to_number, ?), from_number = coalesce(from_number, ?), "
         "account = coalesce(account, ?) WHERE id = ?",
         (
@@ -640,6 +803,7 @@ def _apply(
             int(new.final),
             new.final_via,
             new.final_at,
+            None if new.final else due,
             ev.to_number,
             ev.from_number,
             ev.account,
@@ -754,6 +918,13 @@ def _message_dict(row: sqlite3.Row) -> dict[str, Any]:
         "updated_at": row["updated_at"],
         "sent_at": row["sent_at"],
         "final_at": row["final_at"],
+        "final_reason": row["final_reason"],
+        "poll": {
+            "attempts": row["poll_attempts"],
+            "last_polled_at": row["last_polled_at"],
+            "last_result": row["last_poll_result"],
+            "next_poll_at": row["next_poll_at"],
+        },
     }
 
 
