@@ -22,6 +22,7 @@ from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
 from receiver.metrics import Metrics
+from receiver.polling.service import build_scheduler
 from receiver.providers import REGISTRY, build_providers, callback_path, message_providers
 from receiver.providers.base import Provider
 from receiver.providers.callback_auth import CallbackTokens
@@ -43,6 +44,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         the_store = store or open_store(settings)
         applied = await the_store.open(on_commit=metrics.batch_committed)
         _log_startup(settings, the_store, providers, tokens, applied)
+        poller = (
+            build_scheduler(
+                settings,
+                the_store,
+                message_providers(providers),
+                count_request=metrics.poll_request,
+            )
+            if settings.polling
+            else None
+        )
+        if poller is not None:
+            poller.start()
         pruning = (
             asyncio.create_task(
                 retention.prune_periodically(the_store, settings.retention_days),
@@ -59,8 +72,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "provider_names": message_providers(providers),
                 "callback_tokens": tokens,
                 "metrics": metrics,
+                "poller": poller,
             }
         finally:
+            if poller is not None:
+                await poller.stop()
             if pruning is not None:
                 pruning.cancel()
                 with suppress(asyncio.CancelledError):

@@ -17,8 +17,6 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # A batch is an fsync or two: well under a millisecond on fast disks, tens on slow ones.
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
-# Poll requests by provider and result, and the due-queue depth, arrive with the polling issue.
-
 
 class Metrics:
     """The service's metrics in their own registry, so apps built side by side never share."""
@@ -68,6 +66,19 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.poll_requests = Counter(
+            "receiver_poll_requests",
+            "Requests to providers' status endpoints, by provider and result (ok, not_found, "
+            "rate_limited, unauthorized, unavailable, timeout, network_error).",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.poll_due = Gauge(
+            "receiver_poll_due",
+            "Messages due for a poll now, by provider (read from the database at scrape time).",
+            ["provider"],
+            registry=r,
+        )
         # Children made now: every series is there from the first scrape (rate() needs a
         # zero to start from), and counting skips the label lookup.
         self._callback_children = {
@@ -78,6 +89,13 @@ class Metrics:
             self.body_limit_rejections.labels(provider)
         for status in Status:
             self.messages.labels(status.value)
+
+    def poll_request(self, provider: str, result: str) -> None:
+        self.poll_requests.labels(provider, result).inc()
+
+    def set_poll_due(self, due: dict[str, int]) -> None:
+        for provider, n in due.items():
+            self.poll_due.labels(provider).set(n)
 
     def callback(self, provider: str, outcome: Outcome) -> None:
         child = self._callback_children.get((provider, outcome.value))

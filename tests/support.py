@@ -122,7 +122,7 @@ TWILIO_VARS = {
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: loopback, its own database, Twilio's test token.
+    """Settings for a test server: loopback, its own database, Twilio's test token, no polling.
 
     Providers' variables go in `provider_env`; Twilio's may also be keyword arguments
     (twilio_auth_token=None removes the token; twilio_accounts takes (sid, token) pairs).
@@ -142,6 +142,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         port=0,
         database=str(tmp_path / "receiver.db"),
         provider_env=MappingProxyType(env),
+        # Off unless a test turns it on with its API bases on the simulator: a test server
+        # must never ask the real providers' APIs.
+        polling=False,
     )
     return base.replace(**overrides)
 

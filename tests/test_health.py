@@ -23,7 +23,7 @@ def test_readyz_proves_the_database_takes_a_write(server: LiveServer) -> None:
     with server.client() as c:
         response = c.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "store": "sqlite"}
+    assert response.json() == {"status": "ready", "store": "sqlite", "polling": "off"}
     with sqlite3.connect(server.settings.database) as conn:
         assert conn.execute("SELECT count(*) FROM _receiver_health").fetchone()[0] == 1
 

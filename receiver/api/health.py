@@ -24,4 +24,9 @@ async def readyz(request: Request) -> Response:
     except StoreUnavailable as exc:
         log.warning("not_ready", error=str(exc))
         return error_response(503, "store_unavailable", str(exc))
-    return JSONResponse({"status": "ready", "store": store.kind})
+    body: dict[str, object] = {"status": "ready", "store": store.kind}
+    # Polling trouble (a provider refusing our credentials, say) is reported, not a reason to
+    # stop taking callbacks: the service stays ready.
+    poller = request.state.poller
+    body["polling"] = poller.status() if poller is not None else "off"
+    return JSONResponse(body)

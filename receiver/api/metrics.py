@@ -9,6 +9,7 @@ from starlette.responses import Response
 from receiver.api.auth import require_metrics_access
 from receiver.metrics import Metrics
 from receiver.store import Store
+from receiver.store.base import utcnow
 
 
 async def metrics(request: Request) -> Response:
@@ -18,6 +19,8 @@ async def metrics(request: Request) -> Response:
     # Read at scrape time rather than kept up to date on every write: the hot path stays free
     # of it, and the numbers are the database's own.
     registry.set_message_counts(await store.count_by_status())
+    now = utcnow()
+    registry.set_poll_due({p: await store.due_count(p, now) for p in request.state.provider_names})
     # Prometheus asks for the format it wants (text 0.0.4/1.0.0 or OpenMetrics) in Accept.
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry.registry), headers={"Content-Type": content_type})

@@ -65,9 +65,26 @@ SCHEMAS: dict[str, Schema] = {
             "updated_at": _TIME,
             "sent_at": _nullable("string"),
             "final_at": _nullable("string"),
+            "final_reason": {
+                **_nullable("string"),
+                "description": "Why the receiver gave the message up as `unconfirmed`.",
+            },
+            "poll": {
+                "type": "object",
+                "description": "Polling for a late DLR: requests made about this message, "
+                "the last one's time and result, and when the next is due (null once final).",
+                "properties": {
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "last_polled_at": _nullable("string"),
+                    "last_result": _nullable("string"),
+                    "next_poll_at": _nullable("string"),
+                },
+                "required": ["attempts", "last_polled_at", "last_result", "next_poll_at"],
+                "additionalProperties": False,
+            },
         },
-        # A message has exactly the fields an export row has, in the same order.
-        "required": list(EXPORT_COLUMNS),
+        # A message has the fields an export row has, in the same order, and its polling.
+        "required": [*EXPORT_COLUMNS, "poll"],
         "additionalProperties": False,
     },
     "Event": {
@@ -202,8 +219,34 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Ready": {
         "type": "object",
-        "properties": {"status": {"const": "ready"}, "store": {"type": "string"}},
-        "required": ["status", "store"],
+        "properties": {
+            "status": {"const": "ready"},
+            "store": {"type": "string"},
+            "polling": {
+                "description": "`off` (RECEIVER_POLLING), else each provider's polling: "
+                "`polling`, `paused` (429 or an outage, retried), `stopped` (credentials "
+                "refused: fix them and restart) or `not_configured` (late messages only time "
+                "out). Polling trouble never makes the service unready.",
+                "oneOf": [
+                    {"const": "off"},
+                    {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {
+                                "state": {
+                                    "enum": ["polling", "paused", "stopped", "not_configured"]
+                                },
+                                "detail": _nullable("string"),
+                            },
+                            "required": ["state", "detail"],
+                            "additionalProperties": False,
+                        },
+                    },
+                ],
+            },
+        },
+        "required": ["status", "store", "polling"],
         "additionalProperties": False,
     },
     "CallbackUrl": {

@@ -1,0 +1,447 @@
+"""The poll scheduler: for each provider, claim the messages whose DLR is late, ask the provider,
+and record what it says through the same rule as callbacks.
+
+One loop per provider, inside the service (started and stopped by the app's lifespan) or once
+from `receiver poll --once`. Each loop keeps to the provider's request rate and concurrency,
+waits out a 429's Retry-After, backs off on 5xx and timeouts, and stops on 401/403 until the
+credentials are fixed. Messages are leased in the store, so several processes sharing one
+database never ask about the same message at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import structlog
+
+from receiver import __version__
+from receiver.engine import Outcome, format_time, parse_time
+from receiver.polling.base import (
+    NOT_FOUND,
+    OK,
+    RATE_LIMITED,
+    PollAnswer,
+    PollError,
+    RateLimited,
+    StatusClient,
+    Unauthorized,
+)
+from receiver.polling.policy import Backoff, Pacer
+from receiver.settings import Settings
+from receiver.store import Store, StoreUnavailable
+from receiver.store.base import DueMessage, PollDone, Recorded
+
+log = structlog.get_logger("receiver.polling")
+
+# Results of a claimed message that was not asked about.
+NO_CLIENT = "no_client"  # nothing to ask: the provider has no status endpoint configured
+STOPPED = "stopped"  # polling this provider stopped on 401/403
+DEFERRED = "deferred"  # the provider asked us to wait (429) or is failing: asked later
+
+# The shortest and longest a loop sleeps when nothing is due (never a hot loop).
+MIN_IDLE = 0.05
+# A provider failing with 5xx/timeouts is retried after 1, 2, 4 ... s, at most this long.
+OUTAGE_BACKOFF_MAX = 300.0
+
+
+def owner_id() -> str:
+    """Who holds a claim: unique per process (host, pid and a random part)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+
+
+@dataclass
+class ProviderState:
+    """What /readyz and the logs tell about one provider's polling."""
+
+    state: str = "polling"  # polling | paused | stopped | not_configured
+    detail: str | None = None
+    paused_until: float = 0.0  # monotonic
+    failures: int = 0  # consecutive 5xx/timeouts
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"state": self.state, "detail": self.detail}
+
+
+@dataclass
+class SweepResult:
+    """What one pass over a provider's due messages did."""
+
+    claimed: int = 0
+    asked: int = 0
+    applied: int = 0
+    gave_up: int = 0
+    deferred: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: SweepResult) -> None:
+        self.claimed += other.claimed
+        self.asked += other.asked
+        self.applied += other.applied
+        self.gave_up += other.gave_up
+        self.deferred += other.deferred
+        for k, v in other.outcomes.items():
+            self.outcomes[k] = self.outcomes.get(k, 0) + v
+
+
+RequestCounter = Callable[[str, str], None]  # (provider, result)
+
+
+class ProviderPoller:
+    """The due queue of one provider (a message provider name; its client may be None)."""
+
+    def __init__(
+        self,
+        provider: str,
+        client: StatusClient | None,
+        store: Store,
+        settings: Settings,
+        *,
+        owner: str,
+        rate: float,
+        concurrency: int,
+        count_request: RequestCounter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.owner = owner
+        self.status = ProviderState() if client else ProviderState("not_configured")
+        if client is None:
+            self.status.detail = "no status endpoint configured: late messages time out only"
+        self._backoff = Backoff(settings.poll_backoff, settings.poll_backoff_max)
+        self._rng = rng or random.Random()
+        self._pacer = Pacer(rate)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._count = count_request or (lambda provider, result: None)
+        self._http: httpx.AsyncClient | None = None
+
+    # -- the HTTP client, paced per request ----------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.settings.poll_timeout,
+                headers={"User-Agent": f"receiver/{__version__} (delivery status poller)"},
+                # Every request waits for its slot, pages of a sweep included.
+                event_hooks={"request": [self._pace]},
+                follow_redirects=False,
+            )
+        return self._http
+
+    async def _pace(self, request: httpx.Request) -> None:
+        delay = self._pacer.wait(time.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _observe(self, result: str) -> None:
+        self._count(self.provider, result)
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    async def sweep(self) -> SweepResult:
+        """Claim one batch of due messages and settle each: asked, deferred or given up."""
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=self.settings.poll_lease)
+        claimed = await self.store.claim_due(
+            self.provider,
+            now=format_time(now),
+            limit=self.settings.poll_batch,
+            lease_until=format_time(lease),
+            owner=self.owner,
+        )
+        result = SweepResult(claimed=len(claimed))
+        if not claimed:
+            return result
+        if self.client is None or self.status.state == "stopped":
+            reason = NO_CLIENT if self.client is None else STOPPED
+            await self._settle([], [self._unasked(m, reason) for m in claimed], result)
+            return result
+        groups: dict[str, list[DueMessage]] = {}
+        for message in claimed:
+            groups.setdefault(self.client.group(message), []).append(message)
+        await asyncio.gather(*(self._poll_group(g, result) for g in groups.values()))
+        return result
+
+    async def _poll_group(self, messages: list[DueMessage], result: SweepResult) -> None:
+        assert self.client is not None
+        async with self._slots:
+            wait = self.status.paused_until - time.monotonic()
+            if self.status.state == "stopped" or wait > 0:
+                # Paused (429 or an outage) or stopped while this group waited its turn.
+                reason = STOPPED if self.status.state == "stopped" else DEFERRED
+                await self._settle([], [self._unasked(m, reason, wait) for m in messages], result)
+                return
+            try:
+                answers = await self.client.poll(self._client(), messages, self._observe)
+            except PollError as exc:
+                await self._settle([], self._failed(messages, exc), result)
+                return
+        self._recovered()
+        await self._settle(*self._answered(messages, answers), result)
+
+    def _answered(
+        self, messages: Sequence[DueMessage], answers: Sequence[PollAnswer]
+    ) -> tuple[list[PollAnswer], list[PollDone]]:
+        by_id = {a.message_id: a for a in answers}
+        done = []
+        for message in messages:
+            answer = by_id.get(message.message_id)
+            found = answer is not None and answer.event is not None
+            attempts = message.poll_attempts + 1
+            done.append(
+                PollDone(
+                    message,
+                    OK if found else NOT_FOUND,
+                    self._next_poll(message, self._backoff.delay(attempts, self._rng)),
+                    give_up_reason=self._expired(message, attempts, OK if found else NOT_FOUND),
+                )
+            )
+        return list(answers), done
+
+    def _failed(self, messages: Sequence[DueMessage], exc: PollError) -> list[PollDone]:
+        now = time.monotonic()
+        if isinstance(exc, Unauthorized):
+            if self.status.state != "stopped":
+                # Once: the credentials are wrong, and asking again will not fix them.
+                log.error(
+                    "polling_stopped",
+                    provider=self.provider,
+                    error=str(exc),
+                    detail="the provider refused the credentials; fix them and restart",
+                )
+            self.status = ProviderState("stopped", f"credentials refused: {exc}")
+            return [self._unasked(m, STOPPED) for m in messages]
+        if isinstance(exc, RateLimited):
+            pause = exc.retry_after
+            if pause is None:
+                pause = self._backoff.delay(self.status.failures + 1, self._rng)
+            detail = f"rate limited: waiting {pause:.1f} s"
+        else:
+            self.status.failures += 1
+            pause = min(OUTAGE_BACKOFF_MAX, 2.0 ** min(self.status.failures - 1, 20))
+            pause *= self._rng.uniform(0.8, 1.2)
+            detail = f"{exc}; retrying in {pause:.1f} s"
+        if self.status.paused_until < now + pause:
+            self.status.paused_until = now + pause
+            self.status.state, self.status.detail = "paused", detail
+            log.warning("polling_paused", provider=self.provider, result=exc.result, detail=detail)
+        return [
+            PollDone(
+                m,
+                exc.result,
+                self._next_poll(m, pause),
+                attempted=not isinstance(exc, RateLimited),
+                give_up_reason=self._expired(m, m.poll_attempts, exc.result),
+            )
+            for m in messages
+        ]
+
+    def _recovered(self) -> None:
+        if self.status.state == "paused" and self.status.paused_until <= time.monotonic():
+            log.info("polling_resumed", provider=self.provider)
+            self.status = ProviderState()
+        self.status.failures = 0
+
+    def _unasked(self, message: DueMessage, result: str, wait: float = 0.0) -> PollDone:
+        """A claimed message not asked about: deferred, or given up once past its age."""
+        if result == DEFERRED:
+            next_at = self._next_poll(message, max(wait, MIN_IDLE))
+        else:  # nobody to ask: the next thing to happen is its time-out
+            next_at = format_time(self._expiry(message))
+        return PollDone(
+            message,
+            result,
+            next_at,
+            attempted=False,
+            give_up_reason=self._expired(message, message.poll_attempts, result),
+        )
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _expiry(self, message: DueMessage) -> datetime:
+        start = parse_time(message.sent_at or message.created_at)
+        return start + timedelta(seconds=self.settings.poll_max_age)
+
+    def _next_poll(self, message: DueMessage, delay: float) -> str:
+        """`delay` from now, but no later than the message's time-out, when it is asked once
+        more and then given up."""
+        now = datetime.now(UTC)
+        return format_time(min(now + timedelta(seconds=delay), max(now, self._expiry(message))))
+
+    def _expired(self, message: DueMessage, attempts: int, result: str) -> str | None:
+        """The reason to give the message up now, or None while it is younger than the
+        maximum age. Kept with the message (final_reason)."""
+        if datetime.now(UTC) < self._expiry(message):
+            return None
+        age = _say(self.settings.poll_max_age)
+        return f"no final status within {age}: {attempts} poll(s), last result {result}"
+
+    # -- recording -----------------------------------------------------------------------------
+
+    async def _settle(
+        self, answers: Sequence[PollAnswer], done: Sequence[PollDone], result: SweepResult
+    ) -> None:
+        events = [a.event for a in answers if a.event is not None]
+        recorded = await self.store.finish_polls(self.owner, events, done)
+        result.asked += sum(1 for d in done if d.attempted)
+        result.deferred += sum(1 for d in done if d.result in (DEFERRED, RATE_LIMITED))
+        for r in recorded:
+            _log_recorded(r)
+            key = "gave_up" if r.event.source == "timeout" else r.outcome.value
+            result.outcomes[key] = result.outcomes.get(key, 0) + 1
+            if r.event.source == "timeout" and r.outcome is Outcome.APPLIED:
+                result.gave_up += 1
+            elif r.outcome is Outcome.APPLIED:
+                result.applied += 1
+
+
+def _log_recorded(r: Recorded) -> None:
+    if r.event.source == "timeout":
+        log.info(
+            "gave_up",
+            provider=r.event.provider,
+            message_id=r.event.message_id,
+            old_status=r.previous_status,
+            new_status=r.status,
+            reason=json.loads(r.event.body or "{}").get("reason"),
+        )
+        return
+    log.info(
+        "polled",
+        provider=r.event.provider,
+        message_id=r.event.message_id,
+        provider_status=r.event.provider_status,
+        outcome=r.outcome.value,
+        old_status=r.previous_status,
+        new_status=r.status,
+    )
+
+
+def _say(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+class Scheduler:
+    """Every provider's poller, run as background tasks of the service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clients: Mapping[str, StatusClient],
+        providers: Sequence[str],
+        *,
+        limits: Mapping[str, tuple[float, int]],
+        count_request: RequestCounter | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.owner = owner or owner_id()
+        self.pollers = {
+            name: ProviderPoller(
+                name,
+                clients.get(name),
+                store,
+                settings,
+                owner=self.owner,
+                rate=limits.get(name, (5.0, 4))[0],
+                concurrency=limits.get(name, (5.0, 4))[1],
+                count_request=count_request,
+            )
+            for name in providers
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    def status(self) -> dict[str, dict[str, str | None]]:
+        return {name: p.status.as_json() for name, p in self.pollers.items()}
+
+    async def sweep_all(self) -> dict[str, SweepResult]:
+        """Everything due now, once (`receiver poll --once`): batch after batch per provider
+        until a batch comes back short."""
+        results: dict[str, SweepResult] = {}
+
+        async def drain(poller: ProviderPoller) -> None:
+            total = SweepResult()
+            while True:
+                batch = await poller.sweep()
+                total.add(batch)
+                if batch.claimed < self.settings.poll_batch or batch.deferred:
+                    break
+            results[poller.provider] = total
+
+        await asyncio.gather(*(drain(p) for p in self.pollers.values()))
+        return results
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(p), name=f"receiver-poll-{p.provider}")
+            for p in self.pollers.values()
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for poller in self.pollers.values():
+            await poller.aclose()
+
+    async def _run(self, poller: ProviderPoller) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = await poller.sweep()
+                if batch.claimed:
+                    log.info(
+                        "poll_sweep",
+                        provider=poller.provider,
+                        claimed=batch.claimed,
+                        asked=batch.asked,
+                        applied=batch.applied,
+                        gave_up=batch.gave_up,
+                        deferred=batch.deferred,
+                    )
+                if batch.claimed >= self.settings.poll_batch and not batch.deferred:
+                    await asyncio.sleep(0)  # more is due: go on, letting others run
+                    continue
+                await self._idle(poller)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.warning("poll_store_unavailable", provider=poller.provider, error=str(exc))
+                await asyncio.sleep(self.settings.poll_interval)
+            except Exception as exc:  # the loop must live on; the next pass retries
+                log.error("poll_failed", provider=poller.provider, error=str(exc), exc_info=exc)
+                await asyncio.sleep(self.settings.poll_interval)
+
+    async def _idle(self, poller: ProviderPoller) -> None:
+        """Sleep until the soonest message falls due, the pause ends, or the poll interval
+        passes (new messages may be due sooner), whichever is first, and never less than
+        MIN_IDLE."""
+        wait = self.settings.poll_interval
+        due = await poller.store.next_due(poller.provider)
+        if due is not None:
+            wait = min(wait, (parse_time(due) - datetime.now(UTC)).total_seconds())
+        wait = max(wait, poller.status.paused_until - time.monotonic(), MIN_IDLE)
+        await asyncio.sleep(wait)

@@ -1,0 +1,53 @@
+"""The scheduler as the service and the CLI build it, from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from receiver.polling.base import poll_limits
+from receiver.polling.clients import build_clients
+from receiver.polling.scheduler import RequestCounter, Scheduler
+from receiver.providers import REGISTRY
+from receiver.settings import Settings
+from receiver.store import Store
+
+
+def poll_limits_by_provider(settings: Settings) -> dict[str, tuple[float, int]]:
+    """(requests per second, concurrency) of each provider that declares its own."""
+    return {
+        name: (lim.rate, lim.concurrency)
+        for name in REGISTRY
+        if f"{name.upper()}_POLL_RATE" in REGISTRY[name].env_vars
+        for lim in [poll_limits(settings, name.upper())]
+    }
+
+
+def check_polling_settings(settings: Settings) -> None:
+    """Build the status clients and read every polling variable once, so a bad value is a
+    start-up SettingsError rather than a failure at the first poll."""
+    build_clients(settings)
+    poll_limits_by_provider(settings)
+    for name in REGISTRY:
+        if f"{name.upper()}_DLR_GRACE" in REGISTRY[name].env_vars:
+            poll_limits(settings, name.upper())
+
+
+def build_scheduler(
+    settings: Settings,
+    store: Store,
+    message_providers: Sequence[str],
+    *,
+    count_request: RequestCounter | None = None,
+    owner: str | None = None,
+) -> Scheduler:
+    """A scheduler for every provider messages are stored under: those with a configured
+    status client are polled; the others (Standard Webhooks sources, say) only time out."""
+    return Scheduler(
+        settings,
+        store,
+        build_clients(settings),
+        message_providers,
+        limits=poll_limits_by_provider(settings),
+        count_request=count_request,
+        owner=owner,
+    )

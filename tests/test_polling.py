@@ -1,0 +1,378 @@
+"""Late-DLR polling end to end: the receiver under uvicorn, the provider simulator under uvicorn,
+real HTTP between them, and the simulator's own counters as the witness of what was asked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import AppServer, LiveServer, make_settings, message, post_status
+
+from receiver.simulator.app import create_simulator
+from receiver.simulator.client import SimulatorClient
+from receiver.simulator.config import Accounts, SimConfig
+
+ACCOUNTS = Accounts()
+QUIET = {"duplicate": 0, "reorder": 0, "late_sent": 0, "drop_final": 0, "drop_all": 1}
+PROVIDERS = ("twilio", "telecom23", "mesms")
+
+
+@pytest.fixture(scope="module")
+def sim_server() -> Iterator[AppServer]:
+    server = AppServer(create_simulator(SimConfig(seed=5))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sim(sim_server: AppServer) -> Iterator[SimulatorClient]:
+    """The shared simulator, reset: every DLR dropped (only polling can learn the outcome),
+    messages final a few simulated seconds after they are made, at 1000x speed."""
+    with SimulatorClient(sim_server.base_url) as client:
+        client.reset(seed=7)
+        client.configure(
+            speed=1000,
+            api_latency=0,
+            realism=QUIET | {"delivered": 0.8},
+            timing={"sent_after": [0.1, 0.5], "final_after": [1, 5]},
+        )
+        yield client
+        client.clear_faults()
+
+
+def poll_env(sim: SimulatorClient) -> dict[str, str]:
+    return {
+        "TWILIO_API_BASE": sim.twilio_api_base,
+        "TWILIO_ACCOUNT_SID": ACCOUNTS.twilio_account_sid,
+        "TELECOM23_API_BASE": sim.telecom23_api_base,
+        "TELECOM23_API_KEY": ACCOUNTS.telecom23_api_key,
+        "MESMS_API_BASE": sim.mesms_api_base,
+        "MESMS_API_KEY": ACCOUNTS.mesms_api_key,
+        **{f"{p.upper()}_POLL_RATE": "500" for p in PROVIDERS},
+    }
+
+
+@pytest.fixture
+def start_receiver(tmp_path: Path, sim: SimulatorClient) -> Iterator[Callable[..., LiveServer]]:
+    """Receivers with polling on, their status clients pointed at the simulator, and
+    timings in fractions of a second instead of minutes."""
+    servers: list[LiveServer] = []
+
+    def start(*, database: Path | None = None, **overrides: Any) -> LiveServer:
+        env = poll_env(sim) | overrides.pop("provider_env", {})
+        timings: dict[str, Any] = {
+            "polling": True,
+            "dlr_grace": 0.2,
+            "poll_backoff": 0.2,
+            "poll_backoff_max": 0.5,
+            "poll_interval": 0.1,
+            "poll_lease": 5.0,
+            "poll_timeout": 2.0,
+        }
+        settings = make_settings(
+            tmp_path,
+            twilio_auth_token=ACCOUNTS.twilio_auth_token,
+            provider_env=env,
+            **(timings | overrides),
+        )
+        if database is not None:
+            settings = settings.replace(database=str(database))
+        server = LiveServer(settings).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def register(server: LiveServer, provider: str, ids: list[str]) -> None:
+    with server.client() as client:
+        for start in range(0, len(ids), 1000):
+            items = [{"provider": provider, "message_id": i} for i in ids[start : start + 1000]]
+            response = client.post("/v1/messages", json=items)
+            assert response.status_code in (200, 201), response.text
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def all_final(server: LiveServer, provider: str, count: int) -> bool:
+    with server.client() as client:
+        stats = client.get("/v1/stats", params={"provider": provider}).json()
+    return bool(stats["total"] == count and stats["final"] == count)
+
+
+def metric(server: LiveServer, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    with server.client() as client:
+        text = client.get("/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{"):
+            series, value = line.rsplit(" ", 1)
+            got = ",".join(sorted(series[len(name) + 1 : -1].split(",")))
+            if got == want:
+                return float(value)
+    return 0.0
+
+
+def readyz_polling(server: LiveServer) -> dict[str, Any]:
+    with server.client() as client:
+        body: dict[str, Any] = client.get("/readyz").json()["polling"]
+    return body
+
+
+# -- a dropped DLR is recovered, for each provider ---------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_dropped_dlr_is_recovered_by_polling(
+    provider: str, sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    server = start_receiver()
+    ids = sim.create_messages(provider, 20, per_send=10)
+    register(server, provider, ids)
+    wait_until(lambda: all_final(server, provider, 20), what=f"20 {provider} messages final")
+
+    truth = {m["message_id"]: m["final"] for m in sim.messages(provider=provider)}
+    for message_id in ids:
+        found = message(server, message_id, provider)
+        assert found["status"] == truth[message_id]["status"]
+        assert found["provider_status"] == truth[message_id]["provider_status"]
+        assert found["final_via"] == "poll"
+        assert found["poll"]["attempts"] >= 1 and found["poll"]["last_result"] == "ok"
+        assert found["poll"]["next_poll_at"] is None  # final: out of the queue
+    assert metric(server, "receiver_poll_requests_total", provider=provider, result="ok") >= 1
+    with server.client() as client:
+        history = client.get(f"/v1/messages/{ids[0]}/events").json()["events"]
+    assert history[-1]["source"] == "poll" and history[-1]["outcome"] == "applied"
+    if provider == "mesms":  # 20 recipients in 2 sends: one sweep per send, not per recipient
+        assert sim.stats()["requests"].get("mesms.recipients", 0) <= 2 * max(
+            m["poll"]["attempts"] for m in (message(server, i, provider) for i in ids)
+        )
+
+
+# -- callbacks and polls together --------------------------------------------------------------
+
+
+def test_a_late_callback_after_a_poll_still_moves_the_message_on(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.configure(speed=1, timing={"sent_after": [0, 0], "final_after": [86_400, 86_400]})
+    server = start_receiver()
+    (sid,) = sim.create_messages("twilio", 1)
+    register(server, "twilio", [sid])
+    wait_until(
+        lambda: (
+            message(server, sid)["final_via"] is None
+            and message(server, sid)["status"] != "registered"
+        ),
+        what="the poll's interim status",
+    )
+    polled = message(server, sid)
+    assert polled["final"] is False and polled["poll"]["next_poll_at"] is not None
+    assert polled["status"] in ("queued", "sending", "sent")
+
+    with httpx.Client(timeout=10) as client:
+        response = post_status(
+            client, server.callback_url, sid, "delivered", token=ACCOUNTS.twilio_auth_token
+        )
+    assert response.status_code == 204
+    after = message(server, sid)
+    assert (after["status"], after["final_via"]) == ("delivered", "callback")
+    assert after["poll"]["next_poll_at"] is None
+    asked = sim.message(sid)["status_requests"]
+    time.sleep(0.6)  # several poll intervals: nothing more is asked about a final message
+    assert sim.message(sid)["status_requests"] == asked
+
+
+def test_a_callback_during_a_poll_is_not_undone_by_the_older_polled_status(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # The provider still says "sent" and takes 0.5 s to say it; the DLR arrives meanwhile.
+    sim.configure(
+        speed=1, api_latency=0.5, timing={"sent_after": [0, 0], "final_after": [86_400, 86_400]}
+    )
+    server = start_receiver()
+    (sid,) = sim.create_messages("twilio", 1)
+    register(server, "twilio", [sid])
+    wait_until(lambda: sim.message(sid)["status_requests"] >= 1, what="the first poll")
+    with httpx.Client(timeout=10) as client:
+        response = post_status(
+            client, server.callback_url, sid, "delivered", token=ACCOUNTS.twilio_auth_token
+        )
+    assert response.status_code == 204
+    time.sleep(1.0)  # the poll's answer lands after the callback
+
+    found = message(server, sid)
+    assert (found["status"], found["final_via"]) == ("delivered", "callback")
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        history = client.get(f"/v1/messages/{sid}/events").json()["events"]
+    polled = [e for e in history if e["source"] == "poll"]
+    assert polled and polled[-1]["provider_status"] in ("queued", "sending", "sent")
+    assert polled[-1]["outcome"] == "regression"  # kept in the history, changed nothing
+
+
+# -- respecting the provider -------------------------------------------------------------------
+
+
+def test_429_retry_after_is_waited_out(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.fault("telecom23", "rate_limit", count=1, retry_after=2)
+    server = start_receiver()
+    ids = sim.create_messages("telecom23", 5)
+    started = time.monotonic()
+    register(server, "telecom23", ids)
+    wait_until(
+        lambda: (
+            metric(
+                server, "receiver_poll_requests_total", provider="telecom23", result="rate_limited"
+            )
+            == 1
+        ),
+        what="the 429",
+    )
+    state = readyz_polling(server)["telecom23"]
+    assert state["state"] == "paused" and "rate limited" in state["detail"]
+    before = sim.stats()["requests"].get("telecom23.status", 0)
+    time.sleep(1.0)  # inside Retry-After: nothing is asked
+    assert sim.stats()["requests"].get("telecom23.status", 0) == before
+
+    wait_until(lambda: all_final(server, "telecom23", 5), what="recovery after Retry-After")
+    assert time.monotonic() - started >= 2.0
+    assert readyz_polling(server)["telecom23"]["state"] == "polling"
+
+
+def test_an_outage_is_backed_off_then_recovered(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.fault("mesms", "outage", seconds=1.5, status=503)
+    server = start_receiver()
+    ids = sim.create_messages("mesms", 30, per_send=10)
+    register(server, "mesms", ids)
+    wait_until(lambda: all_final(server, "mesms", 30), what="recovery after the outage")
+
+    failed = metric(server, "receiver_poll_requests_total", provider="mesms", result="unavailable")
+    assert failed >= 1
+    # Backed off: 1, 2 ... s between tries while it lasted, not a request per poll interval.
+    assert failed <= 6, failed
+    assert metric(server, "receiver_poll_requests_total", provider="mesms", result="ok") >= 3
+    assert readyz_polling(server)["mesms"]["state"] == "polling"
+
+
+def test_401_stops_polling_that_provider_and_says_so_in_readyz(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.fault("twilio", "unauthorized")
+    server = start_receiver()
+    ids = sim.create_messages("twilio", 3)
+    register(server, "twilio", ids)
+    wait_until(
+        lambda: readyz_polling(server)["twilio"]["state"] == "stopped", what="polling stopped"
+    )
+    assert "credentials refused" in readyz_polling(server)["twilio"]["detail"]
+    asked = sim.stats()["requests"].get("twilio.status", 0)
+    # The requests already in flight when the first refusal came back, and no more.
+    assert 1 <= asked <= 3
+    time.sleep(1.0)
+    assert sim.stats()["requests"].get("twilio.status", 0) == asked
+    assert readyz_polling(server)["telecom23"]["state"] == "polling"  # only twilio stopped
+    with server.client() as client:
+        assert client.get("/readyz").status_code == 200  # still takes callbacks
+    assert all(message(server, i)["status"] == "registered" for i in ids)
+
+
+# -- the maximum age ---------------------------------------------------------------------------
+
+
+def test_max_age_gives_unconfirmed_with_the_reason_and_a_later_dlr_still_counts(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.configure(speed=1, timing={"sent_after": [0, 0], "final_after": [86_400, 86_400]})
+    server = start_receiver(poll_max_age=1.5)
+    (sid,) = sim.create_messages("twilio", 1)
+    register(server, "twilio", [sid])
+    wait_until(lambda: message(server, sid)["final"], what="the give-up")
+
+    found = message(server, sid)
+    assert (found["status"], found["final_via"]) == ("unconfirmed", "timeout")
+    assert found["final_reason"].startswith("no final status within 1.5s:")
+    assert "last result ok" in found["final_reason"]
+    assert found["poll"]["attempts"] >= 2 and found["poll"]["next_poll_at"] is None
+    asked = sim.message(sid)["status_requests"]
+    time.sleep(0.5)
+    assert sim.message(sid)["status_requests"] == asked  # given up: no more polls
+
+    with httpx.Client(timeout=10) as client:
+        response = post_status(
+            client, server.callback_url, sid, "delivered", token=ACCOUNTS.twilio_auth_token
+        )
+    assert response.status_code == 204
+    assert message(server, sid)["status"] == "delivered"
+
+
+def test_a_provider_without_a_status_endpoint_times_out_without_a_request(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    server = start_receiver(poll_max_age=0.5, provider_env={"TELECOM23_API_KEY": ""})
+    register(server, "telecom23", ["api_42_never_asked"])
+    wait_until(lambda: message(server, "api_42_never_asked")["final"], what="the time-out")
+    found = message(server, "api_42_never_asked")
+    assert found["status"] == "unconfirmed" and "last result no_client" in found["final_reason"]
+    assert found["poll"]["attempts"] == 0
+    assert sim.stats()["requests"].get("telecom23.status", 0) == 0
+    assert readyz_polling(server)["telecom23"]["state"] == "not_configured"
+
+
+# -- two schedulers, one database --------------------------------------------------------------
+
+
+def test_two_schedulers_on_one_database_never_poll_the_same_message_at_once(
+    tmp_path: Path, sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # Slow answers keep claims in flight long enough for the two to overlap.
+    sim.configure(api_latency=0.05)
+    database = tmp_path / "shared.db"
+    first = start_receiver(database=database, poll_batch=20)
+    second = start_receiver(database=database, poll_batch=20)
+    ids = sim.create_messages("twilio", 200)
+    register(first, "twilio", ids)
+    wait_until(lambda: all_final(first, "twilio", 200), timeout=30, what="200 messages final")
+
+    stats = sim.stats()
+    assert stats["max_concurrent_polls"] == 1
+    asked = {m["message_id"]: m["status_requests"] for m in sim.messages(provider="twilio")}
+    # Final at the first answer, so one request per message: none was asked twice.
+    assert sorted(set(asked.values())) == [1]
+    assert stats["requests"]["twilio.status"] == 200
+    shares = [
+        metric(s, "receiver_poll_requests_total", provider="twilio", result="ok")
+        for s in (first, second)
+    ]
+    assert sum(shares) == 200 and min(shares) > 0, shares  # both did part of the work
+
+
+# -- me-sms: one sweep per send ----------------------------------------------------------------
+
+
+def test_10000_overdue_mesms_recipients_in_100_sends_cost_about_100_sweeps(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    ids = sim.create_messages("mesms", 10_000, per_send=100)
+    server = start_receiver(dlr_grace=0.5, poll_batch=1000)
+    register(server, "mesms", ids)
+    wait_until(lambda: all_final(server, "mesms", 10_000), timeout=60, what="10,000 final")
+
+    requests = sim.stats()["requests"]["mesms.recipients"]
+    assert 100 <= requests <= 110, requests  # one page per send, not 10,000 calls
