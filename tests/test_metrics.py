@@ -175,3 +175,27 @@ def test_a_scrape_is_not_logged_as_a_request(server: LiveServer) -> None:
         while not logged_paths() and time.monotonic() < deadline:
             time.sleep(0.01)
     assert logged_paths() == ["/openapi.json"]
+
+
+def test_due_queue_depth_is_read_from_the_store_at_each_scrape(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    # Polling off, so nothing takes the messages off the queue while they are counted.
+    server = start_server(dlr_grace=0.05)
+    ids = [new_sid() for _ in range(3)]
+    with server.client() as client:
+        assert (
+            client.post(
+                "/v1/messages", json=[{"provider": "twilio", "message_id": i} for i in ids]
+            ).status_code
+            == 200  # a batch answers 200, with each message's own result
+        )
+        fresh = scrape(server)[("receiver_poll_due", (("provider", "twilio"),))]
+        time.sleep(0.1)  # past the grace: all three are due
+        due = scrape(server)[("receiver_poll_due", (("provider", "twilio"),))]
+        assert post_status(client, server.callback_url, ids[0], "delivered").status_code == 204
+        after = scrape(server)
+    assert (fresh, due) == (0, 3)
+    # A final status takes a message off the queue; another provider's queue is its own.
+    assert after[("receiver_poll_due", (("provider", "twilio"),))] == 2
+    assert after[("receiver_poll_due", (("provider", "telecom23"),))] == 0
