@@ -234,8 +234,10 @@ class ProviderPoller:
                 pause = self._backoff.delay(self.status.failures + 1, self._rng)
             detail = f"rate limited: waiting {pause:.1f} s"
         else:
-            self.status.failures += 1
-            pause = min(OUTAGE_BACKOFF_MAX, 2.0 ** min(self.status.failures - 1, 20))
+            if self.status.paused_until <= now:
+                # Once per pause: groups failing together are one failure of the provider.
+                self.status.failures += 1
+            pause = min(OUTAGE_BACKOFF_MAX, 2.0 ** min(max(self.status.failures, 1) - 1, 20))
             pause *= self._rng.uniform(0.8, 1.2)
             detail = f"{exc}; retrying in {pause:.1f} s"
         if self.status.paused_until < now + pause:
@@ -263,6 +265,10 @@ class ProviderPoller:
         """A claimed message not asked about: deferred, or given up once past its age."""
         if result == DEFERRED:
             next_at = self._next_poll(message, max(wait, MIN_IDLE))
+        elif result == STOPPED:
+            # Looked at again now and then: after a restart with fixed credentials it is asked
+            # within the longest backoff, not left until its time-out.
+            next_at = self._next_poll(message, self.settings.poll_backoff_max)
         else:  # nobody to ask: the next thing to happen is its time-out
             next_at = format_time(self._expiry(message))
         return PollDone(
