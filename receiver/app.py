@@ -22,6 +22,7 @@ from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
 from receiver.logging import RequestContextMiddleware
 from receiver.metrics import Metrics
+from receiver.polling.scheduler import Scheduler
 from receiver.polling.service import build_scheduler
 from receiver.providers import REGISTRY, build_providers, callback_path, message_providers
 from receiver.providers.base import Provider
@@ -43,7 +44,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
         applied = await the_store.open(on_commit=metrics.batch_committed)
-        _log_startup(settings, the_store, providers, tokens, applied)
         poller = (
             build_scheduler(
                 settings,
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             if settings.polling
             else None
         )
+        _log_startup(settings, the_store, providers, tokens, applied, poller)
         if poller is not None:
             poller.start()
         pruning = (
@@ -136,6 +137,7 @@ def _log_startup(
     providers: Mapping[str, Provider],
     tokens: CallbackTokens,
     migrations: list[str],
+    poller: Scheduler | None,
 ) -> None:
     """One summary line with what an operator checks first, then a warning per real risk."""
     configured = [name for name, p in providers.items() if p.configured]
@@ -152,6 +154,12 @@ def _log_startup(
             {}
             if settings.public_url
             else {"note": "callback URLs use the bind address; set RECEIVER_PUBLIC_URL"}
+        ),
+        # Which providers are asked about late DLRs (the others' late messages time out).
+        polling=(
+            [name for name, state in poller.status().items() if state["state"] == "polling"]
+            if poller is not None
+            else "off"
         ),
         # The URLs to paste into each provider's console.
         callback_urls=_callback_urls(settings, providers, tokens),

@@ -61,6 +61,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
         "providers_not_configured": ["telecom23", "mesms", "standard"],
         "public_url": "https://sms.example.com",
         "callback_urls": {"twilio": "https://sms.example.com/v1/webhook/twilio/sms-status"},
+        "polling": "off",  # the tests' default: never ask the real providers
     }
     assert [e["event"] for e in events if e["log_level"] != "debug"] == ["started", "stopped"]
 
