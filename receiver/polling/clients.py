@@ -4,13 +4,21 @@ answer), and build_clients, which makes those whose polling credentials are conf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from receiver.polling.base import UNAVAILABLE, RequestObserver, StatusClient, Unavailable, get_json
+from receiver.polling.base import (
+    UNAVAILABLE,
+    DueMessage,
+    PollAnswer,
+    RequestObserver,
+    StatusClient,
+    Unavailable,
+    get_json,
+)
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected
 from receiver.settings import Settings, SettingsError, read_str
@@ -36,6 +44,23 @@ def build_clients(settings: Settings) -> dict[str, StatusClient]:
         MeSmsStatusClient(settings),
     ]
     return {client.provider: client for client in clients if client.configured}
+
+
+class PerMessageClient:
+    """A status endpoint that answers for one message a request (Twilio, 23 Telecom)."""
+
+    def group(self, message: DueMessage) -> str:
+        return message.message_id
+
+    async def poll(
+        self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
+    ) -> list[PollAnswer]:
+        return [await self._poll_one(http, message, observe) for message in messages]
+
+    async def _poll_one(
+        self, http: httpx.AsyncClient, message: DueMessage, observe: RequestObserver
+    ) -> PollAnswer:
+        raise NotImplementedError
 
 
 def api_base(settings: Settings, name: str, default: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Final
 
 import httpx
 
 from receiver.engine import StatusEvent
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver
-from receiver.polling.clients import api_base, get_answer, required_text, segment
+from receiver.polling.clients import PerMessageClient, api_base, get_answer, required_text, segment
 from receiver.providers import fields
 from receiver.providers.telecom23 import canonical
 from receiver.settings import Settings, read_str
@@ -17,21 +16,13 @@ from receiver.settings import Settings, read_str
 DEFAULT_API_BASE: Final = "https://restlink23telecom.com/api/v1"
 
 
-class Telecom23StatusClient:
+class Telecom23StatusClient(PerMessageClient):
     provider = "telecom23"
 
     def __init__(self, settings: Settings) -> None:
         self.base = api_base(settings, "TELECOM23_API_BASE", DEFAULT_API_BASE)
         self._key = read_str(settings.provider_env, "TELECOM23_API_KEY") or ""
         self.configured = bool(self._key)
-
-    def group(self, message: DueMessage) -> str:
-        return message.message_id
-
-    async def poll(
-        self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
-    ) -> list[PollAnswer]:
-        return [await self._poll_one(http, message, observe) for message in messages]
 
     async def _poll_one(
         self, http: httpx.AsyncClient, message: DueMessage, observe: RequestObserver

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -12,7 +11,7 @@ import httpx
 
 from receiver.engine import StatusEvent, format_time
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver
-from receiver.polling.clients import api_base, get_answer, required_text, segment
+from receiver.polling.clients import PerMessageClient, api_base, get_answer, required_text, segment
 from receiver.providers import fields
 from receiver.providers.twilio import STATUS_MAP, TwilioProvider
 from receiver.settings import Settings, SettingsError, read_str
@@ -21,7 +20,7 @@ DEFAULT_API_BASE: Final = "https://api.twilio.com"
 ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
-class TwilioStatusClient:
+class TwilioStatusClient(PerMessageClient):
     provider = "twilio"
 
     def __init__(self, settings: Settings) -> None:
@@ -39,14 +38,6 @@ class TwilioStatusClient:
         self.default_sid = sid or (listed[0] if len(listed) == 1 else None)
         # A token alone is not enough: it does not say which account to ask about.
         self.configured = self._adapter.configured and (sid is not None or bool(listed))
-
-    def group(self, message: DueMessage) -> str:
-        return message.message_id
-
-    async def poll(
-        self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
-    ) -> list[PollAnswer]:
-        return [await self._poll_one(http, message, observe) for message in messages]
 
     def account_sid(self, message: DueMessage) -> str | None:
         """Whose Messages resource to ask: the message's own account, else the default."""
