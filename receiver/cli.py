@@ -1,4 +1,4 @@
-"""The `receiver` command: serve, migrate, prune, backup, simulate."""
+"""The `receiver` command: serve, migrate, prune, backup, poll, simulate, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -146,6 +147,50 @@ def prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def poll(args: argparse.Namespace) -> int:
+    from receiver.logging import configure_logging
+    from receiver.polling.service import build_scheduler
+    from receiver.providers import build_providers, message_providers
+    from receiver.store import StoreUnavailable, open_store
+
+    if not args.once:
+        print(
+            "receiver: `receiver serve` polls continuously; `receiver poll --once` runs one "
+            "sweep of everything due, then exits",
+            file=sys.stderr,
+        )
+        return 2
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not _existing_store_or_exit(settings):
+        return 1
+
+    async def run() -> tuple[dict[str, Any], dict[str, dict[str, str | None]]]:
+        store = open_store(settings)
+        await store.open()
+        scheduler = build_scheduler(settings, store, message_providers(build_providers(settings)))
+        try:
+            return await scheduler.sweep_all(), scheduler.status()
+        finally:
+            await scheduler.stop()
+            await store.close()
+
+    try:
+        results, states = asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"receiver: poll failed: {exc}", file=sys.stderr)
+        return 1
+    for provider, r in sorted(results.items()):
+        state = states[provider]
+        print(
+            f"{provider}: {r.claimed} due, {r.asked} asked, {r.applied} changed, "
+            f"{r.gave_up} given up, {r.deferred} deferred; {state['state']}"
+            + (f" ({state['detail']})" if state["detail"] and r.claimed else "")
+        )
+    # Refused credentials fail the run, so a cron job or a CI check notices.
+    return 1 if any(s["state"] == "stopped" for s in states.values()) else 0
+
+
 def _existing_store_or_exit(settings: Settings) -> bool:
     """False, with the reason printed, when there is no database to work on."""
     from receiver.store import open_store
@@ -216,6 +261,39 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    """The simulator and the receiver together, a few hundred messages, a live summary."""
+    from receiver.demo import DemoError, Options, run
+
+    database = Path(args.database) if args.database else None
+    try:
+        return run(Options(args.count, args.seed, args.timeout, database))
+    except DemoError as exc:
+        print(f"receiver demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("receiver demo: interrupted", file=sys.stderr)
+        return 130
+
+
+def _demo_count(value: str) -> int:
+    from receiver.demo import MAX_COUNT
+
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_COUNT}")
+    return int(value)
+
+
+def _demo_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 5 <= seconds <= 3600:  # also refuses NaN
+        raise argparse.ArgumentTypeError("must be a number of seconds from 5 to 3600")
+    return seconds
+
+
 def _speed(value: str) -> float:
     speed = float(value)
     if not 0.001 <= speed <= 1_000_000:
@@ -248,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="the copy's file (or a directory for it)")
     p.set_defaults(func=backup)
     p = commands.add_parser(
+        "poll", help="ask providers about every message whose DLR is late, once, then exit"
+    )
+    p.add_argument("--once", action="store_true", help="one sweep of everything due now")
+    p.set_defaults(func=poll)
+    p = commands.add_parser(
         "simulate", help="run the provider simulator (default: 127.0.0.1:8900); see README.md"
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -264,6 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--telecom23-webhook-secret", help="sign telecom23 DLRs (default: unsigned)")
     p.add_argument("--mesms-api-key", help=f"default {defaults.mesms_api_key}")
     p.set_defaults(func=simulate)
+    from receiver.demo import MAX_COUNT  # cheap: what it runs is imported when it runs
+
+    p = commands.add_parser(
+        "demo",
+        help="the simulator and the receiver together: a few hundred messages with dropped and "
+        "late DLRs, followed live until every one is final (no account needed)",
+    )
+    p.add_argument(
+        "--count",
+        type=_demo_count,
+        default=300,
+        help=f"messages to send, shared among the providers (1 to {MAX_COUNT}; default 300)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the simulator's random seed (default 0)")
+    p.add_argument(
+        "--timeout",
+        type=_demo_timeout,
+        default=120.0,
+        help="give up after this many seconds (default 120)",
+    )
+    p.add_argument(
+        "--database", metavar="PATH", help="keep the receiver's database here (a new file)"
+    )
+    p.set_defaults(func=demo)
     return parser
 
 

@@ -3,6 +3,9 @@ real HTTP between them, and the simulator's own counters as the witness of what 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -272,7 +275,9 @@ def test_an_outage_is_backed_off_then_recovered(
 
 
 def test_401_stops_polling_that_provider_and_says_so_in_readyz(
-    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+    sim: SimulatorClient,
+    start_receiver: Callable[..., LiveServer],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     sim.fault("twilio", "unauthorized")
     server = start_receiver()
@@ -291,6 +296,11 @@ def test_401_stops_polling_that_provider_and_says_so_in_readyz(
     with server.client() as client:
         assert client.get("/readyz").status_code == 200  # still takes callbacks
     assert all(message(server, i)["status"] == "registered" for i in ids)
+    assert (
+        metric(server, "receiver_poll_requests_total", provider="twilio", result="unauthorized")
+        == asked
+    )
+    assert capfd.readouterr().out.count("polling_stopped") == 1  # the error is logged once
 
 
 # -- the maximum age ---------------------------------------------------------------------------
@@ -376,3 +386,47 @@ def test_10000_overdue_mesms_recipients_in_100_sends_cost_about_100_sweeps(
 
     requests = sim.stats()["requests"]["mesms.recipients"]
     assert 100 <= requests <= 110, requests  # one page per send, not 10,000 calls
+
+
+# -- receiver poll --once ----------------------------------------------------------------------
+
+
+def command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `receiver` command, run as a user (or cron) would."""
+    receiver = str(Path(sys.executable).parent / "receiver")
+    return subprocess.run([receiver, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_poll_once_from_the_command_line_settles_what_is_due(
+    tmp_path: Path, sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # A receiver that does not poll takes the registrations; the command does the polling.
+    server = start_receiver(polling=False, dlr_grace=0.01)
+    ids = sim.create_messages("telecom23", 5)
+    register(server, "telecom23", ids)
+    time.sleep(0.1)  # past the grace: all five are due
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "RECEIVER_DATABASE": server.settings.database,
+        "RECEIVER_LOG_LEVEL": "warning",
+        **poll_env(sim),
+    }
+    done = command(env, "poll", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "telecom23: 5 due, 5 asked, 5 changed, 0 given up, 0 deferred; polling" in done.stdout
+    assert all(message(server, i)["final_via"] == "poll" for i in ids)
+
+    again = command(env, "poll", "--once")
+    assert again.returncode == 0 and "telecom23: 0 due, 0 asked" in again.stdout
+    assert sim.stats()["requests"]["telecom23.status"] == 5  # final ones are not asked again
+
+    # Refused credentials fail the run, so a cron job notices.
+    sim.fault("telecom23", "unauthorized")
+    register(server, "telecom23", ["api_42_refused"])
+    time.sleep(0.1)
+    refused = command(env, "poll", "--once")
+    assert refused.returncode == 1
+    assert "telecom23: 1 due, 0 asked" in refused.stdout
+    assert "stopped (credentials refused" in refused.stdout
+    usage = command(env, "poll")
+    assert usage.returncode == 2 and "--once" in usage.stderr
