@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
         _log_startup(settings, the_store, providers, tokens, applied, poller)
         if poller is not None:
+            metrics.start_poll_series(poller.polled_providers())
             poller.start()
         pruning = (
             asyncio.create_task(
@@ -156,11 +157,7 @@ def _log_startup(
             else {"note": "callback URLs use the bind address; set RECEIVER_PUBLIC_URL"}
         ),
         # Which providers are asked about late DLRs (the others' late messages time out).
-        polling=(
-            [name for name, state in poller.status().items() if state["state"] == "polling"]
-            if poller is not None
-            else "off"
-        ),
+        polling=(poller.polled_providers() if poller is not None else "off"),
         # The URLs to paste into each provider's console.
         callback_urls=_callback_urls(settings, providers, tokens),
     )

@@ -474,15 +474,18 @@ def _serving(apps: Sequence[tuple[Any, socket.socket]]) -> Iterator[None]:
         for app, _sock in apps
     ]
 
-    async def serve_one(server: uvicorn.Server, sock: socket.socket) -> None:
+    stopped = [threading.Event() for _ in servers]
+
+    async def serve_one(i: int, sock: socket.socket) -> None:
         try:
-            await server.serve(sockets=[sock])
+            await servers[i].serve(sockets=[sock])
         finally:
+            stopped[i].set()
             for other in servers:  # one failing to start stops the other
                 other.should_exit = True
 
     async def serve_all() -> None:
-        await asyncio.gather(*(serve_one(s, a[1]) for s, a in zip(servers, apps, strict=True)))
+        await asyncio.gather(*(serve_one(i, sock) for i, (_app, sock) in enumerate(apps)))
 
     # A daemon, so a server that will not stop cannot keep the process alive after the join.
     thread = threading.Thread(
@@ -497,8 +500,10 @@ def _serving(apps: Sequence[tuple[Any, socket.socket]]) -> Iterator[None]:
             time.sleep(0.02)
         yield
     finally:
-        for server in servers:
+        # The last first: the receiver stops polling before the simulator it polls goes away.
+        for server, done in reversed(list(zip(servers, stopped, strict=True))):
             server.should_exit = True
+            done.wait(timeout=15)
         thread.join(timeout=30)
         for _app, sock in apps:
             sock.close()

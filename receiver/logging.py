@@ -111,6 +111,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = T
         named.handlers[:] = []
         named.propagate = True
         named.setLevel(logging.NOTSET)  # the root's level rules
+    # httpx logs every request the poller makes at info; the poller logs what matters itself.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, _LEVELS[level]))
     structlog.configure(
         processors=[
             *shared,

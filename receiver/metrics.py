@@ -90,6 +90,14 @@ class Metrics:
         for status in Status:
             self.messages.labels(status.value)
 
+    def start_poll_series(self, providers: Iterable[str]) -> None:
+        """Every (provider, result) series of the polled providers, at zero."""
+        from receiver.polling.base import RESULTS
+
+        for provider in providers:
+            for result in RESULTS:
+                self.poll_requests.labels(provider, result)
+
     def poll_request(self, provider: str, result: str) -> None:
         self.poll_requests.labels(provider, result).inc()
 

@@ -165,6 +165,20 @@ def test_a_dropped_dlr_is_recovered_by_polling(
         )
 
 
+def test_every_poll_series_of_the_polled_providers_is_there_at_zero(
+    start_receiver: Callable[..., LiveServer],
+) -> None:
+    server = start_receiver(provider_env={"TELECOM23_API_KEY": ""})  # not polled
+    with server.client() as client:
+        text = client.get("/metrics").text
+    for provider in ("twilio", "mesms"):
+        for result in ("ok", "not_found", "rate_limited", "unauthorized", "unavailable"):
+            series = f'receiver_poll_requests_total{{provider="{provider}",result="{result}"}}'
+            assert f"{series} 0.0" in text
+    assert 'receiver_poll_requests_total{provider="telecom23"' not in text
+    assert 'receiver_poll_due{provider="telecom23"} 0.0' in text  # its queue still times out
+
+
 # -- callbacks and polls together --------------------------------------------------------------
 
 
@@ -232,29 +246,25 @@ def test_a_callback_during_a_poll_is_not_undone_by_the_older_polled_status(
 def test_429_retry_after_is_waited_out(
     sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
 ) -> None:
-    sim.fault("telecom23", "rate_limit", count=1, retry_after=2)
-    server = start_receiver()
+    # The provider keeps answering 429 "retry after 1 s" until told otherwise; at 5 requests a
+    # second and 4 in flight, a burst would be ~12 refusals in 2.5 s, not one per window.
+    sim.fault("telecom23", "rate_limit", count=10_000, retry_after=1)
+    server = start_receiver(provider_env={"TELECOM23_POLL_RATE": "5"})
     ids = sim.create_messages("telecom23", 5)
-    started = time.monotonic()
     register(server, "telecom23", ids)
-    wait_until(
-        lambda: (
-            metric(
-                server, "receiver_poll_requests_total", provider="telecom23", result="rate_limited"
-            )
-            == 1
-        ),
-        what="the 429",
-    )
+    limited = {"provider": "telecom23", "result": "rate_limited"}
+    wait_until(lambda: metric(server, "receiver_poll_requests_total", **limited) == 1, what="429")
     state = readyz_polling(server)["telecom23"]
     assert state["state"] == "paused" and "rate limited" in state["detail"]
-    before = sim.stats()["requests"].get("telecom23.status", 0)
-    time.sleep(1.0)  # inside Retry-After: nothing is asked
-    assert sim.stats()["requests"].get("telecom23.status", 0) == before
+    time.sleep(2.5)
+    refused = metric(server, "receiver_poll_requests_total", **limited)
+    assert 2 <= refused <= 4, refused  # about one request per Retry-After
+    assert sim.stats()["responses"]["telecom23.status"] == {"429": refused}
 
+    sim.clear_faults("telecom23")
     wait_until(lambda: all_final(server, "telecom23", 5), what="recovery after Retry-After")
-    assert time.monotonic() - started >= 2.0
     assert readyz_polling(server)["telecom23"]["state"] == "polling"
+    assert all(message(server, i)["poll"]["last_result"] == "ok" for i in ids)
 
 
 def test_an_outage_is_backed_off_then_recovered(

@@ -38,6 +38,7 @@ UNAUTHORIZED = "unauthorized"
 UNAVAILABLE = "unavailable"  # 5xx, or an answer that is not what the API documents
 TIMEOUT = "timeout"
 NETWORK = "network_error"
+RESULTS = (OK, NOT_FOUND, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, TIMEOUT, NETWORK)
 
 
 class PollError(Exception):

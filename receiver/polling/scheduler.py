@@ -96,6 +96,10 @@ class SweepResult:
 RequestCounter = Callable[[str, str], None]  # (provider, result)
 
 
+class _Held(Exception):
+    """A request stopped before it went out: its provider was paused or stopped meanwhile."""
+
+
 class ProviderPoller:
     """The due queue of one provider (a message provider name; its client may be None)."""
 
@@ -144,6 +148,10 @@ class ProviderPoller:
         delay = self._pacer.wait(time.monotonic())
         if delay > 0:
             await asyncio.sleep(delay)
+        # A 429 or a refusal that came back while this request waited for its slot: it does
+        # not go out (the pause covers requests already admitted, not only new claims).
+        if self.status.state == "stopped" or self.status.paused_until > time.monotonic():
+            raise _Held("the provider is paused or stopped")
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -190,6 +198,11 @@ class ProviderPoller:
                 return
             try:
                 answers = await self.client.poll(self._client(), messages, self._observe)
+            except _Held:
+                wait = self.status.paused_until - time.monotonic()
+                reason = STOPPED if self.status.state == "stopped" else DEFERRED
+                await self._settle([], [self._unasked(m, reason, wait) for m in messages], result)
+                return
             except PollError as exc:
                 await self._settle([], self._failed(messages, exc), result)
                 return
@@ -241,9 +254,12 @@ class ProviderPoller:
             pause *= self._rng.uniform(0.8, 1.2)
             detail = f"{exc}; retrying in {pause:.1f} s"
         if self.status.paused_until < now + pause:
+            if self.status.paused_until <= now:  # logged when a pause starts, not per answer
+                log.warning(
+                    "polling_paused", provider=self.provider, result=exc.result, detail=detail
+                )
             self.status.paused_until = now + pause
             self.status.state, self.status.detail = "paused", detail
-            log.warning("polling_paused", provider=self.provider, result=exc.result, detail=detail)
         return [
             PollDone(
                 m,
@@ -378,6 +394,10 @@ class Scheduler:
         }
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+
+    def polled_providers(self) -> list[str]:
+        """The providers with a status client (the others' late messages only time out)."""
+        return [name for name, p in self.pollers.items() if p.client is not None]
 
     def status(self) -> dict[str, dict[str, str | None]]:
         return {name: p.status.as_json() for name, p in self.pollers.items()}
