@@ -556,3 +556,23 @@ def test_retry_after_as_a_future_http_date_is_the_seconds_until_then() -> None:
     header = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     seconds = retry_after_seconds(header)
     assert seconds is not None and 28 <= seconds <= 30
+
+
+def test_an_answer_nested_too_deep_is_unavailable_not_a_crash() -> None:
+    """Python's JSON reader gives up on deep nesting with RecursionError, not a ValueError."""
+    import asyncio as _asyncio
+
+    from receiver.polling.base import Unavailable as _Unavailable
+    from receiver.polling.base import get_json as _get_json
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=deep))
+    seen: list[str] = []
+
+    async def ask() -> None:
+        async with httpx.AsyncClient(transport=transport) as http:
+            await _get_json(http, "https://provider.test/status", seen.append)
+
+    with pytest.raises(_Unavailable):
+        _asyncio.run(ask())
+    assert seen == ["unavailable"]

@@ -383,6 +383,101 @@ def test_two_schedulers_on_one_database_never_poll_the_same_message_at_once(
     assert sum(shares) == 200 and min(shares) > 0, shares  # both did part of the work
 
 
+def test_a_lease_shorter_than_a_paced_batch_hands_the_rest_back_instead_of_overlapping(
+    tmp_path: Path, sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # 10 requests a second and a 2 s lease: a 50-message batch cannot finish under one lease.
+    sim.configure(api_latency=0.05)
+    database = tmp_path / "shared.db"
+    slow: dict[str, Any] = {
+        "provider_env": {"TWILIO_POLL_RATE": "10"},
+        "poll_batch": 50,
+        "poll_lease": 2.0,
+        "poll_timeout": 1.0,
+    }
+    first = start_receiver(database=database, **slow)
+    ids = sim.create_messages("twilio", 100)
+    register(first, "twilio", ids)
+    time.sleep(0.5)
+    second = start_receiver(database=database, **slow)
+    wait_until(lambda: all_final(first, "twilio", 100), timeout=30, what="100 final")
+
+    stats = sim.stats()
+    assert stats["max_concurrent_polls"] == 1
+    assert stats["requests"]["twilio.status"] == 100  # each message asked once, by one of them
+    assert metric(second, "receiver_poll_requests_total", provider="twilio", result="ok") > 0
+
+
+def test_two_schedulers_never_sweep_one_mesms_send_at_once(
+    tmp_path: Path, sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # Batches of 10 in sends of 100: without whole-send claims, both would sweep each send.
+    sim.configure(api_latency=0.2)
+    database = tmp_path / "shared.db"
+    first = start_receiver(database=database, poll_batch=10)
+    start_receiver(database=database, poll_batch=10)
+    ids = sim.create_messages("mesms", 200, per_send=100)
+    register(first, "mesms", ids)
+    wait_until(lambda: all_final(first, "mesms", 200), timeout=30, what="200 final")
+    stats = sim.stats()
+    assert stats["max_concurrent_polls"] == 1
+    assert stats["requests"]["mesms.recipients"] == 2  # one sweep per send
+
+
+def test_a_send_larger_than_a_batch_is_swept_once_not_once_per_batch(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    # Recipients stay 'sent' for a day: every poll finds them non-final.
+    sim.configure(speed=1, timing={"sent_after": [0, 0], "final_after": [86_400, 86_400]})
+    ids = sim.create_messages("mesms", 5000, per_send=5000)
+    server = start_receiver(dlr_grace=0.3, poll_batch=500, poll_backoff=30, poll_backoff_max=60)
+    register(server, "mesms", ids)
+    wait_until(
+        lambda: sim.stats()["requests"].get("mesms.recipients", 0) >= 5, what="the first sweep"
+    )
+    time.sleep(1.0)
+    assert sim.stats()["requests"]["mesms.recipients"] == 5  # 5 pages of 1,000, once
+    polled = message(server, ids[-1])["poll"]
+    assert polled["attempts"] == 1 and polled["next_poll_at"] is not None
+
+
+# -- what must not stall the queue -------------------------------------------------------------
+
+
+def test_a_sent_time_in_year_9999_is_polled_and_settled_not_stuck(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    server = start_receiver()
+    (sid,) = sim.create_messages("twilio", 1)
+    with server.client() as client:
+        response = client.post(
+            "/v1/messages",
+            json={"provider": "twilio", "message_id": sid, "sent_at": "9999-12-31T00:00:00Z"},
+        )
+    assert response.status_code == 201
+    # Its grace runs from when it was registered, not from the year 9999.
+    with server.client() as client:
+        client.post("/v1/messages", json={"provider": "twilio", "message_id": sid})
+    wait_until(lambda: message(server, sid)["final"], what="the year-9999 message settled")
+    assert message(server, sid)["final_via"] == "poll"
+
+
+def test_a_day_long_retry_after_does_not_hold_back_the_give_up(
+    sim: SimulatorClient, start_receiver: Callable[..., LiveServer]
+) -> None:
+    sim.fault("twilio", "rate_limit", count=10_000, retry_after=86_400)
+    server = start_receiver(poll_max_age=2.0)
+    ids = sim.create_messages("twilio", 3)
+    register(server, "twilio", ids)
+    wait_until(lambda: all_final(server, "twilio", 3), what="the give-up during the pause")
+    assert {message(server, i)["status"] for i in ids} == {"unconfirmed"}
+    reasons = [message(server, i)["final_reason"] for i in ids]
+    assert all(r.startswith("no final status within 2s: ") for r in reasons), reasons
+    # The pause held: only the requests already on the wire when the first 429 came back.
+    assert sim.stats()["requests"]["twilio.status"] <= 3
+    assert readyz_polling(server)["twilio"]["state"] == "paused"
+
+
 # -- me-sms: one sweep per send ----------------------------------------------------------------
 
 

@@ -4,7 +4,6 @@ errors that steer the scheduler, and one HTTP helper that sorts a provider's rep
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +83,11 @@ class StatusClient(Protocol):
         send's uuid); for most providers each message is its own group."""
         ...
 
+    def group_prefix(self, message_id: str) -> str | None:
+        """The message-id prefix shared by a group (me-sms: "<uuid>:"), so the store claims a
+        group whole; None when each message is its own group."""
+        ...
+
     async def poll(
         self,
         http: httpx.AsyncClient,
@@ -157,7 +161,7 @@ async def get_json(
         raise Unavailable(_detail(response))
     try:
         data = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, nesting too deep
         data = None
     if not isinstance(data, dict):
         observe(UNAVAILABLE)

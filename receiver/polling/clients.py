@@ -52,6 +52,9 @@ class PerMessageClient:
     def group(self, message: DueMessage) -> str:
         return message.message_id
 
+    def group_prefix(self, message_id: str) -> str | None:
+        return None
+
     async def poll(
         self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
     ) -> list[PollAnswer]:

@@ -35,6 +35,11 @@ class MeSmsStatusClient:
         parts = split_message_id(message.message_id)
         return parts[0] if parts else message.message_id
 
+    def group_prefix(self, message_id: str) -> str | None:
+        """ "<uuid>:", so the store claims every tracked recipient of a send together."""
+        parts = split_message_id(message_id)
+        return f"{parts[0]}:" if parts else None
+
     async def poll(
         self, http: httpx.AsyncClient, messages: Sequence[DueMessage], observe: RequestObserver
     ) -> list[PollAnswer]:

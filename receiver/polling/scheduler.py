@@ -17,6 +17,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,7 @@ from receiver.polling.base import (
     RateLimited,
     StatusClient,
     Unauthorized,
+    Unavailable,
 )
 from receiver.polling.policy import Backoff, Pacer
 from receiver.settings import Settings
@@ -46,7 +48,12 @@ log = structlog.get_logger("receiver.polling")
 NO_CLIENT = "no_client"  # nothing to ask: the provider has no status endpoint configured
 STOPPED = "stopped"  # polling this provider stopped on 401/403
 DEFERRED = "deferred"  # the provider asked us to wait (429) or is failing: asked later
+UNEXPECTED = "error"  # the status client failed in a way it should not have (logged)
 
+# The longest Retry-After honoured.
+RETRY_AFTER_MAX = 86400.0
+# Polled events recorded per write transaction.
+RECORD_SLICE = 500
 # The shortest and longest a loop sleeps when nothing is due (never a hot loop).
 MIN_IDLE = 0.05
 # A provider failing with 5xx/timeouts is retried after 1, 2, 4 ... s, at most this long.
@@ -127,6 +134,10 @@ class ProviderPoller:
         self._backoff = Backoff(settings.poll_backoff, settings.poll_backoff_max)
         self._rng = rng or random.Random()
         self._pacer = Pacer(rate)
+        self._rate = rate
+        # Requests of the batch in hand may start until then (monotonic): one started later
+        # could outlive the batch's lease, and another claimer could ask about it meanwhile.
+        self._lease_deadline = float("inf")
         self._slots = asyncio.Semaphore(concurrency)
         self._count = count_request or (lambda provider, result: None)
         self._http: httpx.AsyncClient | None = None
@@ -150,8 +161,11 @@ class ProviderPoller:
             await asyncio.sleep(delay)
         # A 429 or a refusal that came back while this request waited for its slot: it does
         # not go out (the pause covers requests already admitted, not only new claims).
-        if self.status.state == "stopped" or self.status.paused_until > time.monotonic():
+        now = time.monotonic()
+        if self.status.state == "stopped" or self.status.paused_until > now:
             raise _Held("the provider is paused or stopped")
+        if now > self._lease_deadline:
+            raise _Held("the claim's lease is running out")
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -166,13 +180,18 @@ class ProviderPoller:
     async def sweep(self) -> SweepResult:
         """Claim one batch of due messages and settle each: asked, deferred or given up."""
         now = datetime.now(UTC)
-        lease = now + timedelta(seconds=self.settings.poll_lease)
+        lease = self.settings.poll_lease
+        # No request starts later than a timeout before the lease ends, so none outlives it.
+        self._lease_deadline = time.monotonic() + lease - self.settings.poll_timeout
         claimed = await self.store.claim_due(
             self.provider,
             now=format_time(now),
-            limit=self.settings.poll_batch,
-            lease_until=format_time(lease),
+            # About what the provider's rate gets through in half the lease; the rest of a
+            # batch that runs late is handed back, not polled under an expired lease.
+            limit=max(1, min(self.settings.poll_batch, int(self._rate * lease / 2))),
+            lease_until=format_time(now + timedelta(seconds=lease)),
             owner=self.owner,
+            group_of=self.client.group_prefix if self.client else None,
         )
         result = SweepResult(claimed=len(claimed))
         if not claimed:
@@ -205,6 +224,11 @@ class ProviderPoller:
                 return
             except PollError as exc:
                 await self._settle([], self._failed(messages, exc), result)
+                return
+            except Exception as exc:  # a client's bug: the messages are settled all the same
+                log.error("poll_error", provider=self.provider, error=repr(exc), exc_info=exc)
+                failure = Unavailable(f"unexpected error: {exc!r}", UNEXPECTED)
+                await self._settle([], self._failed(messages, failure), result)
                 return
         self._recovered()
         await self._settle(*self._answered(messages, answers), result)
@@ -241,17 +265,19 @@ class ProviderPoller:
                 )
             self.status = ProviderState("stopped", f"credentials refused: {exc}")
             return [self._unasked(m, STOPPED) for m in messages]
+        if self.status.paused_until <= now:
+            # Once per pause: groups failing together are one failure of the provider.
+            self.status.failures += 1
         if isinstance(exc, RateLimited):
             pause = exc.retry_after
-            if pause is None:
-                pause = self._backoff.delay(self.status.failures + 1, self._rng)
+            if pause is None:  # no Retry-After: 1, 2, 4 ... s while the 429s go on
+                pause = _outage_pause(self.status.failures, self._rng)
+            # At least a second (a Retry-After of 0, or a date the clocks disagree on, must not
+            # turn into a tight loop), at most a day (a year-9999 date is not a plan).
+            pause = min(max(pause, 1.0), RETRY_AFTER_MAX)
             detail = f"rate limited: waiting {pause:.1f} s"
         else:
-            if self.status.paused_until <= now:
-                # Once per pause: groups failing together are one failure of the provider.
-                self.status.failures += 1
-            pause = min(OUTAGE_BACKOFF_MAX, 2.0 ** min(max(self.status.failures, 1) - 1, 20))
-            pause *= self._rng.uniform(0.8, 1.2)
+            pause = _outage_pause(self.status.failures, self._rng)
             detail = f"{exc}; retrying in {pause:.1f} s"
         if self.status.paused_until < now + pause:
             if self.status.paused_until <= now:  # logged when a pause starts, not per answer
@@ -298,13 +324,21 @@ class ProviderPoller:
     # -- time ----------------------------------------------------------------------------------
 
     def _expiry(self, message: DueMessage) -> datetime:
-        start = parse_time(message.sent_at or message.created_at)
+        """When the message is given up: the maximum age after it was sent, as the app said,
+        unless that is later than when we first heard of it (a sent time in the future is
+        not believed)."""
+        created = parse_time(message.created_at)
+        start = created
+        if message.sent_at:
+            with suppress(ValueError):
+                start = min(parse_time(message.sent_at), created)
         return start + timedelta(seconds=self.settings.poll_max_age)
 
     def _next_poll(self, message: DueMessage, delay: float) -> str:
         """`delay` from now, but no later than the message's time-out, when it is asked once
         more and then given up."""
         now = datetime.now(UTC)
+        delay = min(max(delay, 0.0), self.settings.poll_max_age)  # also keeps clear of year 9999
         return format_time(min(now + timedelta(seconds=delay), max(now, self._expiry(message))))
 
     def _expired(self, message: DueMessage, attempts: int, result: str) -> str | None:
@@ -321,7 +355,13 @@ class ProviderPoller:
         self, answers: Sequence[PollAnswer], done: Sequence[PollDone], result: SweepResult
     ) -> None:
         events = [a.event for a in answers if a.event is not None]
-        recorded = await self.store.finish_polls(self.owner, events, done)
+        # A big me-sms sweep is recorded a slice at a time, so callbacks are written between
+        # the slices instead of waiting behind one long transaction.
+        slices = [events[i : i + RECORD_SLICE] for i in range(0, len(events), RECORD_SLICE)]
+        recorded: list[Recorded] = []
+        for i, chunk in enumerate(slices or [[]]):
+            last = i == max(len(slices), 1) - 1
+            recorded += await self.store.finish_polls(self.owner, chunk, done if last else [])
         result.asked += sum(1 for d in done if d.attempted)
         result.deferred += sum(1 for d in done if d.result in (DEFERRED, RATE_LIMITED))
         for r in recorded:
@@ -332,6 +372,11 @@ class ProviderPoller:
                 result.gave_up += 1
             elif r.outcome is Outcome.APPLIED:
                 result.applied += 1
+
+
+def _outage_pause(failures: int, rng: random.Random) -> float:
+    """1, 2, 4 ... s (with jitter) after consecutive failures, at most OUTAGE_BACKOFF_MAX."""
+    return min(OUTAGE_BACKOFF_MAX, 2.0 ** min(max(failures, 1) - 1, 20)) * rng.uniform(0.8, 1.2)
 
 
 def _log_recorded(r: Recorded) -> None:
@@ -469,5 +514,7 @@ class Scheduler:
         due = await poller.store.next_due(poller.provider)
         if due is not None:
             wait = min(wait, (parse_time(due) - datetime.now(UTC)).total_seconds())
-        wait = max(wait, poller.status.paused_until - time.monotonic(), MIN_IDLE)
+        # Not the whole of a pause: messages past their age are given up during one too (a
+        # sweep defers the others to its end).
+        wait = max(wait, MIN_IDLE)
         await asyncio.sleep(wait)

@@ -190,11 +190,22 @@ class Store(Protocol):
         safe while the service writes; `target` is replaced only by a complete copy."""
 
     async def claim_due(
-        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+        self,
+        provider: str,
+        *,
+        now: str,
+        limit: int,
+        lease_until: str,
+        owner: str,
+        group_of: Callable[[str], str | None] | None = None,
     ) -> list[DueMessage]:
         """Claim up to `limit` of the provider's messages due at `now`, soonest due first: each
         is leased to `owner` until `lease_until` (when it falls due again if never finished),
-        so concurrent claimers, in this process or another, never get the same message."""
+        so concurrent claimers, in this process or another, never get the same message.
+
+        `group_of` gives the message-id prefix of messages answered together (a me-sms send);
+        such a group is claimed whole, or not at all while another claimer holds part of it.
+        """
         ...
 
     async def finish_polls(

@@ -373,24 +373,18 @@ class SQLiteStore:
     # -- the poll queue ----------------------------------------------------------------------
 
     async def claim_due(
-        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+        self,
+        provider: str,
+        *,
+        now: str,
+        limit: int,
+        lease_until: str,
+        owner: str,
+        group_of: Callable[[str], str | None] | None = None,
     ) -> list[DueMessage]:
-        def claim(conn: sqlite3.Connection) -> list[DueMessage]:
-            # One write transaction: a second claimer (another process included) waits for
-            # the lock, then finds these rows leased to the end of the lease.
-            rows = conn.execute(
-                f"SELECT {_DUE_COLUMNS} FROM messages "
-                "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
-                "ORDER BY next_poll_at LIMIT ?",
-                (provider, now, limit),
-            ).fetchall()
-            conn.executemany(
-                "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
-                [(lease_until, owner, row["id"]) for row in rows],
-            )
-            return [DueMessage(*row) for row in rows]
-
-        return await self._write(claim)
+        return await self._write(
+            partial(_claim, provider, now, limit, lease_until, owner, group_of)
+        )
 
     async def finish_polls(
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
@@ -791,7 +785,11 @@ def _apply(
         return outcome, current.state.status.value
     conn.execute(
         "UPDATE messages SET status = ?, provider_status = ?, error_code = ?, updated_at = ?, "
-        "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, next_poll_at = ?, "
+        "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, "
+        # A message leased to a poller keeps at least its lease: it must not fall due (and be
+        # claimed by another) while that poll is under way.
+        "next_poll_at = CASE WHEN ? IS NULL THEN NULL WHEN poll_lease IS NOT NULL "
+        "THEN max(coalesce(next_poll_at, ''), ?) ELSE ? END, "
         "to_number = coalesce(to_number, ?), from_number = coalesce(from_number, ?), "
         "account = coalesce(account, ?) WHERE id = ?",
         (
@@ -804,6 +802,8 @@ def _apply(
             new.final_via,
             new.final_at,
             None if new.final else due,
+            due,
+            due,
             ev.to_number,
             ev.from_number,
             ev.account,
@@ -811,6 +811,65 @@ def _apply(
         ),
     )
     return outcome, new.status.value
+
+
+def _claim(
+    provider: str,
+    now: str,
+    limit: int,
+    lease_until: str,
+    owner: str,
+    group_of: Callable[[str], str | None] | None,
+    conn: sqlite3.Connection,
+) -> list[DueMessage]:
+    """Lease up to `limit` due messages to `owner` (see Store.claim_due), in one write
+    transaction: a second claimer, another process included, waits for the lock and then finds
+    them leased until `lease_until`.
+
+    With `group_of` (the message-id prefix of the messages one request answers for together,
+    such as a me-sms send's "<uuid>:"), a group is claimed whole, due or not, so one sweep
+    settles all of it and no two claimers ever sweep it at once: a group with a member still
+    leased to someone else is left to them, its due members put off until that lease ends.
+    """
+    rows = conn.execute(
+        f"SELECT {_DUE_COLUMNS} FROM messages "
+        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+        "ORDER BY next_poll_at LIMIT ?",
+        (provider, now, limit),
+    ).fetchall()
+    claimed: dict[int, sqlite3.Row] = {}
+    put_off: list[tuple[str, int]] = []
+    groups: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        prefix = group_of(row["message_id"]) if group_of else None
+        if prefix:
+            groups.setdefault(prefix, []).append(row)
+        else:
+            claimed[row["id"]] = row
+    for prefix, due in groups.items():
+        # Every non-final member: the prefix range is a range of the (provider, message_id)
+        # index. "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
+        members = conn.execute(
+            f"SELECT {_DUE_COLUMNS}, poll_lease, next_poll_at FROM messages "
+            "WHERE provider = ? AND message_id >= ? AND message_id < ? "
+            "AND next_poll_at IS NOT NULL",
+            (provider, prefix, prefix + "\U0010ffff"),
+        ).fetchall()
+        busy = [
+            m["next_poll_at"]
+            for m in members
+            if m["poll_lease"] not in (None, owner) and m["next_poll_at"] > now
+        ]
+        if busy:
+            put_off += [(max(busy), row["id"]) for row in due]
+            continue
+        claimed.update((m["id"], m) for m in members)
+    conn.executemany("UPDATE messages SET next_poll_at = ? WHERE id = ?", put_off)
+    conn.executemany(
+        "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
+        [(lease_until, owner, pk) for pk in claimed],
+    )
+    return [DueMessage(*tuple(row)[:9]) for row in claimed.values()]
 
 
 def _event_from_row(row: sqlite3.Row) -> StatusEvent:
