@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         _log_startup(settings, the_store, providers, tokens, applied, poller)
         if poller is not None:
             metrics.start_poll_series(poller.polled_providers())
-            poller.start()
+            await poller.start()
         pruning = (
             asyncio.create_task(
                 retention.prune_periodically(the_store, settings.retention_days),

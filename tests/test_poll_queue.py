@@ -240,3 +240,32 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
             )
         )
     assert "idx_messages_due" in plan and "SCAN" not in plan
+
+
+def test_two_stores_on_one_file_claim_disjoint_messages(tmp_path: Path) -> None:
+    """Two processes' stores: each its own writer connection, racing for the write lock."""
+    path = str(tmp_path / "shared.db")
+    stores = [SQLiteStore(path) for _ in range(2)]
+    ids = [f"m{i}" for i in range(300)]
+
+    async def race() -> list[list[str]]:
+        for s in stores:
+            await s.open()
+        await stores[0].register([Registration("twilio", i, sent_at=at(0)) for i in ids])
+        claimed: list[list[str]] = [[], []]
+
+        async def drain(n: int) -> None:
+            while batch := await stores[n].claim_due(
+                "twilio", now=at(400), limit=7, lease_until=at(500), owner=f"p{n}"
+            ):
+                claimed[n] += [m.message_id for m in batch]
+
+        await asyncio.gather(drain(0), drain(1))
+        for s in stores:
+            await s.close()
+        return claimed
+
+    first, second = asyncio.run(race())
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(ids)
+    assert first and second  # both got a share

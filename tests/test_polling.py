@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import AppServer, LiveServer, make_settings, message, post_status
+from support import STANDARD_SECRET, AppServer, LiveServer, make_settings, message, post_status
 
 from receiver.simulator.app import create_simulator
 from receiver.simulator.client import SimulatorClient
@@ -535,3 +535,19 @@ def test_poll_once_from_the_command_line_settles_what_is_due(
     assert "stopped (credentials refused" in refused.stdout
     usage = command(env, "poll")
     assert usage.returncode == 2 and "--once" in usage.stderr
+
+
+def test_a_source_removed_from_the_settings_still_has_its_messages_time_out(
+    tmp_path: Path, start_receiver: Callable[..., LiveServer]
+) -> None:
+    database = tmp_path / "kept.db"
+    acme = {"STANDARD_WEBHOOK_SECRETS": f"acme:{STANDARD_SECRET}"}
+    before = start_receiver(database=database, provider_env=acme, polling=False)
+    register(before, "acme", ["acme-1"])
+    before.stop()
+
+    after = start_receiver(database=database, poll_max_age=0.5)  # acme is gone
+    wait_until(lambda: message(after, "acme-1")["final"], what="the orphan's time-out")
+    found = message(after, "acme-1")
+    assert (found["status"], found["final_via"]) == ("unconfirmed", "timeout")
+    assert readyz_polling(after)["acme"]["state"] == "not_configured"

@@ -423,22 +423,36 @@ class Scheduler:
         owner: str | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store
         self.owner = owner or owner_id()
-        self.pollers = {
-            name: ProviderPoller(
-                name,
-                clients.get(name),
-                store,
-                settings,
-                owner=self.owner,
-                rate=limits.get(name, (5.0, 4))[0],
-                concurrency=limits.get(name, (5.0, 4))[1],
-                count_request=count_request,
-            )
-            for name in providers
-        }
+        self._clients = clients
+        self._limits = limits
+        self._count_request = count_request
+        self.pollers: dict[str, ProviderPoller] = {}
+        for name in providers:
+            self._add(name)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+
+    def _add(self, name: str) -> None:
+        rate, concurrency = self._limits.get(name, (5.0, 4))
+        self.pollers[name] = ProviderPoller(
+            name,
+            self._clients.get(name),
+            self.store,
+            self.settings,
+            owner=self.owner,
+            rate=rate,
+            concurrency=concurrency,
+            count_request=self._count_request,
+        )
+
+    async def adopt_queued(self) -> None:
+        """A poller for every provider with messages waiting in the queue, such as a Standard
+        Webhooks source since removed from the settings: their messages still time out."""
+        for name in await self.store.queued_providers():
+            if name not in self.pollers:
+                self._add(name)
 
     def polled_providers(self) -> list[str]:
         """The providers with a status client (the others' late messages only time out)."""
@@ -451,6 +465,7 @@ class Scheduler:
         """Everything due now, once (`receiver poll --once`): batch after batch per provider
         until a batch comes back short."""
         results: dict[str, SweepResult] = {}
+        await self.adopt_queued()
 
         async def drain(poller: ProviderPoller) -> None:
             total = SweepResult()
@@ -464,7 +479,8 @@ class Scheduler:
         await asyncio.gather(*(drain(p) for p in self.pollers.values()))
         return results
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.adopt_queued()
         self._tasks = [
             asyncio.create_task(self._run(p), name=f"receiver-poll-{p.provider}")
             for p in self.pollers.values()

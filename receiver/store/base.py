@@ -216,6 +216,11 @@ class Store(Protocol):
         give up or reschedule each of `done` that `owner` still holds."""
         ...
 
+    async def queued_providers(self) -> list[str]:
+        """Every provider with messages in the poll queue (a provider no longer configured
+        included, so its messages still time out)."""
+        ...
+
     async def next_due(self, provider: str) -> str | None:
         """When the provider's soonest queued message falls due (None: the queue is empty)."""
         ...

@@ -469,6 +469,22 @@ class SQLiteStore:
         self._insert_event(conn, ev, current.pk, status, outcome, now)
         return [Recorded(ev, outcome, status, new_status)]
 
+    async def queued_providers(self) -> list[str]:
+        def query(conn: sqlite3.Connection) -> list[str]:
+            # One index seek per provider (a skip scan), however many messages wait.
+            found: list[str] = []
+            while True:
+                row = conn.execute(
+                    "SELECT min(provider) FROM messages "
+                    "WHERE next_poll_at IS NOT NULL AND provider > ?",
+                    (found[-1] if found else "",),
+                ).fetchone()
+                if row is None or row[0] is None:
+                    return found
+                found.append(row[0])
+
+        return await self._read(query)
+
     async def next_due(self, provider: str) -> str | None:
         def query(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
