@@ -242,13 +242,7 @@ def simulate(args: argparse.Namespace) -> int:
     accounts = Accounts(**{k: v for k, v in given.items() if v is not None})
     config = SimConfig(seed=args.seed, speed=args.speed, accounts=accounts)
     # Bind first, so --port 0 works and the line below names the real port.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        print(f"receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
+    sock = _listen_or_exit(args.host, args.port)
     sock.listen(2048)  # connections made from now on wait for the server, not fail
     host, port = sock.getsockname()[:2]
     print(f"provider simulator on http://{host}:{port} (control API: /_sim/)", flush=True)

@@ -132,16 +132,18 @@ def _duration(
     value = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
     if not minimum <= value <= maximum:
         raise SettingsError(
-            f"{name} must be between {_say(minimum)} and {_say(maximum)}; got {raw.strip()!r}"
+            f"{name} must be between {say_duration(minimum)} and {say_duration(maximum)}; "
+            f"got {raw.strip()!r}"
         )
     return value
 
 
-def _say(seconds: float) -> str:
+def say_duration(seconds: float) -> str:
+    """Seconds as a duration setting would be written: 72h, 5m, 1.5s, 500ms."""
     for unit in ("d", "h", "m", "s"):
         if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
             return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
-    return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
 
 
 def _float(

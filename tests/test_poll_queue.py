@@ -259,6 +259,7 @@ def test_two_stores_on_one_file_claim_disjoint_messages(tmp_path: Path) -> None:
                 "twilio", now=at(400), limit=7, lease_until=at(500), owner=f"p{n}"
             ):
                 claimed[n] += [m.message_id for m in batch]
+                await asyncio.sleep(0.001)  # let the other claimer's next claim in
 
         await asyncio.gather(drain(0), drain(1))
         for s in stores:

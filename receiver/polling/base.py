@@ -193,3 +193,14 @@ def poll_limits(settings: Settings, prefix: str, *, rate: float = 5.0) -> PollLi
             env, f"{prefix}_DLR_GRACE", settings.dlr_grace, minimum=0.01, maximum=7 * 86400.0
         ),
     )
+
+
+def poll_limits_by_provider(settings: Settings) -> dict[str, PollLimits]:
+    """The limits of every provider that declares its polling variables (poll_env_vars)."""
+    from receiver.providers import REGISTRY  # the adapters import this module
+
+    return {
+        name: poll_limits(settings, name.upper())
+        for name, cls in REGISTRY.items()
+        if set(poll_env_vars(name.upper())) <= set(cls.env_vars)
+    }

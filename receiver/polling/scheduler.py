@@ -32,13 +32,14 @@ from receiver.polling.base import (
     RATE_LIMITED,
     PollAnswer,
     PollError,
+    PollLimits,
     RateLimited,
     StatusClient,
     Unauthorized,
     Unavailable,
 )
 from receiver.polling.policy import Backoff, Pacer
-from receiver.settings import Settings
+from receiver.settings import Settings, say_duration
 from receiver.store import Store, StoreUnavailable
 from receiver.store.base import DueMessage, PollDone, Recorded
 
@@ -50,14 +51,17 @@ STOPPED = "stopped"  # polling this provider stopped on 401/403
 DEFERRED = "deferred"  # the provider asked us to wait (429) or is failing: asked later
 UNEXPECTED = "error"  # the status client failed in a way it should not have (logged)
 
+# A provider without limits of its own (it is never asked: its messages only time out).
+DEFAULT_RATE, DEFAULT_CONCURRENCY = 5.0, 4
 # The longest Retry-After honoured.
 RETRY_AFTER_MAX = 86400.0
 # Polled events recorded per write transaction.
 RECORD_SLICE = 500
 # The shortest and longest a loop sleeps when nothing is due (never a hot loop).
 MIN_IDLE = 0.05
-# A provider failing with 5xx/timeouts is retried after 1, 2, 4 ... s, at most this long.
-OUTAGE_BACKOFF_MAX = 300.0
+# A provider failing (5xx, timeouts; 429s without Retry-After) is retried after 1, 2, 4 ... s,
+# at most 5 minutes.
+OUTAGE_BACKOFF = Backoff(base=1.0, cap=300.0)
 
 
 def owner_id() -> str:
@@ -271,13 +275,13 @@ class ProviderPoller:
         if isinstance(exc, RateLimited):
             pause = exc.retry_after
             if pause is None:  # no Retry-After: 1, 2, 4 ... s while the 429s go on
-                pause = _outage_pause(self.status.failures, self._rng)
+                pause = OUTAGE_BACKOFF.delay(self.status.failures, self._rng)
             # At least a second (a Retry-After of 0, or a date the clocks disagree on, must not
             # turn into a tight loop), at most a day (a year-9999 date is not a plan).
             pause = min(max(pause, 1.0), RETRY_AFTER_MAX)
             detail = f"rate limited: waiting {pause:.1f} s"
         else:
-            pause = _outage_pause(self.status.failures, self._rng)
+            pause = OUTAGE_BACKOFF.delay(self.status.failures, self._rng)
             detail = f"{exc}; retrying in {pause:.1f} s"
         if self.status.paused_until < now + pause:
             if self.status.paused_until <= now:  # logged when a pause starts, not per answer
@@ -346,7 +350,7 @@ class ProviderPoller:
         maximum age. Kept with the message (final_reason)."""
         if datetime.now(UTC) < self._expiry(message):
             return None
-        age = _say(self.settings.poll_max_age)
+        age = say_duration(self.settings.poll_max_age)
         return f"no final status within {age}: {attempts} poll(s), last result {result}"
 
     # -- recording -----------------------------------------------------------------------------
@@ -374,11 +378,6 @@ class ProviderPoller:
                 result.applied += 1
 
 
-def _outage_pause(failures: int, rng: random.Random) -> float:
-    """1, 2, 4 ... s (with jitter) after consecutive failures, at most OUTAGE_BACKOFF_MAX."""
-    return min(OUTAGE_BACKOFF_MAX, 2.0 ** min(max(failures, 1) - 1, 20)) * rng.uniform(0.8, 1.2)
-
-
 def _log_recorded(r: Recorded) -> None:
     if r.event.source == "timeout":
         log.info(
@@ -401,13 +400,6 @@ def _log_recorded(r: Recorded) -> None:
     )
 
 
-def _say(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
 class Scheduler:
     """Every provider's poller, run as background tasks of the service."""
 
@@ -418,7 +410,7 @@ class Scheduler:
         clients: Mapping[str, StatusClient],
         providers: Sequence[str],
         *,
-        limits: Mapping[str, tuple[float, int]],
+        limits: Mapping[str, PollLimits],
         count_request: RequestCounter | None = None,
         owner: str | None = None,
     ) -> None:
@@ -435,15 +427,15 @@ class Scheduler:
         self._stopping = asyncio.Event()
 
     def _add(self, name: str) -> None:
-        rate, concurrency = self._limits.get(name, (5.0, 4))
+        limits = self._limits.get(name)
         self.pollers[name] = ProviderPoller(
             name,
             self._clients.get(name),
             self.store,
             self.settings,
             owner=self.owner,
-            rate=rate,
-            concurrency=concurrency,
+            rate=limits.rate if limits else DEFAULT_RATE,
+            concurrency=limits.concurrency if limits else DEFAULT_CONCURRENCY,
             count_request=self._count_request,
         )
 

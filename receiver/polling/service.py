@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from receiver.polling.base import poll_limits
+from receiver.polling.base import poll_limits_by_provider
 from receiver.polling.clients import build_clients
 from receiver.polling.scheduler import RequestCounter, Scheduler
-from receiver.providers import REGISTRY
 from receiver.settings import Settings
 from receiver.store import Store
-
-
-def poll_limits_by_provider(settings: Settings) -> dict[str, tuple[float, int]]:
-    """(requests per second, concurrency) of each provider that declares its own."""
-    return {
-        name: (lim.rate, lim.concurrency)
-        for name in REGISTRY
-        if f"{name.upper()}_POLL_RATE" in REGISTRY[name].env_vars
-        for lim in [poll_limits(settings, name.upper())]
-    }
 
 
 def check_polling_settings(settings: Settings) -> None:
@@ -27,9 +16,6 @@ def check_polling_settings(settings: Settings) -> None:
     start-up SettingsError rather than a failure at the first poll."""
     build_clients(settings)
     poll_limits_by_provider(settings)
-    for name in REGISTRY:
-        if f"{name.upper()}_DLR_GRACE" in REGISTRY[name].env_vars:
-            poll_limits(settings, name.upper())
 
 
 def build_scheduler(

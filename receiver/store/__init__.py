@@ -38,12 +38,6 @@ def open_store(settings: Settings) -> Store:
 
 def dlr_grace_by_provider(settings: Settings) -> dict[str, float]:
     """Each pollable provider's own grace (<PROVIDER>_DLR_GRACE), else the service's."""
-    from receiver.polling.base import poll_limits
-    from receiver.providers import REGISTRY
+    from receiver.polling.base import poll_limits_by_provider
 
-    prefixes = {name: name.upper() for name in REGISTRY}
-    return {
-        name: poll_limits(settings, prefix).grace
-        for name, prefix in prefixes.items()
-        if f"{prefix}_DLR_GRACE" in REGISTRY[name].env_vars
-    }
+    return {name: limits.grace for name, limits in poll_limits_by_provider(settings).items()}

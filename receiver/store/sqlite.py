@@ -429,11 +429,8 @@ class SQLiteStore:
         current = _message_row(conn, ev.provider, ev.message_id)
         if current is None:
             return None
-        row = conn.execute(
-            "SELECT provider_status FROM messages WHERE id = ?", (current.pk,)
-        ).fetchone()
         status = current.state.status.value
-        if row["provider_status"] == ev.provider_status and (
+        if current.provider_status == ev.provider_status and (
             ev.status is None or ev.status.value == status
         ):
             return None  # nothing new: a poll repeats what the last report said
@@ -449,10 +446,7 @@ class SQLiteStore:
         """No final status within the maximum age: the message becomes unconfirmed (a later
         report of higher rank still moves it on), with the reason kept."""
         current = _message_row(conn, item.message.provider, item.message.message_id)
-        held = conn.execute(
-            "SELECT 1 FROM messages WHERE id = ? AND poll_lease = ?", (item.message.pk, owner)
-        ).fetchone()
-        if current is None or held is None or current.state.final:
+        if current is None or current.poll_lease != owner or current.state.final:
             return []
         reason = item.give_up_reason
         ev = StatusEvent(
@@ -708,12 +702,15 @@ class _Current:
 
     pk: int
     state: MessageState
+    # Read by the poll jobs only (_message_row); the callback path leaves them unread.
+    provider_status: str | None = None
+    poll_lease: str | None = None
 
 
 def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> _Current | None:
     row = conn.execute(
-        "SELECT id, status, sent_at, final_at, final_via FROM messages "
-        "WHERE provider = ? AND message_id = ?",
+        "SELECT id, status, sent_at, final_at, final_via, provider_status, poll_lease "
+        "FROM messages WHERE provider = ? AND message_id = ?",
         (provider, message_id),
     ).fetchone()
     if row is None:
@@ -721,6 +718,8 @@ def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> _C
     return _Current(
         row["id"],
         MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"]),
+        row["provider_status"],
+        row["poll_lease"],
     )
 
 
