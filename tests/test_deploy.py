@@ -1,5 +1,5 @@
-"""The deploy files hold to the code: Procfile, Dockerfile, fly.toml, app.json and the sidecar
-manifests name commands, paths, ports and settings that exist."""
+"""The deploy files hold to the code: Procfile, Dockerfile, fly.toml, app.json, the sidecar
+and standalone manifests name commands, paths, ports and settings that exist."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from support import free_port, wait_for_healthz
@@ -23,6 +24,7 @@ from receiver.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+DEPLOY_DOC = "docs/deploy.md"
 BIN = Path(sys.executable).parent
 SETTINGS = set(Settings().env_names())
 
@@ -142,7 +144,7 @@ def test_dockerfile_healthcheck_asks_healthz_and_works(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             check = subprocess.run(
                 [sys.executable, *argv[1:]], env={**os.environ, "PORT": str(port)}, timeout=10
@@ -150,7 +152,7 @@ def test_dockerfile_healthcheck_asks_healthz_and_works(tmp_path: Path) -> None:
             if check.returncode == 0:
                 break
             assert time.monotonic() < deadline, "the health check never passed"
-            time.sleep(0.2)
+            time.sleep(0.5)  # each try is a process of its own
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -225,10 +227,39 @@ def env_names(container: dict[str, Any]) -> set[str]:
     return {item["name"] for item in env} if isinstance(env, list) else set(env)
 
 
+def secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Setting -> (Secret, key) for the variables a Kubernetes container reads from Secrets."""
+    return {
+        item["name"]: (ref["name"], ref["key"])
+        for item in container.get("env", [])
+        if (ref := item.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def manifest(name: str) -> dict[str, dict[str, Any]]:
+    """A Kubernetes manifest's objects by kind (each kind appears once)."""
+    docs = list(yaml.safe_load_all((DEPLOY / name).read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert len(kinds) == len(set(kinds))
+    return {d["kind"]: d for d in docs}
+
+
+SECRETS = ("TWILIO_AUTH_TOKEN", "RECEIVER_SECRET_KEY", "RECEIVER_API_TOKEN")
+
+
 def test_compose_sidecar_shares_localhost_and_the_data_volume() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.sidecar.yml").read_text())
     receiver, app = compose["services"]["receiver"], compose["services"]["app"]
     assert env_names(receiver) <= SETTINGS
+    # Secrets come from the environment or a .env file, never written in the file itself.
+    for name in SECRETS:
+        assert receiver["environment"][name] == f"${{{name}:-}}"
+    assert app["environment"]["RECEIVER_API_TOKEN"] == "${RECEIVER_API_TOKEN:-}"
+    assert 'os.environ.get("RECEIVER_API_TOKEN")' in " ".join(app["command"])
     assert receiver["environment"]["RECEIVER_DATABASE"].startswith("/data/")
     assert "receiver-data:/data" in receiver["volumes"]
     assert app["network_mode"] == "service:receiver"  # the app's localhost is receiver's
@@ -239,9 +270,7 @@ def test_compose_sidecar_shares_localhost_and_the_data_volume() -> None:
 
 
 def test_kubernetes_sidecar_is_one_pod_with_probes_and_the_data_volume() -> None:
-    docs = {
-        d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kubernetes-sidecar.yaml").read_text())
-    }
+    docs = manifest("kubernetes-sidecar.yaml")
     deployment = docs["Deployment"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two writers
@@ -265,22 +294,99 @@ def test_kubernetes_sidecar_is_one_pod_with_probes_and_the_data_volume() -> None
     assert (
         docs["Service"]["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
     )
+    # The secrets, the app's token included, come from the Secret "receiver".
+    assert {name: ref[0] for name, ref in secret_refs(receiver).items()} == dict.fromkeys(
+        SECRETS, "receiver"
+    )
+    assert secret_refs(app)["RECEIVER_API_TOKEN"] == secret_refs(receiver)["RECEIVER_API_TOKEN"]
+    assert 'os.environ.get("RECEIVER_API_TOKEN")' in " ".join(app["command"])
+    Settings.from_env(literal_env(receiver))
+    assert pod["terminationGracePeriodSeconds"] >= 35
 
 
-# -- the README's deploy paths name these files and their values --------------------------------
+def test_kubernetes_standalone_is_one_replica_behind_a_tls_ingress_for_webhooks_only() -> None:
+    docs = manifest("kubernetes-standalone.yaml")
+    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service", "Ingress"}
+    deployment, service, ingress = docs["Deployment"], docs["Service"], docs["Ingress"]
+    # One writer on one SQLite file: never two Pods, not even during a rollout.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    template = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"] == template["metadata"]["labels"]
+    pod = template["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    assert pod["terminationGracePeriodSeconds"] >= 35
+    (receiver,) = pod["containers"]
+    assert env_names(receiver) <= SETTINGS
+    env = literal_env(receiver)
+    Settings.from_env(env)  # every value is one the service accepts
+    (mount,) = receiver["volumeMounts"]
+    assert env["RECEIVER_DATABASE"].startswith(mount["mountPath"] + "/")
+    (volume,) = pod["volumes"]
+    assert volume["name"] == mount["name"]
+    claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    assert receiver["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert receiver["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (port,) = receiver["ports"]
+    assert port["containerPort"] == int(docker_env()["PORT"])
+    # Secrets from the Secret "receiver"; the API token is required (the Service is reachable
+    # from every Pod in the cluster), the others optional.
+    refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in receiver["env"]
+        if "valueFrom" in item
+    }
+    assert set(refs) == set(SECRETS)
+    assert {ref["name"] for ref in refs.values()} == {"receiver"}
+    assert refs["RECEIVER_API_TOKEN"].get("optional", False) is False
+    # The Service selects the Pod and targets its port; the Ingress serves that Service, over
+    # TLS, at RECEIVER_PUBLIC_URL's host, and only the webhook paths.
+    assert service["spec"]["selector"] == template["metadata"]["labels"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
+    host = urlsplit(env["RECEIVER_PUBLIC_URL"])
+    assert host.scheme == "https"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == host.hostname
+    assert any(
+        host.hostname in tls["hosts"] and tls["secretName"] for tls in ingress["spec"]["tls"]
+    )
+    paths = rule["http"]["paths"]
+    assert paths and all(p["path"].startswith("/v1/webhook/") for p in paths)
+    for p in paths:
+        backend = p["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"] in ({"name": service_port["name"]}, {"number": service_port["port"]})
 
 
-def test_readme_walks_through_each_deploy_path_with_these_files() -> None:
-    fly_steps = section("### Deploy to Fly")
+# -- docs/deploy.md and docs/operate.md walk through these files ---------------------------------
+
+
+def test_deploy_docs_walk_through_each_deploy_path_with_these_files() -> None:
+    fly_steps = section("## Deploy to Fly", DEPLOY_DOC)
     fly: dict[str, Any] = tomllib.loads((DEPLOY / "fly.toml").read_text())
     assert "fly deploy --config deploy/fly.toml --dockerfile deploy/Dockerfile" in fly_steps
     assert f"fly volumes create {fly['mounts'][0]['source']} " in fly_steps
-    heroku_steps = section("### Deploy to Heroku")
+    heroku_steps = section("## Deploy to Heroku", DEPLOY_DOC)
     assert "PostgreSQL" in heroku_steps and "lost" in heroku_steps
     assert "git push heroku main" in heroku_steps
-    sidecar_steps = section("### Run as a sidecar")
+    sidecar_steps = section("## Run as a sidecar", DEPLOY_DOC)
     for name in ("docker-compose.sidecar.yml", "kubernetes-sidecar.yaml"):
         assert f"deploy/{name}" in sidecar_steps
-    assert "docker build -f deploy/Dockerfile -t receiver ." in section("## Deploy")
-    for title in ("### Retention", "### Backup", "### Export"):
-        assert section(title).strip()
+    assert "Recreate" in section("### Kubernetes sidecar", DEPLOY_DOC)
+    standalone = section("## Kubernetes on its own", DEPLOY_DOC)
+    assert "kubectl apply -f deploy/kubernetes-standalone.yaml" in standalone
+    assert "docker build -f deploy/Dockerfile -t receiver ." in section("## The image", DEPLOY_DOC)
+    # The secrets each Kubernetes manifest reads are the ones the docs' `kubectl create secret`
+    # makes.
+    for name in ("kubernetes-sidecar.yaml", "kubernetes-standalone.yaml"):
+        containers = manifest(name)["Deployment"]["spec"]["template"]["spec"]["containers"]
+        keys = {key for c in containers for _, key in secret_refs(c).values()}
+        for key in keys:
+            assert f"--from-literal={key}=" in sidecar_steps + standalone, (name, key)
+    inside = section("## Get a signed callback URL inside a container", DEPLOY_DOC)
+    assert "receiver callback-url" in inside
+    for title in ("## Retention", "## Backup", "## Logs", "## Metrics"):
+        assert section(title, "docs/operate.md").strip()
