@@ -10,7 +10,7 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -21,9 +21,13 @@ from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
 from receiver.api.query import query
-from receiver.engine import Status
+from receiver.engine import Status, is_final
+from receiver.engine import parse_time as parse_stored_time
+from receiver.polling.policy import give_up_from
+from receiver.polling.twilio import ACCOUNT_SID
+from receiver.settings import say_duration
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
-from receiver.store.base import EXPORT_COLUMNS, format_time, utcnow
+from receiver.store.base import EXPORT_COLUMNS, Registered, format_time, utcnow
 
 log = structlog.get_logger("receiver.api")
 
@@ -33,6 +37,8 @@ DEFAULT_LIMIT = 100
 MAX_ID_LENGTH = 256
 MAX_NUMBER_LENGTH = 64
 MAX_METADATA_BYTES = 4096
+# A non-Twilio account is what its callbacks record: a signed URL's label (1-64 characters).
+MAX_ACCOUNT_LENGTH = 64
 MAX_ROW_ID = 2**63 - 1
 # A full batch with the largest metadata is about 5 MB.
 MAX_REGISTRATION_BODY = 8 * 1024 * 1024
@@ -254,14 +260,49 @@ def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> 
     return value.strip()
 
 
+# The fields of one registration, as the answer to an unknown one lists them.
+REGISTRATION_FIELDS = sorted(
+    ("provider", "message_id", "to", "from", "sent_at", "metadata", "account")
+)
+
+
+def _unknown_field(name: str, allowed: list[str], **where: Any) -> ApiError:
+    return ApiError(
+        400,
+        "invalid_message",
+        f"unknown field {name!r}; the fields are {', '.join(allowed)}",
+        **where,
+        field=name,
+        allowed=allowed,
+    )
+
+
+def _account(item: Mapping[str, Any], provider: str, index: int) -> str | None:
+    """The account the message was sent from: for Twilio an account SID (polling asks under
+    it), for the others a bounded string (their callbacks' signed-URL label)."""
+    if provider != "twilio":
+        return _optional_str(item, "account", MAX_ACCOUNT_LENGTH, index)
+    value = item.get("account")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not ACCOUNT_SID.fullmatch(value):
+        raise ApiError(
+            400,
+            "invalid_message",
+            "account must be the Twilio account SID the message was sent from: "
+            "AC and 32 hex digits",
+            index=index,
+            field="account",
+        )
+    return value
+
+
 def _registration(item: Any, index: int, providers: list[str]) -> Registration:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
-    unknown = sorted(set(item) - {"provider", "message_id", "to", "from", "sent_at", "metadata"})
+    unknown = sorted(set(item) - set(REGISTRATION_FIELDS))
     if unknown:
-        raise ApiError(
-            400, "invalid_message", f"unknown field {unknown[0]!r}", index=index, field=unknown[0]
-        )
+        raise _unknown_field(unknown[0], REGISTRATION_FIELDS, index=index)
     provider = item.get("provider")
     if not isinstance(provider, str) or provider not in providers:
         raise ApiError(
@@ -299,7 +340,35 @@ def _registration(item: Any, index: int, providers: list[str]) -> Registration:
         from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
         sent_at=sent_at,
         metadata=metadata,
+        account=_account(item, provider, index),
     )
+
+
+def _warnings(registered: Registered, sent_at: str | None, max_age: float) -> list[str]:
+    """What the app should know about a registration's sent_at: one that is already older
+    than the maximum age, for a message not final yet (a final one is never given up)."""
+    if sent_at is None or registered.created_at is None or is_final(registered.status):
+        return []
+    heard = parse_stored_time(registered.created_at)
+    sent = parse_stored_time(sent_at)
+    start = give_up_from(heard, sent, max_age)
+    expiry = format_time(start + timedelta(seconds=max_age))
+    age = f"RECEIVER_POLL_MAX_AGE ({say_duration(max_age)})"
+    if start == sent:
+        if datetime.now(UTC) < start + timedelta(seconds=max_age):
+            return []
+        # Within the age of when the receiver first heard of it, but past it by now.
+        return [
+            f"sent_at {sent_at} puts the message past {age} ({expiry}): it is given up as "
+            "unconfirmed at its next poll unless that poll finds a final status"
+        ]
+    if sent > heard:  # a sent time in the future is not believed, and not worth a warning
+        return []
+    return [
+        f"sent_at {sent_at} is more than {age} before the receiver first heard of the "
+        f"message ({registered.created_at}): its maximum age counts from then instead, "
+        f"so it is polled, and given up as unconfirmed only if not final by {expiry}"
+    ]
 
 
 async def register_messages(request: Request) -> Response:
@@ -322,10 +391,7 @@ async def register_messages(request: Request) -> Response:
         raise ApiError(400, "invalid_json", "the body must be JSON") from None
     single = isinstance(payload, dict) and "messages" not in payload
     if isinstance(payload, dict) and not single and set(payload) != {"messages"}:
-        extra = sorted(set(payload) - {"messages"})[0]
-        raise ApiError(
-            400, "invalid_message", f"unknown field {extra!r} beside 'messages'", field=extra
-        )
+        raise _unknown_field(sorted(set(payload) - {"messages"})[0], ["messages"])
     items = (
         [payload] if single else (payload.get("messages") if isinstance(payload, dict) else payload)
     )
@@ -338,16 +404,20 @@ async def register_messages(request: Request) -> Response:
     registrations = [
         _registration(item, i, request.state.provider_names) for i, item in enumerate(items)
     ]
-    results = [
-        {
+    max_age: float = request.state.settings.poll_max_age
+    results: list[dict[str, Any]] = []
+    for reg, r in zip(registrations, await store.register(registrations), strict=True):
+        result: dict[str, Any] = {
             "provider": r.provider,
             "message_id": r.message_id,
             "created": r.created,
             "status": r.status,
             "pending_applied": r.pending_applied,
         }
-        for r in await store.register(registrations)
-    ]
+        # Only when there is something to say, so answers stay as they were otherwise.
+        if warnings := _warnings(r, reg.sent_at, max_age):
+            result["warnings"] = warnings
+        results.append(result)
     if single:
         return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
     return JSONResponse(

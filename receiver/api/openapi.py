@@ -17,6 +17,7 @@ from starlette.responses import Response
 from receiver import __version__
 from receiver.api import messages
 from receiver.engine import Outcome, Status
+from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
 from receiver.store.base import EXPORT_COLUMNS
 
@@ -32,6 +33,7 @@ def _nullable(type_: str, **more: Any) -> Schema:
 
 
 _TIME = {"type": "string", "description": "ISO 8601 UTC, like 2026-11-25T10:00:00.000Z"}
+_TWILIO_SID = f"^{ACCOUNT_SID.pattern}$"
 _STATUSES = [s.value for s in Status]
 
 SCHEMAS: dict[str, Schema] = {
@@ -181,14 +183,33 @@ SCHEMAS: dict[str, Schema] = {
                 "maxLength": messages.MAX_NUMBER_LENGTH,
                 "pattern": r"\S",
             },
-            "sent_at": {"type": ["string", "null"], "format": "date-time"},
+            "sent_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "when the app sent it; one older than RECEIVER_POLL_MAX_AGE is "
+                "kept, but the message's maximum age counts from its registration instead, "
+                "and the answer's `warnings` say so",
+            },
             "metadata": {
                 "type": ["object", "null"],
                 "description": f"at most {messages.MAX_METADATA_BYTES} bytes as JSON",
             },
+            "account": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": messages.MAX_ACCOUNT_LENGTH,
+                "pattern": r"\S",
+                "description": "the account the message was sent from: for twilio the "
+                "account SID (AC and 32 hex digits; a subaccount's, so polling asks under "
+                "it), for the others at most "
+                f"{messages.MAX_ACCOUNT_LENGTH} characters; fills or corrects the stored one",
+            },
         },
         "required": ["provider", "message_id"],
         "additionalProperties": False,
+        # Twilio's account is an account SID.
+        "if": {"properties": {"provider": {"const": "twilio"}}, "required": ["provider"]},
+        "then": {"properties": {"account": {"type": ["string", "null"], "pattern": _TWILIO_SID}}},
     },
     "Registered": {
         "type": "object",
@@ -198,6 +219,13 @@ SCHEMAS: dict[str, Schema] = {
             "created": {"type": "boolean"},
             "status": {"enum": _STATUSES},
             "pending_applied": {"type": "integer", "minimum": 0},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "description": "present only when there is something to say: sentences about "
+                "this registration, such as a sent_at already older than RECEIVER_POLL_MAX_AGE",
+            },
         },
         "required": ["provider", "message_id", "created", "status", "pending_applied"],
         "additionalProperties": False,

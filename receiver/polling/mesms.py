@@ -87,10 +87,19 @@ class MeSmsStatusClient:
 def read_page(
     data: dict[str, Any], uuid: str, account: str | None, after: int
 ) -> tuple[list[StatusEvent], int | None]:
-    """A recipients page's events, and the cursor of the next page (None on the last)."""
-    items, more, cursor = data.get("data"), data.get("hasMore"), data.get("nextCursor")
+    """A recipients page's events, and the cursor of the next page (None on the last).
+
+    The documents name the cursor fields but not the list's key: it is read under
+    `recipients` (the name of what it holds) when that is a list, else under `data`.
+    """
+    items = data.get("recipients")
+    if not isinstance(items, list):
+        items = data.get("data")
+    more, cursor = data.get("hasMore"), data.get("nextCursor")
     if not isinstance(items, list) or not isinstance(more, bool):
-        raise WrongShape("a recipients page needs a data list and hasMore true or false")
+        raise WrongShape(
+            "a recipients page needs a list (recipients or data) and hasMore true or false"
+        )
     if more and (isinstance(cursor, bool) or not isinstance(cursor, int) or cursor <= after):
         # Asking again with the same cursor would get the same page, for ever.
         raise WrongShape(f"hasMore with a nextCursor ({cursor!r}) that does not pass {after}")

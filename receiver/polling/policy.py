@@ -1,10 +1,11 @@
-"""When to ask again: pure arithmetic on seconds, with the randomness passed in, so the rules
-are tested with plain calls."""
+"""When to ask again, and from when a message's maximum age counts: pure arithmetic, with the
+randomness passed in, so the rules are tested with plain calls."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,19 @@ class Pacer:
         slot = max(now, self._next)
         self._next = slot + self.interval
         return slot - now
+
+
+def give_up_from(created_at: datetime, sent_at: datetime | None, max_age: float) -> datetime:
+    """When a message's maximum age (RECEIVER_POLL_MAX_AGE) starts counting.
+
+    From when it was sent, as the app said, unless that is later than when the receiver first
+    heard of it (a sent time in the future is not believed), or more than the maximum age
+    before it: such a message would be given up before it was ever polled, so its age counts
+    from when the receiver first heard of it (for a registered message, its registration).
+    The registration's warnings (api/messages.py) and the scheduler's time-outs both use this.
+    """
+    if sent_at is None or sent_at > created_at:
+        return created_at
+    if created_at - sent_at > timedelta(seconds=max_age):
+        return created_at
+    return sent_at

@@ -38,7 +38,7 @@ from receiver.polling.base import (
     Unauthorized,
     Unavailable,
 )
-from receiver.polling.policy import Backoff, Pacer
+from receiver.polling.policy import Backoff, Pacer, give_up_from
 from receiver.settings import Settings, say_duration
 from receiver.store import Store, StoreUnavailable
 from receiver.store.base import DueMessage, PollDone, Recorded
@@ -328,15 +328,15 @@ class ProviderPoller:
     # -- time ----------------------------------------------------------------------------------
 
     def _expiry(self, message: DueMessage) -> datetime:
-        """When the message is given up: the maximum age after it was sent, as the app said,
-        unless that is later than when we first heard of it (a sent time in the future is
-        not believed)."""
-        created = parse_time(message.created_at)
-        start = created
+        """When the message is given up: the maximum age after it started (give_up_from: when
+        it was sent, unless that is in the future or already past the maximum age)."""
+        sent = None
         if message.sent_at:
             with suppress(ValueError):
-                start = min(parse_time(message.sent_at), created)
-        return start + timedelta(seconds=self.settings.poll_max_age)
+                sent = parse_time(message.sent_at)
+        max_age = self.settings.poll_max_age
+        start = give_up_from(parse_time(message.created_at), sent, max_age)
+        return start + timedelta(seconds=max_age)
 
     def _next_poll(self, message: DueMessage, delay: float) -> str:
         """`delay` from now, but no later than the message's time-out, when it is asked once

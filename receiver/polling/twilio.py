@@ -33,6 +33,7 @@ class TwilioStatusClient(PerMessageClient):
                 f"got one starting {sid[:6]!r}"
             )
         listed = sorted({account for account, _ in self._adapter.accounts})
+        self.main_sid = sid
         # The account of a message that does not name its own (registered by the app, and no
         # callback has told us): the one set, else the only subaccount listed.
         self.default_sid = sid or (listed[0] if len(listed) == 1 else None)
@@ -45,13 +46,25 @@ class TwilioStatusClient(PerMessageClient):
             return message.account
         return self.default_sid
 
+    def credentials(self, sid: str) -> tuple[str, str] | None:
+        """Who asks about the messages of account `sid`: the account itself when TWILIO_ACCOUNTS
+        lists its token, else the main account (TWILIO_ACCOUNT_SID and its token), whose
+        credentials reach its subaccounts' messages too; None when there is no token."""
+        own = [token for account, token in self._adapter.accounts if account == sid]
+        if own:
+            return sid, own[0]
+        # A subaccount's SID with the main account's token is refused (401) by Twilio.
+        user = self.main_sid or sid
+        tokens = self._adapter.tokens_for(user)
+        return (user, tokens[0]) if tokens else None
+
     async def _poll_one(
         self, http: httpx.AsyncClient, message: DueMessage, observe: RequestObserver
     ) -> PollAnswer:
         sid = self.account_sid(message)
-        tokens = self._adapter.tokens_for(sid) if sid else []
+        auth = self.credentials(sid) if sid else None
         message_sid = segment(message.message_id)
-        if sid is None or not tokens or message_sid is None:
+        if sid is None or auth is None or message_sid is None:
             return PollAnswer(message.message_id, None)  # nothing we could ask Twilio
         url = f"{self.base}/2010-04-01/Accounts/{segment(sid)}/Messages/{message_sid}.json"
         event = await get_answer(
@@ -59,7 +72,7 @@ class TwilioStatusClient(PerMessageClient):
             url,
             observe,
             lambda data: self._event(message.message_id, sid, data),
-            auth=(sid, tokens[0]),
+            auth=auth,
         )
         return PollAnswer(message.message_id, event)
 

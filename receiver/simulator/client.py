@@ -109,8 +109,11 @@ class SimulatorClient:
         status_provider: str | None = None,
         per_send: int | None = None,
         callback_url: str | None = None,
+        account: str | None = None,
     ) -> list[str]:
-        """Make messages as if sent through the provider now; returns their message ids."""
+        """Make messages as if sent through the provider now; returns their message ids.
+
+        `account`: twilio only, the simulated subaccount's SID to send from it."""
         fields = {
             "to": list(to) if to is not None else None,
             "from": sender,
@@ -121,6 +124,7 @@ class SimulatorClient:
             "status_provider": status_provider,
             "per_send": per_send,
             "callback_url": callback_url,
+            "account": account,
         }
         payload = {"provider": provider, "count": count}
         payload |= {k: v for k, v in fields.items() if v is not None}

@@ -25,6 +25,10 @@ class Accounts:
 
     twilio_account_sid: str = "AC" + "0" * 28 + "5151"
     twilio_auth_token: str = "sim-twilio-auth-token"
+    # One subaccount of it, with its own token: its messages are its own (404 under the main
+    # account), and its callbacks carry its SID and are signed with its token.
+    twilio_subaccount_sid: str = "AC" + "0" * 28 + "5152"
+    twilio_subaccount_token: str = "sim-twilio-subaccount-token"
     telecom23_api_key: str = "sim-telecom23-api-key"
     telecom23_account: int = 42
     # When set, telecom23 callbacks carry X-Telecom23-Signature (the gateway's optional HMAC).

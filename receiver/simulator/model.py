@@ -179,6 +179,7 @@ class SimMessage:
     status_provider: str | None = None  # standard: raw statuses of this provider
     send_id: str | None = None  # mesms: the send's uuid
     callback_url: str | None = None  # per-message callback (Twilio's StatusCallback)
+    account: str | None = None  # twilio: the account SID it was sent from
     dropped: str | None = None  # "all", "final" or None
     late_sent: bool = False
     reordered: bool = False
@@ -228,6 +229,7 @@ class SimMessage:
             "source": self.source,
             "status_provider": self.status_provider,
             "send_id": self.send_id,
+            "account": self.account,
             "to": self.to,
             "from": self.sender,
             "created_at": iso(self.created),

@@ -130,9 +130,24 @@ class Simulator:
         status_provider: str | None = None,
         per_send: int = 100,
         callback_url: str | None = None,
+        account: str | None = None,
     ) -> list[SimMessage]:
-        """Make `count` messages as if the provider had accepted them now, with their plans."""
+        """Make `count` messages as if the provider had accepted them now, with their plans.
+
+        `account`: the Twilio account sending them, the main one (the default) or its
+        subaccount; a message belongs to the account it was sent from.
+        """
         flavor_name = status_provider or provider
+        accounts = self.config.accounts
+        if account is not None and (
+            provider != "twilio"
+            or account not in (accounts.twilio_account_sid, accounts.twilio_subaccount_sid)
+        ):
+            raise ConfigError(
+                "account is for twilio messages: the simulated account's SID or its subaccount's"
+            )
+        if provider == "twilio":
+            account = account or accounts.twilio_account_sid
         if provider == "standard" and (source is None or not source):
             raise ConfigError("a standard message needs its source")
         if status_provider is not None and (
@@ -174,6 +189,7 @@ class Simulator:
             message.status_provider = status_provider
             message.flavor_name = flavor_name
             message.callback_url = callback_url
+            message.account = account
             # A stream of its own per message: changing one message's knobs (say, more
             # duplicates) leaves every other message's plan as it was.
             rng = random.Random(self.rng.getrandbits(64))
@@ -213,7 +229,7 @@ class Simulator:
 def parse_create(data: Mapping[str, Any], base: Realism) -> dict[str, Any]:
     """The keyword arguments of Simulator.create from a POST /_sim/messages body."""
     known = {"provider", "count", "to", "from", "body", "outcomes", "realism", "source"}
-    known |= {"status_provider", "per_send", "callback_url"}
+    known |= {"status_provider", "per_send", "callback_url", "account"}
     extra = set(data) - known
     if extra:
         raise ConfigError(f"unknown field(s): {', '.join(sorted(extra))}")
@@ -234,7 +250,12 @@ def parse_create(data: Mapping[str, Any], base: Realism) -> dict[str, Any]:
         if len(set(to)) != len(to):
             raise ConfigError("to must not repeat a number")
         args["to"] = to
-    for key, arg in (("from", "sender"), ("body", "body"), ("source", "source")):
+    for key, arg in (
+        ("from", "sender"),
+        ("body", "body"),
+        ("source", "source"),
+        ("account", "account"),
+    ):
         if key in data:
             if not isinstance(data[key], str) or not data[key]:
                 raise ConfigError(f"{key} must be a non-empty string")

@@ -56,20 +56,40 @@ def invalid(code: int, message: str) -> Response:
     return _error_body(code, message, 400, None)
 
 
-def authorized(request: Request, sim: Simulator) -> bool:
-    """HTTP basic auth with the account SID and auth token, and the SID in the path."""
+def _tokens(sim: Simulator) -> dict[str, str]:
+    """Each simulated account's auth token, by SID: the main account and its subaccount."""
     accounts = sim.config.accounts
+    return {
+        accounts.twilio_account_sid: accounts.twilio_auth_token,
+        accounts.twilio_subaccount_sid: accounts.twilio_subaccount_token,
+    }
+
+
+def authorized(request: Request, sim: Simulator) -> bool:
+    """HTTP basic auth with an account SID and its auth token, for that account's path, or the
+    main account's for its subaccount's path too (as Twilio's v2010 API allows); a subaccount's
+    credentials reach only its own."""
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     try:
         user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
+    accounts = sim.config.accounts
+    token = _tokens(sim).get(user)
+    reachable = {user}
+    if user == accounts.twilio_account_sid:
+        reachable.add(accounts.twilio_subaccount_sid)
     return (
         scheme.lower() == "basic"
-        and hmac.compare_digest(user, accounts.twilio_account_sid)
-        and hmac.compare_digest(password, accounts.twilio_auth_token)
-        and request.path_params.get("account_sid") == accounts.twilio_account_sid
+        and token is not None
+        and hmac.compare_digest(password, token)
+        and request.path_params.get("account_sid") in reachable
     )
+
+
+def account_of(sim: Simulator, message: SimMessage) -> str:
+    """The account the message was sent from."""
+    return message.account or sim.config.accounts.twilio_account_sid
 
 
 def rfc2822(t: float) -> str:
@@ -86,7 +106,7 @@ def resource(sim: Simulator, message: SimMessage) -> dict[str, Any]:
     changed, status = message.status_at(now)
     sent = next((t for t, s in message.timeline if s == "sent" and t <= now), None)
     error_code = message.error_at(now)
-    account = sim.config.accounts.twilio_account_sid
+    account = account_of(sim, message)
     uri = f"/{API_VERSION}/Accounts/{account}/Messages/{message.message_id}.json"
     return {
         "sid": message.message_id,
@@ -133,6 +153,7 @@ async def create_message(request: Request, sim: Simulator) -> Response:
             sender=fields.get("From"),
             body=fields["Body"],
             callback_url=callback or None,
+            account=request.path_params["account_sid"],
         )
     except ConfigError as exc:
         return invalid(21600, str(exc))
@@ -142,7 +163,12 @@ async def create_message(request: Request, sim: Simulator) -> Response:
 
 async def fetch_message(request: Request, sim: Simulator) -> Response:
     message = sim.messages.get(request.path_params["sid"])
-    if message is None or message.provider != "twilio":
+    # Under another account (the main one's, for a subaccount's message) it does not exist.
+    if (
+        message is None
+        or message.provider != "twilio"
+        or account_of(sim, message) != request.path_params["account_sid"]
+    ):
         await pause(sim)
         return error(404, "not_found", "", None)
     async with polling(sim, message):
@@ -160,7 +186,7 @@ def push_request(
         ("MessageStatus", push.status),
         ("To", message.to),
         ("MessageSid", message.message_id),
-        ("AccountSid", sim.config.accounts.twilio_account_sid),
+        ("AccountSid", account_of(sim, message)),
         ("From", message.sender),
         ("ApiVersion", API_VERSION),
     ]
@@ -169,9 +195,12 @@ def push_request(
     if push.status in ("delivered", "undelivered"):
         done = time.strftime("%y%m%d%H%M", time.gmtime(status_time(message, push.status)))
         params.append(("RawDlrDoneDate", done))
+    # Signed with the token of the account the message was sent from.
+    accounts = sim.config.accounts
+    token = _tokens(sim).get(account_of(sim, message), accounts.twilio_auth_token)
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": twilio_signature(sim.config.accounts.twilio_auth_token, url, params),
+        "X-Twilio-Signature": twilio_signature(token, url, params),
         "I-Twilio-Idempotency-Token": push.delivery_id,
         "User-Agent": "TwilioProxy/1.1",
     }

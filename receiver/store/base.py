@@ -51,6 +51,8 @@ class Registration:
     from_number: str | None = None
     sent_at: str | None = None
     metadata: dict[str, Any] | None = None
+    # The account it was sent from (Twilio: the AC... SID); fills or corrects the stored one.
+    account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Registered:
     created: bool
     status: str
     pending_applied: int  # held events decided by this registration
+    # When the receiver first heard of the message (its created_at): where its maximum age
+    # counts from when the registration's sent_at is older than that age (polling.policy).
+    created_at: str | None = None
 
 
 @dataclass(frozen=True)

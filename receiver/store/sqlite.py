@@ -307,21 +307,35 @@ class SQLiteStore:
                 registered=True,
                 to_number=reg.to_number,
                 from_number=reg.from_number,
+                account=reg.account,
                 sent_at=reg.sent_at,
                 metadata=metadata,
                 # Due the grace after it was sent, when the app says it was sent earlier.
                 next_poll_at=min(due, self._due_after(reg.provider, reg.sent_at)),
             )
+            created_at: str | None = now
         else:
-            # Idempotent: the app's facts fill in or correct the record; the status is left
-            # to the events.
+            # Idempotent: the app's facts fill in or correct the record (a callback's account
+            # only fills an empty one); the status is left to the events.
             conn.execute(
                 "UPDATE messages SET registered = 1, "
                 "to_number = coalesce(?, to_number), from_number = coalesce(?, from_number), "
+                "account = coalesce(?, account), "
                 "sent_at = coalesce(?, sent_at), metadata = coalesce(?, metadata), "
                 "updated_at = CASE WHEN registered = 1 THEN updated_at ELSE ? END WHERE id = ?",
-                (reg.to_number, reg.from_number, reg.sent_at, metadata, now, current.pk),
+                (
+                    reg.to_number,
+                    reg.from_number,
+                    reg.account,
+                    reg.sent_at,
+                    metadata,
+                    now,
+                    current.pk,
+                ),
             )
+            created_at = conn.execute(
+                "SELECT created_at FROM messages WHERE id = ?", (current.pk,)
+            ).fetchone()["created_at"]
             current = _message_row(conn, reg.provider, reg.message_id)
             assert current is not None
         # Events that arrived before the registration were held: decide them now, in order.
@@ -348,7 +362,12 @@ class SQLiteStore:
             (current.pk, reg.provider, reg.message_id),
         )
         return Registered(
-            reg.provider, reg.message_id, created, current.state.status.value, len(held)
+            reg.provider,
+            reg.message_id,
+            created,
+            current.state.status.value,
+            len(held),
+            created_at=created_at,
         )
 
     async def check_writable(self) -> None:
