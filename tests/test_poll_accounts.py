@@ -224,3 +224,56 @@ def test_a_subaccounts_message_is_polled_under_the_account_it_was_registered_wit
         )
         assert (message["final_via"], message["account"]) == ("poll", SUB)
         assert message["poll"]["last_result"] == "ok"
+
+
+def test_an_account_our_credentials_cannot_reach_stops_only_its_own_messages(
+    sim: SimulatorClient, tmp_path: Path
+) -> None:
+    """A registration naming an account that is not ours: the main account's credentials are
+    refused (401) for it, and that message is treated as not found; polling of every other
+    Twilio message goes on (a 401 for our own account would stop it)."""
+    (ours,) = sim.create_messages("twilio", 1)
+    truth = sim.message(ours)["final"]
+    foreign = "SM" + "e" * 32
+    settings = make_settings(
+        tmp_path,
+        twilio_auth_token=ACCOUNTS.twilio_auth_token,
+        polling=True,
+        dlr_grace=0.2,
+        poll_backoff=0.2,
+        poll_backoff_max=0.5,
+        poll_interval=0.1,
+        poll_lease=5.0,
+        poll_timeout=2.0,
+        provider_env={
+            "TWILIO_API_BASE": sim.twilio_api_base,
+            "TWILIO_POLL_RATE": "100",
+            "TWILIO_ACCOUNT_SID": MAIN,
+        },
+    )
+    server = LiveServer(settings).start()
+
+    def found(message_id: str) -> dict[str, Any]:
+        with server.client() as client:
+            body: dict[str, Any] = client.get(f"/v1/messages/{message_id}").json()
+        return body
+
+    try:
+        with server.client() as client:
+            batch = [
+                {"provider": "twilio", "message_id": foreign, "account": "AC" + "7" * 32},
+                {"provider": "twilio", "message_id": ours},
+            ]
+            assert client.post("/v1/messages", json=batch).status_code == 200
+        refused = wait_until(
+            lambda: (m := found(foreign))["poll"]["attempts"] >= 2 and m, "two polls of it"
+        )
+        settled = wait_until(lambda: (m := found(ours))["final"] and m, "our message's poll")
+        with server.client() as client:
+            ready = client.get("/readyz").json()
+    finally:
+        server.stop()
+    assert sim.stats()["responses"]["twilio.status"].get("401", 0) >= 2
+    assert (settled["status"], settled["final_via"]) == (truth["status"], "poll")
+    assert (refused["status"], refused["poll"]["last_result"]) == ("registered", "not_found")
+    assert ready["polling"]["twilio"]["state"] != "stopped", ready

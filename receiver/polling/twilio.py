@@ -8,9 +8,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import httpx
+import structlog
 
 from receiver.engine import StatusEvent, format_time
-from receiver.polling.base import DueMessage, PollAnswer, RequestObserver
+from receiver.polling.base import DueMessage, PollAnswer, RequestObserver, Unauthorized
 from receiver.polling.clients import PerMessageClient, api_base, get_answer, required_text, segment
 from receiver.providers import fields
 from receiver.providers.twilio import STATUS_MAP, TwilioProvider
@@ -18,6 +19,8 @@ from receiver.settings import Settings, SettingsError, read_str
 
 DEFAULT_API_BASE: Final = "https://api.twilio.com"
 ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
+
+log = structlog.get_logger("receiver.polling")
 
 
 class TwilioStatusClient(PerMessageClient):
@@ -67,13 +70,28 @@ class TwilioStatusClient(PerMessageClient):
         if sid is None or auth is None or message_sid is None:
             return PollAnswer(message.message_id, None)  # nothing we could ask Twilio
         url = f"{self.base}/2010-04-01/Accounts/{segment(sid)}/Messages/{message_sid}.json"
-        event = await get_answer(
-            http,
-            url,
-            observe,
-            lambda data: self._event(message.message_id, sid, data),
-            auth=auth,
-        )
+        try:
+            event = await get_answer(
+                http,
+                url,
+                observe,
+                lambda data: self._event(message.message_id, sid, data),
+                auth=auth,
+            )
+        except Unauthorized as exc:
+            if auth[0] == sid:
+                raise  # our own credentials for our own account: polling must stop
+            # The main account's credentials refused for an account the app named: that account
+            # is not one of ours, which says nothing of the others. Not found, for this message
+            # alone, rather than stopping every Twilio poll over one registration.
+            log.warning(
+                "poll_account_unreachable",
+                provider=self.provider,
+                message_id=message.message_id,
+                account=sid,
+                detail=str(exc),
+            )
+            return PollAnswer(message.message_id, None)
         return PollAnswer(message.message_id, event)
 
     def _event(self, message_id: str, sid: str, data: dict[str, Any]) -> StatusEvent:
