@@ -14,6 +14,7 @@ from typing import IO, Any
 from support import (
     CALLBACK_PATH,
     TWILIO_TOKEN,
+    WAIT,
     free_port,
     status_params,
     twilio_form,
@@ -42,7 +43,7 @@ class ServerProcess:
     def callback_url(self) -> str:
         return self.base_url + CALLBACK_PATH
 
-    def start(self, timeout: float = 15) -> ServerProcess:
+    def start(self, timeout: float = WAIT) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "TWILIO_"))}
         env.update(
             PORT=str(self.port),
@@ -75,10 +76,10 @@ class ServerProcess:
         """kill -9: no shutdown, no last commit; whatever was committed is what survives."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=WAIT)
         self._close_log()
 
-    def terminate(self, timeout: float = 15) -> int:
+    def terminate(self, timeout: float = WAIT) -> int:
         """SIGTERM, then wait for the exit; returns the exit code."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -89,7 +90,7 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=WAIT)
         self._close_log()
 
     def _close_log(self) -> None:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -30,6 +31,34 @@ CALLBACK_PATH = "/v1/webhook/twilio/sms-status"
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 # The Standard Webhooks spec's own example secret (its libraries' test vectors use it).
 STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# Tests wait for conditions, never for a guessed time: WAIT bounds how long a condition may take
+# on a loaded machine (only a failing test waits that long), and POLL_INTERVAL is how often it
+# is looked at (a slow machine looks fewer times, it does not fail).
+WAIT = 30.0
+_T = TypeVar("_T")
+POLL_INTERVAL = 0.02
+
+
+def wait_until(check: Callable[[], _T], timeout: float = WAIT, what: str = "") -> _T:
+    """Return `check()`'s first true answer; AssertionError if none came within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+        time.sleep(POLL_INTERVAL)
+    return result
+
+
+async def wait_until_async(
+    check: Callable[[], object], timeout: float = WAIT, what: str = ""
+) -> None:
+    """wait_until inside an event loop: the loop runs other tasks while it waits."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 @dataclass
@@ -55,17 +84,17 @@ class AppServer:
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("test server did not start")
-            time.sleep(0.01)
+            time.sleep(POLL_INTERVAL)
         return self
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=WAIT)
 
 
 @dataclass
@@ -90,7 +119,7 @@ class LiveServer:
         return self._server.base_url
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)
+        return httpx.Client(base_url=self.base_url, timeout=WAIT, **kwargs)
 
     @property
     def callback_url(self) -> str:
@@ -196,7 +225,7 @@ def send_head_only(base_url: str, path: str, content_length: int, start: bytes =
     Proves the server answers before the body arrives (it can't have read what was never sent).
     """
     host, port = base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {content_length}\r\n\r\n".encode()
@@ -257,6 +286,12 @@ def events(
     return items
 
 
+def query(server: LiveServer, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on the server's database."""
+    with sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
 def count_events(server: LiveServer, message_id: str | None = None) -> int:
     """Events stored, for one message or in all."""
     with sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True) as conn:
@@ -278,16 +313,16 @@ def free_port() -> int:
 
 
 def wait_for_healthz(
-    base_url: str, proc: subprocess.Popen[Any], timeout: float = 20
+    base_url: str, proc: subprocess.Popen[Any], timeout: float = WAIT
 ) -> httpx.Response:
     """The first answer of a starting server's /healthz; RuntimeError if it exits or stalls."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return httpx.get(base_url + "/healthz", timeout=1)
+            return httpx.get(base_url + "/healthz", timeout=5)
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"the server did not start (exit code {proc.returncode})"
                 ) from None
-            time.sleep(0.05)
+            time.sleep(POLL_INTERVAL)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from seed import seed_messages
-from support import LiveServer, new_sid, post_status
+from support import LiveServer, new_sid, post_status, wait_until
 
 StartServer = Callable[..., LiveServer]
 BIN = Path(sys.executable).parent / "receiver"
@@ -64,11 +64,11 @@ def test_backup_while_callbacks_are_written_is_a_consistent_copy(
     writer = threading.Thread(target=callbacks)
     writer.start()
     try:
-        while len(sent) < 20:  # callbacks are flowing before the backup starts
-            time.sleep(0.01)
+        # Callbacks are flowing before the backup starts,
+        wait_until(lambda: len(sent) >= 20, what="callbacks under way")
         result = run_backup(server.settings.database, tmp_path / "copy.db")
         during = len(sent)
-        time.sleep(0.1)  # and they go on after it
+        wait_until(lambda: len(sent) > during, what="callbacks after the backup")  # and after.
     finally:
         stop.set()
         writer.join(timeout=30)

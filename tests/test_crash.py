@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from server_process import ServerProcess, event_counts, integrity, signed_callback
+from support import POLL_INTERVAL, WAIT
 
 WORKERS = 8
 PER_WORKER = 300  # bounded: the kill normally comes long before this
@@ -24,7 +25,7 @@ def test_kill_9_under_load_keeps_every_acknowledged_callback_exactly_once(
     sent: list[str] = []
 
     def load(worker: int) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=WAIT) as client:
             for _ in range(PER_WORKER):
                 sid = f"SM{worker:02d}{uuid.uuid4().hex[2:]}"
                 body, headers = signed_callback(server.callback_url, sid)
@@ -40,12 +41,13 @@ def test_kill_9_under_load_keeps_every_acknowledged_callback_exactly_once(
     try:
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 10
+        # Bounded so a stalled server fails the test below instead of hanging it.
+        deadline = time.monotonic() + WAIT
         while len(acked) < KILL_AFTER_ACKS and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(POLL_INTERVAL)
         server.kill()  # mid-load: requests are in flight and a batch may be half-done
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=WAIT)
     finally:
         server.stop()
     assert len(acked) >= KILL_AFTER_ACKS
@@ -63,7 +65,7 @@ def test_kill_9_under_load_keeps_every_acknowledged_callback_exactly_once(
 
         # Twilio retries what it saw no answer for; for a committed callback that is a duplicate.
         resent = acked[:20]
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=WAIT) as client:
             for sid in resent:
                 body, headers = signed_callback(restarted.callback_url, sid)
                 response = client.post(restarted.callback_url, content=body, headers=headers)

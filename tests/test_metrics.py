@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
-from support import LiveServer, assert_error, new_sid, post_status, status_params, twilio_form
+from support import (
+    LiveServer,
+    assert_error,
+    new_sid,
+    post_status,
+    status_params,
+    twilio_form,
+    wait_until,
+)
 
-from receiver.engine import Outcome, Status
+from receiver.engine import Outcome, Status, format_time
 
 
 def scrape(
@@ -171,31 +179,35 @@ def test_a_scrape_is_not_logged_as_a_request(server: LiveServer) -> None:
         with server.client() as client:
             client.get("/openapi.json")
         # The server logs a request after answering it, so wait for the second one's line.
-        deadline = time.monotonic() + 5
-        while not logged_paths() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(logged_paths, what="the request's log line")
     assert logged_paths() == ["/openapi.json"]
 
 
 def test_due_queue_depth_is_read_from_the_store_at_each_scrape(
     start_server: Callable[..., LiveServer],
 ) -> None:
-    # Polling off, so nothing takes the messages off the queue while they are counted.
-    server = start_server(dlr_grace=0.05)
-    ids = [new_sid() for _ in range(3)]
+    # Polling off, so nothing takes the messages off the queue while they are counted. A
+    # grace of ten minutes: messages registered now are not due during the test, and those
+    # the app says were sent an hour ago are due at once; no test waits on the clock.
+    server = start_server(dlr_grace=600)
+    twilio_due = ("receiver_poll_due", (("provider", "twilio"),))
+    fresh, old = [new_sid() for _ in range(3)], [new_sid() for _ in range(3)]
+    an_hour_ago = format_time(datetime.now(UTC) - timedelta(hours=1))
     with server.client() as client:
-        assert (
-            client.post(
-                "/v1/messages", json=[{"provider": "twilio", "message_id": i} for i in ids]
-            ).status_code
-            == 200  # a batch answers 200, with each message's own result
+        registered = client.post(
+            "/v1/messages", json=[{"provider": "twilio", "message_id": i} for i in fresh]
         )
-        fresh = scrape(server)[("receiver_poll_due", (("provider", "twilio"),))]
-        time.sleep(0.1)  # past the grace: all three are due
-        due = scrape(server)[("receiver_poll_due", (("provider", "twilio"),))]
-        assert post_status(client, server.callback_url, ids[0], "delivered").status_code == 204
+        assert registered.status_code == 200  # a batch answers 200, with each message's result
+        before = scrape(server)[twilio_due]
+        registered = client.post(
+            "/v1/messages",
+            json=[{"provider": "twilio", "message_id": i, "sent_at": an_hour_ago} for i in old],
+        )
+        assert registered.status_code == 200
+        due = scrape(server)[twilio_due]
+        assert post_status(client, server.callback_url, old[0], "delivered").status_code == 204
         after = scrape(server)
-    assert (fresh, due) == (0, 3)
+    assert (before, due) == (0, 3)
     # A final status takes a message off the queue; another provider's queue is its own.
-    assert after[("receiver_poll_due", (("provider", "twilio"),))] == 2
+    assert after[twilio_due] == 2
     assert after[("receiver_poll_due", (("provider", "telecom23"),))] == 0

@@ -6,14 +6,13 @@ The simulator and the receiver both run under uvicorn on loopback, with real HTT
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import AppServer, LiveServer, make_settings
+from support import AppServer, LiveServer, make_settings, wait_until
 
 from receiver.simulator.app import create_simulator
 from receiver.simulator.client import SimulatorClient
@@ -52,15 +51,6 @@ def sim(sim_server: AppServer) -> Iterator[SimulatorClient]:
 def fetch(sim: SimulatorClient, account: str, sid: str, auth: tuple[str, str]) -> httpx.Response:
     url = f"{sim.twilio_api_base}/2010-04-01/Accounts/{account}/Messages/{sid}.json"
     return httpx.get(url, auth=auth, timeout=10)
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 # -- the simulator's model: a message belongs to the account it was sent from ------------------
@@ -177,8 +167,8 @@ def test_a_subaccounts_message_is_polled_under_the_account_it_was_registered_wit
         poll_backoff=0.2,
         poll_backoff_max=0.5,
         poll_interval=0.1,
-        poll_lease=5.0,
-        poll_timeout=2.0,
+        poll_lease=30.0,
+        poll_timeout=10.0,
         provider_env={
             "TWILIO_API_BASE": sim.twilio_api_base,
             "TWILIO_POLL_RATE": "100",
@@ -199,10 +189,13 @@ def test_a_subaccounts_message_is_polled_under_the_account_it_was_registered_wit
                 {"provider": "twilio", "message_id": without},
             ]
             assert client.post("/v1/messages", json=batch).status_code == 200
-        settled = wait_until(lambda: (m := found(with_account))["final"] and m, "a poll's answer")
+        settled = wait_until(
+            lambda: (m := found(with_account))["final"] and m, what="a poll's answer"
+        )
         # The other is asked about too, under the main account: 404, so it stays registered.
         asked = wait_until(
-            lambda: (m := found(without))["poll"]["attempts"] >= 2 and m, "two polls of the other"
+            lambda: (m := found(without))["poll"]["attempts"] >= 2 and m,
+            what="two polls of the other",
         )
         assert asked["status"] == "registered" and asked["account"] is None
         assert asked["poll"]["last_result"] == "not_found"
@@ -213,7 +206,9 @@ def test_a_subaccounts_message_is_polled_under_the_account_it_was_registered_wit
         with server.client() as client:
             again = {"provider": "twilio", "message_id": without, "account": SUB}
             assert client.post("/v1/messages", json=again).status_code == 200
-        corrected = wait_until(lambda: (m := found(without))["final"] and m, "the corrected one")
+        corrected = wait_until(
+            lambda: (m := found(without))["final"] and m, what="the corrected one"
+        )
     finally:
         server.stop()
 
@@ -243,8 +238,8 @@ def test_an_account_our_credentials_cannot_reach_stops_only_its_own_messages(
         poll_backoff=0.2,
         poll_backoff_max=0.5,
         poll_interval=0.1,
-        poll_lease=5.0,
-        poll_timeout=2.0,
+        poll_lease=30.0,
+        poll_timeout=10.0,
         provider_env={
             "TWILIO_API_BASE": sim.twilio_api_base,
             "TWILIO_POLL_RATE": "100",
@@ -266,9 +261,9 @@ def test_an_account_our_credentials_cannot_reach_stops_only_its_own_messages(
             ]
             assert client.post("/v1/messages", json=batch).status_code == 200
         refused = wait_until(
-            lambda: (m := found(foreign))["poll"]["attempts"] >= 2 and m, "two polls of it"
+            lambda: (m := found(foreign))["poll"]["attempts"] >= 2 and m, what="two polls of it"
         )
-        settled = wait_until(lambda: (m := found(ours))["final"] and m, "our message's poll")
+        settled = wait_until(lambda: (m := found(ours))["final"] and m, what="our message's poll")
         with server.client() as client:
             ready = client.get("/readyz").json()
     finally:

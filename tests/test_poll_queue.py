@@ -254,14 +254,21 @@ def test_two_stores_on_one_file_claim_disjoint_messages(tmp_path: Path) -> None:
         await stores[0].register([Registration("twilio", i, sent_at=at(0)) for i in ids])
         claimed: list[list[str]] = [[], []]
 
-        async def drain(n: int) -> None:
-            while batch := await stores[n].claim_due(
+        async def claim(n: int) -> list[str]:
+            batch = await stores[n].claim_due(
                 "twilio", now=at(400), limit=7, lease_until=at(500), owner=f"p{n}"
-            ):
-                claimed[n] += [m.message_id for m in batch]
-                await asyncio.sleep(0.001)  # let the other claimer's next claim in
+            )
+            return [m.message_id for m in batch]
 
-        await asyncio.gather(drain(0), drain(1))
+        # Round after round, both claim at once and race for the write lock (the loser waits
+        # in its busy timeout), until neither finds anything left: each gets a share whatever
+        # the timing, and no message may be in both shares.
+        while True:
+            first, second = await asyncio.gather(claim(0), claim(1))
+            if not first and not second:
+                break
+            claimed[0] += first
+            claimed[1] += second
         for s in stores:
             await s.close()
         return claimed

@@ -297,8 +297,8 @@ def test_a_message_registered_with_an_old_sent_at_is_polled_until_final_not_give
         poll_backoff=0.2,
         poll_backoff_max=0.5,
         poll_interval=0.1,
-        poll_lease=5.0,
-        poll_timeout=2.0,
+        poll_lease=30.0,
+        poll_timeout=10.0,
         provider_env={
             "TWILIO_API_BASE": sim_server.base_url,
             "TWILIO_ACCOUNT_SID": accounts.twilio_account_sid,

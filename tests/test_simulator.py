@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from support import SECRET_KEY, AppServer, LiveServer
+from support import SECRET_KEY, WAIT, AppServer, LiveServer, wait_until
 from twilio.request_validator import RequestValidator
 
 from receiver.simulator.client import SimulatorClient, SimulatorError
@@ -114,7 +113,7 @@ def capture() -> Iterator[Capture]:
 
 @pytest.fixture(scope="module", name="http")
 def http_client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=WAIT) as client:
         yield client
 
 
@@ -132,7 +131,7 @@ def sim_url() -> Iterator[str]:
             yield line.split(" on ", 1)[1].split()[0]
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            proc.wait(timeout=WAIT)
 
 
 @pytest.fixture
@@ -221,7 +220,7 @@ def test_each_provider_pushes_signed_callbacks_ending_in_the_final_status(
 ) -> None:
     source = {"source": "acme"} if provider == "standard" else {}
     ids = sim.create_messages(provider, 30, **source)
-    stats = sim.wait_idle(timeout=10)
+    stats = sim.wait_idle(timeout=WAIT)
     assert stats["deliveries"]["gave_up"] == 0
     pushed = pushes_by_message(capture)
     assert set(pushed) == set(ids)
@@ -239,7 +238,7 @@ def test_telecom23_batches_form_bodies_and_field_variants(
 ) -> None:
     sim.configure(batch_size={"telecom23": 50}, telecom23_field_variants=True)
     ids = sim.create_messages("telecom23", 200)
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     bodies = [json.loads(r.body) for r in capture.requests]
     assert all(isinstance(b, list) and 1 <= len(b) <= 50 for b in bodies)
     assert any(len(b) > 1 for b in bodies)
@@ -251,7 +250,7 @@ def test_telecom23_batches_form_bodies_and_field_variants(
     capture.clear()
     sim.configure(batch_size={"telecom23": 1}, telecom23_format="form")
     ids = sim.create_messages("telecom23", 10)
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     assert set(pushes_by_message(capture)) == set(ids)
     assert all(r.headers["content-type"].startswith("application/x-www") for r in capture.requests)
 
@@ -261,7 +260,7 @@ def test_mesms_reports_carry_many_recipients_of_one_send_or_one_flat_recipient(
 ) -> None:
     sim.configure(batch_size={"mesms": 1000})
     ids = sim.create_messages("mesms", 500, per_send=250)
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     assert set(pushes_by_message(capture)) == set(ids)
     bodies = [json.loads(r.body) for r in capture.requests]
     assert len({b["uuid"] for b in bodies}) == 2
@@ -270,7 +269,7 @@ def test_mesms_reports_carry_many_recipients_of_one_send_or_one_flat_recipient(
     capture.clear()
     sim.configure(batch_size={"mesms": 1}, mesms_flat=True)
     ids = sim.create_messages("mesms", 5)
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     assert set(pushes_by_message(capture)) == set(ids)
     assert all("msisdn" in json.loads(r.body) for r in capture.requests)
 
@@ -280,7 +279,7 @@ def test_realism_knobs_make_duplicates_reorders_late_sent_and_drops(
 ) -> None:
     realism = UNTIDY | {"drop_all": 0.1, "drop_final": 0.1, "delivered": 1.0}
     sim.create_messages("twilio", 300, realism=realism)
-    sim.wait_idle(timeout=15)
+    sim.wait_idle(timeout=WAIT)
     pushed = pushes_by_message(capture)
     messages = sim.messages()
     flags = Counter()
@@ -333,7 +332,7 @@ def test_the_same_seed_makes_the_same_messages_and_plans(sim: SimulatorClient) -
     tidy = run(7, {})
     assert [t[:3] for t in tidy] == [t[:3] for t in first] and tidy != first
     assert [t[1] for t in run(8, untidy)] != [t[1] for t in first]
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
 
 
 def test_outcomes_follow_the_mix_and_map_to_canonical_statuses(sim: SimulatorClient) -> None:
@@ -349,7 +348,7 @@ def test_outcomes_follow_the_mix_and_map_to_canonical_statuses(sim: SimulatorCli
         assert m["final"]["error_code"] is not None
     with pytest.raises(SimulatorError, match="outcomes"):
         sim.create_messages("telecom23", 1, outcomes={"delivered": 1})
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
 
 
 def test_canonical_mapping_is_the_one_the_issue_pins() -> None:
@@ -370,7 +369,7 @@ def test_standard_source_can_relay_a_providers_raw_statuses(
     sim: SimulatorClient, capture: Capture
 ) -> None:
     ids = sim.create_messages("standard", 10, source="acme", status_provider="telecom23")
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     events = [json.loads(r.body)["data"] for r in capture.requests]
     assert {e["message_id"] for e in events} == set(ids)
     assert all(e["status_provider"] == "telecom23" for e in events)
@@ -385,7 +384,7 @@ def test_a_push_answered_5xx_is_retried_with_the_same_delivery_id(
 ) -> None:
     capture.fail_with.extend([500, 503, 429])
     (sid,) = sim.create_messages("twilio", 1, outcomes={"failed": 1})  # one push: failed
-    stats = sim.wait_idle(timeout=10)
+    stats = sim.wait_idle(timeout=WAIT)
     tokens = [r.headers["i-twilio-idempotency-token"] for r in capture.requests]
     assert len(tokens) == 4 and len(set(tokens)) == 1
     assert stats["deliveries"]["answers"]["twilio"] == {"500": 1, "503": 1, "429": 1, "204": 1}
@@ -399,7 +398,7 @@ def test_pushes_give_up_after_max_attempts_and_do_not_retry_other_4xx(
     sim.configure(max_attempts=3)
     capture.fail_with.extend([500] * 3 + [400])
     sim.create_messages("twilio", 1, outcomes={"delivered": 1})  # two pushes: sent, delivered
-    stats = sim.wait_idle(timeout=10)
+    stats = sim.wait_idle(timeout=WAIT)
     assert stats["deliveries"]["answers"]["twilio"] == {"500": 3, "400": 1}
     assert stats["deliveries"]["gave_up"] == 2
     assert [m["gave_up"] for m in sim.messages()] == [2]
@@ -410,7 +409,7 @@ def test_connection_errors_are_retried_then_given_up(sim: SimulatorClient) -> No
     closed.stop()  # nothing listens there any more
     sim.configure(max_attempts=2, callbacks={"mesms": closed.base_url + "/x"})
     sim.create_messages("mesms", 3)
-    stats = sim.wait_idle(timeout=10)
+    stats = sim.wait_idle(timeout=WAIT)
     assert stats["deliveries"]["answers"]["mesms"] == {"error": 6}
     assert stats["deliveries"]["gave_up"] == 3
 
@@ -421,10 +420,11 @@ def test_connection_errors_are_retried_then_given_up(sim: SimulatorClient) -> No
 def test_twilio_send_and_fetch_follow_the_timeline_behind_basic_auth(
     sim: SimulatorClient, sim_url: str, capture: Capture, http: httpx.Client
 ) -> None:
-    sim.configure(speed=100, timing={"sent_after": [5, 5], "final_after": [5, 5]})
+    # Real time until the 'queued' checks are done (a minute before it is sent), then fast.
+    sim.configure(speed=1, timing={"sent_after": [60, 60], "final_after": [60, 60]})
     auth = (ACCOUNTS.twilio_account_sid, ACCOUNTS.twilio_auth_token)
     base = f"{sim_url}/2010-04-01/Accounts/{ACCOUNTS.twilio_account_sid}/Messages"
-    with httpx.Client(auth=auth, timeout=10) as twilio:
+    with httpx.Client(auth=auth, timeout=WAIT) as twilio:
         sent = twilio.post(
             base + ".json",
             data={
@@ -438,7 +438,8 @@ def test_twilio_send_and_fetch_follow_the_timeline_behind_basic_auth(
         sid = sent.json()["sid"]
         assert sid.startswith("SM") and len(sid) == 34 and sent.json()["status"] == "queued"
         assert twilio.get(f"{base}/{sid}.json").json()["status"] == "queued"
-        sim.wait_idle(timeout=10)
+        sim.configure(speed=100_000)
+        sim.wait_idle(timeout=WAIT)
         fetched = twilio.get(f"{base}/{sid}.json").json()
         final = sim.message(sid)["final"]["provider_status"]
         assert fetched["status"] == final and fetched["date_sent"].endswith("+0000")
@@ -456,8 +457,13 @@ def test_a_dropped_dlr_leaves_the_final_status_to_the_status_endpoints(
     sim: SimulatorClient, sim_url: str, capture: Capture, http: httpx.Client
 ) -> None:
     (message_id,) = sim.create_messages("telecom23", 1, realism={"drop_all": 1})
-    sim.wait_idle(timeout=10)
-    time.sleep(0.05)  # 100 simulated seconds: past every timeline
+    sim.wait_idle(timeout=WAIT)
+
+    def ended() -> bool:
+        found = sim.message(message_id)
+        return bool(found["current"]["provider_status"] == found["final"]["provider_status"])
+
+    wait_until(ended, what="the end of its timeline")
     assert capture.requests == []
     answer = http.get(
         f"{sim_url}/api/v1/sms/status/{message_id}",
@@ -492,7 +498,7 @@ def test_telecom23_send_answers_in_its_own_shape_and_errors(
         assert answer.json() == {"status": False, "error_code": code, "description": ANY_TEXT}
     missing = http.get(sim_url + "/api/v1/sms/status/api_1_2_3", headers=key)
     assert missing.status_code == 404 and missing.json()["error_code"] == "NOT_FOUND"
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
 
 
 class _AnyText:
@@ -514,7 +520,7 @@ def test_mesms_recipient_pages_cover_every_recipient_exactly_once(
         headers=key,
     ).json()
     assert sent["status"] == "pending" and sent["total"] == 250
-    sim.wait_idle(timeout=10)
+    sim.wait_idle(timeout=WAIT)
     url = f"{sim_url}/api/v2/sms/{sent['uuid']}/recipients"
     seen: list[str] = []
     after, pages = 0, 0
@@ -592,9 +598,12 @@ def test_faults_answer_429_outage_and_401_in_the_providers_shape(
     assert answers(3) == [429, 429, 200]
     sim.fault(provider, "outage", count=2)
     assert answers(3) == [503, 503, 200]
-    sim.fault(provider, "outage", seconds=0.15)
+    sim.fault(provider, "outage", seconds=1)  # the next two requests come well within it
     assert answers(2) == [503, 503]
-    time.sleep(0.2)
+    wait_until(
+        lambda: http.get(f"{sim_url}/_sim/faults").json()[provider]["outage_seconds_left"] == 0,
+        what="the outage's end",
+    )
     assert answers(1) == [200]
     sim.fault(provider, "unauthorized")
     assert answers(3) == [401, 401, 401]
@@ -615,16 +624,20 @@ def test_faults_answer_429_outage_and_401_in_the_providers_shape(
 def test_overlapping_status_requests_for_one_message_are_counted(
     sim: SimulatorClient, sim_url: str, http: httpx.Client
 ) -> None:
-    sim.configure(api_latency=0.2)
+    # Each answer takes a second: requests started together overlap even on a slow machine.
+    sim.configure(api_latency=1.0)
     one, other = sim.create_messages("telecom23", 2, realism={"drop_all": 1})
-    threads = [
-        threading.Thread(target=status_call, args=(sim_url, "telecom23", message_id, http))
-        for message_id in (one, one, other)
-    ]
+    together = threading.Barrier(3, timeout=WAIT)
+
+    def call(message_id: str) -> None:
+        together.wait()
+        status_call(sim_url, "telecom23", message_id, http)
+
+    threads = [threading.Thread(target=call, args=(m,)) for m in (one, one, other)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=10)
+        t.join(timeout=WAIT)
     assert sim.message(one)["max_concurrent_polls"] == 2
     assert sim.message(other)["max_concurrent_polls"] == 1
     assert sim.stats()["max_concurrent_polls"] == 2

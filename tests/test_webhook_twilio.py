@@ -11,7 +11,6 @@ import asyncio
 import json
 import random
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1030,7 +1029,7 @@ async def _send_all(url: str, requests: Sequence[Request], concurrency: int) -> 
                 return (await client.post(url, content=body, headers=headers)).status_code
 
         return await asyncio.wait_for(
-            asyncio.gather(*(send(body, headers) for body, headers in requests)), timeout=20
+            asyncio.gather(*(send(body, headers) for body, headers in requests)), timeout=60
         )
 
 
@@ -1062,10 +1061,8 @@ def test_shuffled_concurrent_streams_end_in_their_terminal_status(server: LiveSe
         twilio_form(server.callback_url, status_params(sid, status)) for sid, status in callbacks
     ]
 
-    started = time.monotonic()
     codes = asyncio.run(_send_all(server.callback_url, requests, concurrency=16))
 
-    assert time.monotonic() - started < 15
     assert codes == [204] * len(callbacks)
     stored = dict(query(server, "SELECT message_id, status FROM messages"))
     assert stored == terminal

@@ -12,11 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import POLL_INTERVAL, WAIT, wait_until, wait_until_async
 
 from receiver.store import StoreUnavailable
 from receiver.store.writer import Writer
 
-TIMEOUT = 5.0  # every wait is bounded, so a regression fails instead of hanging the suite
+TIMEOUT = WAIT  # every wait is bounded, so a regression fails instead of hanging the suite
+
+
+async def one_turn() -> None:
+    """Let every task already scheduled run up to its next await: no clock involved. (A task
+    awaiting Writer.run has queued its job by then, since run() queues before it awaits.)"""
+    await asyncio.sleep(0)
 
 
 def open_conn(path: str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -114,10 +121,8 @@ def test_a_cancelled_awaiting_task_does_not_fail_its_batch(path: str, writer: Wr
         sources = [writer.submit(insert(i)) for i in range(10)]
         tasks = [asyncio.ensure_future(asyncio.wrap_future(f)) for f in sources]
         tasks[3].cancel()
-        deadline = time.monotonic() + TIMEOUT
-        while not sources[3].cancelled():  # the cancel reaches the source on a later loop turn
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
+        # The cancel reaches the source on a later loop turn.
+        await wait_until_async(sources[3].cancelled, what="the source future cancelled")
         gate.release.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks[:3], *tasks[4:]), TIMEOUT)
         assert tasks[3].cancelled()
@@ -150,20 +155,20 @@ def test_stop_racing_submitters_leaves_no_future_pending(path: str) -> None:
 
     def submit_until_closed(worker: int) -> None:
         ready.wait()
-        deadline = time.monotonic() + 1.0
-        n = 0
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + TIMEOUT
+        for n in range(100_000):  # bounded; stop() normally closes the writer long before
+            if time.monotonic() > deadline:
+                return
             try:
                 futures.append(writer.submit(insert(worker * 1_000_000 + n)))
             except StoreUnavailable:
                 return
-            n += 1
 
     threads = [threading.Thread(target=submit_until_closed, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
     ready.wait()
-    time.sleep(0.02)
+    wait_until(lambda: len(futures) >= 100, what="the submitters under way")
     writer.stop()
     for t in threads:
         t.join(TIMEOUT)
@@ -269,7 +274,7 @@ def test_stop_commits_everything_submitted_before_it(path: str, writer: Writer) 
             futures.append(writer.submit(insert(len(futures))))
         except StoreUnavailable:
             break
-        time.sleep(0.001)
+        time.sleep(POLL_INTERVAL)
     gate.release.set()
     stopper.join(TIMEOUT)
     assert not stopper.is_alive()
@@ -341,7 +346,7 @@ def test_run_awaits_committed_results_and_a_batch_wakes_the_loop_once(
         gate = Gate()
         gated = gate.hold(writer)
         tasks = [asyncio.ensure_future(writer.run(insert(i))) for i in range(10)]
-        await asyncio.sleep(0.01)  # every task has queued its job behind the gate
+        await one_turn()  # every task has queued its job behind the gate
         gate.release.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
         gated.result(TIMEOUT)
@@ -358,9 +363,9 @@ def test_run_cancelled_before_its_job_starts_skips_it(path: str, writer: Writer)
         gated = gate.hold(writer)
         ran: list[int] = []
         tasks = [asyncio.ensure_future(writer.run(insert(i, ran))) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await one_turn()  # the three jobs queued behind the gate
         tasks[1].cancel()
-        await asyncio.sleep(0)
+        await one_turn()  # the cancel reaches its job's future
         gate.release.set()
         done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TIMEOUT)
         gated.result(TIMEOUT)
@@ -399,7 +404,7 @@ def test_run_after_stop_raises_and_stop_answers_queued_runs(path: str) -> None:
         gate = Gate()
         gated = gate.hold(writer)
         task = asyncio.ensure_future(writer.run(insert(7)))
-        await asyncio.sleep(0.01)
+        await one_turn()  # its job queued behind the gate
         stopper = asyncio.get_running_loop().run_in_executor(None, writer.stop)
         gate.release.set()
         assert await asyncio.wait_for(task, TIMEOUT) == 7  # stop commits what was submitted
