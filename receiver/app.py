@@ -24,7 +24,7 @@ from receiver.logging import RequestContextMiddleware
 from receiver.metrics import Metrics
 from receiver.polling.scheduler import Scheduler
 from receiver.polling.service import build_scheduler
-from receiver.providers import REGISTRY, build_providers, callback_path, message_providers
+from receiver.providers import REGISTRY, build_providers, message_providers
 from receiver.providers.base import Provider
 from receiver.providers.callback_auth import CallbackTokens
 from receiver.settings import Settings
@@ -107,9 +107,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
     ]
-    routes += [
-        Route(callback_path(name), webhooks.endpoint(name), methods=["POST"]) for name in REGISTRY
-    ]
+    routes += [webhooks.route(name) for name in REGISTRY]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],

@@ -1,14 +1,17 @@
-"""The `receiver` command: serve, migrate, prune, backup, poll, simulate, demo."""
+"""The `receiver` command: serve, migrate, prune, backup, poll, callback-url, simulate, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -27,8 +30,6 @@ def _settings(**overrides: str) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from receiver.app import create_app
     from receiver.logging import configure_logging
 
@@ -37,20 +38,78 @@ def serve(args: argparse.Namespace) -> int:
         overrides["PORT"] = str(args.port)
     settings = _settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
-    # The port first: a second instance started by mistake stops here, before it touches the
-    # database or logs a "started" line that is not true.
-    sock = _listen_or_exit(settings.host, settings.port)
-    applied = _migrate_or_exit(settings)
-    if applied:
-        structlog.get_logger("receiver").info(
-            "migrated", database=settings.database, migrations_applied=applied
-        )
-    app = create_app(settings)
-    tune_gc()
+    _warn_unknown_settings()
+    # Until the server takes the signals over, SIGTERM stops the start as Ctrl-C does: quietly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # The port first: a second instance started by mistake stops here, before it touches
+        # the database or logs a "started" line that is not true.
+        sock = _listen_or_exit(settings.host, settings.port)
+        applied = _migrate_or_exit(settings)
+        if applied:
+            structlog.get_logger("receiver").info(
+                "migrated", database=settings.database, migrations_applied=applied
+            )
+        app = create_app(settings)
+        tune_gc()
+        _run_server(app, settings, sock)
+    except KeyboardInterrupt:
+        # Stopped before the server ran (or in the instant after): nothing was acknowledged
+        # that is not committed, so this is a normal end too.
+        pass
+    return 0
+
+
+def _run_server(app: Any, settings: Settings, sock: socket.socket) -> None:
+    """Serve `app` on the bound socket until SIGINT or SIGTERM; return after a clean stop."""
+    import uvicorn
+
+    loop, http = _event_loop_and_parser()
+    host, port = sock.getsockname()[:2]  # the real port, when PORT=0 let the system pick
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    log = structlog.get_logger("receiver")
+    stopped_by: list[str] = []
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, ended by SIGINT or SIGTERM as a service should be.
+
+        uvicorn stops gracefully on either signal (requests in flight answered, then the
+        lifespan shutdown, which commits the last write batch and closes the store), then
+        raises the signal again: a KeyboardInterrupt traceback and exit code 130 for Ctrl-C,
+        death by signal for SIGTERM. Being asked to stop is a normal end, so this one returns.
+        A second Ctrl-C still stops waiting for slow clients, as uvicorn's does.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The same handlers as uvicorn's, without the signal raised again afterwards.
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Only noted here: the line is logged from the event loop, not a signal handler.
+            stopped_by.append(signal.Signals(sig).name)
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("listening", url=url, loop=loop, http=http)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            log.info("stopping", signal=stopped_by[0] if stopped_by else None)
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         app,
-        host=settings.host,
+        host=settings.host,  # the socket is bound already; these only describe it
         port=settings.port,
+        loop=loop,
+        http=http,
         # We read forwarded headers ourselves, only when RECEIVER_TRUST_FORWARDED says so.
         proxy_headers=False,
         server_header=False,
@@ -59,8 +118,49 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    Server(config).run(sockets=[sock])
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _warn_unknown_settings(*, to_log: bool = True) -> None:
+    """Name each variable with the service's prefix that no setting reads (a typo, usually).
+
+    `to_log`: as a log line (commands that log); else on stderr (commands that print).
+    """
+    from receiver.settings import unknown_variables
+
+    for name, closest in unknown_variables().items():
+        detail = f"{name} is not a receiver setting and is ignored" + (
+            f"; did you mean {closest}?" if closest else ""
+        )
+        if to_log:
+            structlog.get_logger("receiver").warning(
+                "unknown_setting", variable=name, did_you_mean=closest, detail=detail
+            )
+        else:
+            print(f"receiver: warning: {detail}", file=sys.stderr)
+
+
+def _event_loop_and_parser() -> tuple[str, str]:
+    """uvloop and httptools when importable (what uvicorn's "auto" picks), else asyncio and h11.
+
+    Chosen here and given to uvicorn by name, so the "listening" line says what really runs.
+    """
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        loop = "asyncio"
+    else:
+        loop = "uvloop"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        http = "h11"
+    else:
+        http = "httptools"
+    return loop, http
 
 
 def _listen_or_exit(host: str, port: int) -> socket.socket:
@@ -105,6 +205,7 @@ def _migrate_or_exit(settings: Settings) -> list[str]:
 
 def migrate(args: argparse.Namespace) -> int:
     settings = _settings()
+    _warn_unknown_settings(to_log=False)
     applied = _migrate_or_exit(settings)
     print(
         f"{settings.database}: applied {len(applied)} migration(s)"
@@ -120,6 +221,7 @@ def prune(args: argparse.Namespace) -> int:
 
     settings = _settings(**({"RECEIVER_RETENTION_DAYS": args.days} if args.days else {}))
     configure_logging(settings.log_level, settings.log_format)
+    _warn_unknown_settings()
     if settings.retention_days == 0:
         source = "--days 0" if args.days else "RECEIVER_RETENTION_DAYS=0"
         print(f"receiver: retention is off ({source} keeps everything); nothing pruned")
@@ -162,6 +264,7 @@ def poll(args: argparse.Namespace) -> int:
         return 2
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    _warn_unknown_settings()
     if not _existing_store_or_exit(settings):
         return 1
 
@@ -209,6 +312,7 @@ def backup(args: argparse.Namespace) -> int:
     from receiver.store import StoreUnavailable, open_store
 
     settings = _settings()
+    _warn_unknown_settings(to_log=False)
     target = Path(args.path)
     if target.is_dir():
         target = target / Path(settings.database).name
@@ -223,6 +327,50 @@ def backup(args: argparse.Namespace) -> int:
         print(f"receiver: {exc}", file=sys.stderr)
         return 1
     print(f"{settings.database} -> {info.path}: {info.size_bytes} bytes, {info.messages} messages")
+    return 0
+
+
+def callback_url(args: argparse.Namespace) -> int:
+    """Print a provider's signed callback URL, as GET /v1/callback-url would give it."""
+    from receiver.api import callback_urls
+    from receiver.providers import REGISTRY
+    from receiver.providers.callback_auth import CallbackTokens
+
+    settings = _settings()
+    _warn_unknown_settings(to_log=False)
+    signed = [name for name, cls in REGISTRY.items() if cls.signed_url]
+    provider: str = args.provider
+    tokens = CallbackTokens(settings.secret_keys())
+    base = callback_urls.base_url(None, settings)
+    if provider not in REGISTRY:
+        print(
+            f"receiver: unknown provider {provider!r}; signed callback URLs are for "
+            + " and ".join(signed),
+            file=sys.stderr,
+        )
+        return 2
+    if not REGISTRY[provider].signed_url:
+        # Its URL is a fixed path and no secret: say it, but not on stdout, where a script
+        # expects a signed URL.
+        fixed, _ = callback_urls.callback_url(base, provider, tokens)
+        print(
+            f"receiver: {provider} signs its own callbacks, so its URL is not a signed one; "
+            f"its callback URL is {fixed}",
+            file=sys.stderr,
+        )
+        return 2
+    if not tokens.configured:
+        print("receiver: set RECEIVER_SECRET_KEY to issue signed callback URLs", file=sys.stderr)
+        return 2
+    try:
+        url, _key_id = callback_urls.callback_url(base, provider, tokens, label=args.label)
+    except ValueError as exc:  # a label outside the allowed characters
+        print(f"receiver: --label: {exc}", file=sys.stderr)
+        return 2
+    print(url)
+    warning = callback_urls.unreachable_warning(url)
+    if warning is not None:
+        print(f"receiver: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -299,11 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="receiver",
         description="Delivery-tracking sidecar for SMS status callbacks. "
-        "Settings come from environment variables (see README.md).",
+        "Settings come from environment variables (see docs/settings.md); a variable with "
+        "one of receiver's prefixes that is not a setting is warned about at start.",
     )
     parser.add_argument("--version", action="version", version=f"receiver {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = commands.add_parser("serve", help="run the HTTP service (default: 127.0.0.1:8000)")
+    p = commands.add_parser(
+        "serve",
+        help="run the HTTP service (default: 127.0.0.1:8000) until Ctrl-C or SIGTERM",
+        description="Run the HTTP service. It logs a `listening` line with its URL once it "
+        "takes requests. Ctrl-C or SIGTERM stops it: requests in flight are answered, their "
+        "writes committed, and it exits 0.",
+    )
     p.add_argument("--host", help="bind address (overrides HOST)")
     p.add_argument("--port", help="port (overrides PORT)")
     p.set_defaults(func=serve)
@@ -325,7 +480,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one sweep of everything due now")
     p.set_defaults(func=poll)
     p = commands.add_parser(
-        "simulate", help="run the provider simulator (default: 127.0.0.1:8900); see README.md"
+        "callback-url",
+        help="print a provider's signed callback URL (23 Telecom, me-sms), then exit",
+        description="Print the signed callback URL to paste into PROVIDER's console, the one "
+        "GET /v1/callback-url gives, built from this environment's settings "
+        "(RECEIVER_SECRET_KEY, RECEIVER_PUBLIC_URL, else HOST and PORT); no running service "
+        "is needed. A warning goes to standard error when the URL's host is one a provider "
+        "cannot reach (loopback or private): set RECEIVER_PUBLIC_URL then.",
+    )
+    p.add_argument("provider", metavar="PROVIDER", help="telecom23 or mesms")
+    p.add_argument(
+        "--label",
+        help="a name kept with each callback as its account (1-64 letters, digits, _ . -)",
+    )
+    p.set_defaults(func=callback_url)
+    p = commands.add_parser(
+        "simulate",
+        help="run the provider simulator (default: 127.0.0.1:8900); see docs/simulator.md",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8900, help="port (default 8900; 0 picks one)")

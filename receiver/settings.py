@@ -7,6 +7,7 @@ table (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -364,3 +365,47 @@ class Settings:
     def secret_keys(self) -> list[str]:
         """The key that signs callback URLs first, then the older ones still accepted."""
         return [self.secret_key, *self.secret_key_fallbacks] if self.secret_key else []
+
+
+# The prefixes of the service's own variables: any other name with one of them is a mistake.
+PREFIXES = ("RECEIVER_", "TWILIO_", "TELECOM23_", "MESMS_", "STANDARD_WEBHOOK_")
+# Names with those prefixes that are read, but not by the service: the app's variable that
+# points at the receiver (docs/integrate.md), often set in an environment shared with it.
+NOT_SETTINGS = frozenset({"RECEIVER_URL"})
+# What Kubernetes adds for every Service in the namespace (a Service named "receiver" gives
+# RECEIVER_SERVICE_HOST, RECEIVER_PORT_8000_TCP, ...): not the user's doing, never a typo.
+_SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Variables with one of the service's prefixes that no setting reads, each with the
+    closest setting's name (None when none is close): a misspelt setting is otherwise
+    silently ignored, and its default used."""
+    env = os.environ if env is None else env
+    known = Settings().env_names()
+    unknown: dict[str, str | None] = {}
+    for name in sorted(env):
+        upper = name.upper()
+        if name in known or name in NOT_SETTINGS or not upper.startswith(PREFIXES):
+            continue
+        if _SERVICE_LINK.fullmatch(name) or (
+            name.endswith("_PORT") and _SERVICE_LINK_URL.match(env[name])
+        ):
+            continue
+        unknown[name] = _closest(upper, known)
+    return unknown
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    if name in known:  # written in lower case
+        return name
+    for prefix in PREFIXES:
+        # RECEIVER_PORT for PORT, TWILIO_RECEIVER_SECRET_KEY for RECEIVER_SECRET_KEY
+        if name.startswith(prefix) and name.removeprefix(prefix) in known:
+            return name.removeprefix(prefix)
+    matches = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return matches[0] if matches else None

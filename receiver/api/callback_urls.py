@@ -1,11 +1,13 @@
 """GET /v1/callback-url: the URL to paste into a provider's console.
 
 For providers without a signing scheme of their own (23 Telecom, me-sms) the URL carries a
-token signed with RECEIVER_SECRET_KEY; for the others it is their fixed webhook path.
+token signed with RECEIVER_SECRET_KEY; for the others it is their fixed webhook path. The
+`receiver callback-url` command hands out the same URLs, built by the same code.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -30,6 +32,36 @@ def base_url(request: Request | None, settings: Settings) -> str:
         return f"http://{host}:{settings.port}"
     parts = urlsplit(external_url(request, settings))
     return f"{parts.scheme}://{parts.netloc}"
+
+
+# Names that never resolve from the internet: RFC 6761 (localhost), RFC 6762 (.local, mDNS),
+# RFC 8375 (home.arpa), and .internal (reserved for private use by ICANN in 2024).
+_PRIVATE_SUFFIXES = (".localhost", ".local", ".home.arpa", ".internal")
+
+
+def unreachable_warning(url: str) -> str | None:
+    """A sentence for the user when a provider on the internet cannot reach `url`'s host.
+
+    Judged from the host as written, with no DNS lookup: a loopback, private, link-local or
+    otherwise non-public address, localhost, a reserved private name, or a name of one label
+    (a container's name, say). None for anything else.
+    """
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        private = host == "localhost" or host.endswith(_PRIVATE_SUFFIXES) or "." not in host
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        private = not ip.is_global
+    if not private:
+        return None
+    return (
+        f"{host or 'this host'} is not reachable from the internet, so a provider cannot "
+        "deliver callbacks to this URL; set RECEIVER_PUBLIC_URL to the service's public base "
+        "URL (like https://sms.example.com) and get the URL again"
+    )
 
 
 def callback_url(
@@ -106,4 +138,8 @@ async def get_callback_url(request: Request) -> Response:
     body: dict[str, object] = {"provider": provider, "url": url, "signed": cls.signed_url}
     if key_id is not None:
         body |= {"key_id": key_id, "label": label}
+    # In the answer, not only in the log: the user about to paste the URL reads this one.
+    warning = unreachable_warning(url)
+    if warning is not None:
+        body["warning"] = warning
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

@@ -285,6 +285,12 @@ SCHEMAS: dict[str, Schema] = {
             "signed": {"type": "boolean"},
             "key_id": {"type": "string", "description": "signed URLs: the signing key's id"},
             "label": {"type": ["string", "null"]},
+            "warning": {
+                "type": "string",
+                "description": "present only when the URL's host (as written, no DNS lookup) is "
+                "loopback, private or otherwise not public, so no provider can reach it: a "
+                "sentence saying to set RECEIVER_PUBLIC_URL. Absent for a public host.",
+            },
         },
         "required": ["provider", "url", "signed"],
         "additionalProperties": False,

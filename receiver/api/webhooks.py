@@ -1,7 +1,8 @@
 """Provider callbacks: authenticate, record durably, then acknowledge.
 
 A 2xx is sent only after the event and its status change are committed; a write that fails
-answers 503 so the provider retries. One log line per event tells what happened.
+answers 503 so the provider retries. One log line per event tells what happened. Each route also
+answers with a trailing '/' (a URL pasted into a console with one added).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from collections.abc import Awaitable, Callable
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from receiver.api.body import read_limited
 from receiver.api.errors import error_response
 from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
 from receiver.metrics import Metrics
+from receiver.providers import callback_path
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.providers.callback_auth import redact_token
 from receiver.settings import Settings
@@ -89,3 +93,24 @@ def endpoint(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
 
     handle.__name__ = f"{provider_name}_callback"
     return handle
+
+
+class CallbackRoute(Route):
+    """A provider's callback route, matched with or without one trailing '/'.
+
+    Starlette would answer the slashed URL with a 307 to the bare one, and providers do not
+    follow a redirect for a POST: the callbacks would be lost. The path the request came with
+    is left as it is, so a signature over the URL as called (Twilio's) covers the slash.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        path: str = scope.get("path", "")
+        if match is Match.NONE and scope["type"] == "http" and path.endswith("/"):
+            match, child_scope = super().matches({**scope, "path": path[:-1]})
+        return match, child_scope
+
+
+def route(provider_name: str) -> Route:
+    """The POST route of one provider's callbacks."""
+    return CallbackRoute(callback_path(provider_name), endpoint(provider_name), methods=["POST"])
