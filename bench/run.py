@@ -1,329 +1,372 @@
-"""Benchmark: the receiver against the ceiling of its own HTTP stack, under the same load.
+"""Benchmark: the receiver against the ceiling of its HTTP stack and two hand-written peers.
 
-Run from the repository root with the project's virtualenv: `.venv/bin/python bench/run.py`.
-It starts, on loopback, the receiver (`receiver serve`, one uvicorn worker, a fresh SQLite
-file, logging at info as in production) and a bare Starlette endpoint on the same uvicorn
-stack (bench/ceiling.py); drives each with wrk and bench/callbacks.lua (32 connections,
-unique pre-generated signed Twilio status callbacks, after a warm-up); prints requests/s,
-p50/p99 latency and non-2xx counts, the ratio, and checks that every acknowledged callback is
-in the database exactly once as an applied event. Exits 1 when a target is missed.
+Run from the repository root with the project's virtualenv, after
+`.venv/bin/pip install -e '.[test,bench]'` (the peers need flask, gunicorn, fastapi,
+aiosqlite and python-multipart; twilio signs nothing here but the peers verify with it) and
+with `wrk` (the Debian/Ubuntu package; run as root, the script installs it itself):
+
+    .venv/bin/python bench/run.py                  # the comparison (issue 16's targets)
+    .venv/bin/python bench/run.py --classic        # the receiver against the ceiling only
+    .venv/bin/python bench/run.py --prune-backlog 1000000
+    .venv/bin/python bench/run.py --get-messages 1000000
+    .venv/bin/python bench/run.py --bytes-per-message 1000000
+
+The comparison starts, on loopback, one server at a time, each on a fresh SQLite file of its
+own kept for both of its runs:
+  ceiling   a bare Starlette endpoint answering 204, on the uvicorn the receiver runs on
+            (bench/ceiling.py)
+  flask     Flask + twilio's RequestValidator + sqlite3, one commit per callback, under
+            gunicorn with one sync worker (bench/peer_flask.py)
+  fastapi   FastAPI + RequestValidator + aiosqlite, one commit per callback, on the same
+            uvicorn (bench/peer_fastapi.py)
+  receiver  `receiver serve` (one uvicorn worker, JSON logs at info as in production)
+Both peers use WAL with synchronous=FULL, as the receiver does, and echo X-Request-ID as it
+does, so the script knows which callbacks got a 2xx. The Flask peer commits one callback at a
+time, so its figure follows the disk's fsync time; the FastAPI peer's coroutines share one
+connection, so one commit often carries several callbacks. Each server is loaded with
+wrk and bench/callbacks.lua: 32 connections, a warm-up, then the measured run, every request a
+unique pre-generated Twilio status callback signed for the same URL, for a new message. The
+servers run in the order A B C D D C B A (ceiling, flask, fastapi, receiver and back), and
+each keeps its better run, so a burst of load from elsewhere on the machine costs one run,
+not a server's figure. Then it prints req/s, p50/p99 and non-2xx per server, the ratios
+receiver/flask, receiver/fastapi and receiver/ceiling, and checks every database: each
+callback that got a 2xx is there (the receiver's as exactly one applied event, with nothing
+else stored but the few in flight when wrk stopped), each commit was made with
+synchronous=FULL in WAL mode (read from the file and the servers' own connections). Targets
+(one PASS/FAIL line each): receiver >= 3.5x flask and >= 2x fastapi, receiver p99 <= 15 ms,
+receiver >= 25% of the ceiling, no non-2xx from the receiver, every 2xx committed with
+synchronous=FULL, the database checks passing.
+
+`--servers a,b` picks servers (in that order), `--rounds 1` runs each once, `--max-p99-ms`
+moves the p99 target. `--classic` is the benchmark as it was before the peers: receiver then
+ceiling, one run each, p99 target 25 ms (`--servers receiver,ceiling --rounds 1
+--max-p99-ms 25`).
+
+The at-N modes (bench/scale.py; each given alone or together instead of the comparison) fill
+a database with N messages cloned from rows the receiver itself stored (bench/fill.py: two
+250-byte events per message), in well under a minute for a million:
+  --prune-backlog N      N final messages older than RECEIVER_RETENTION_DAYS: the callback
+                         rate with the pruner deleting them against the rate with no backlog
+                         (target: within 20%; runs: no backlog, backlog, no backlog, the
+                         better baseline kept), and whether the backlog drains: the prunable
+                         count before, during and after, waited for up to --drain-timeout s
+  --get-messages N       GET /v1/messages/{id} over random stored ids with wrk: p50/p99
+                         (target p99 <= 10 ms)
+  --bytes-per-message N  file bytes per message, per table and per index (SQLite's dbstat),
+                         packed as after a VACUUM; with --row-by-row also as service fills
+                         the indexes (page splits), then after a VACUUM
+
+Options for every mode: --duration and --warmup (seconds per run), --connections, --threads
+(wrk's), --rate-cap (callbacks generated per measured second, so a fast server never resends
+one), --keep (keep the temp directory: databases, logs, wrk reports). Exits 1 when a target
+is missed. Numbers move by 10-20% from run to run on a shared machine: wrk shares its CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import (
+    BENCH,
+    Load,
+    Result,
+    check_receiver_database,
+    describe,
+    find_wrk,
+    free_port,
+    generate,
+    receiver_command,
+    receiver_env,
+    run_callbacks,
+    start,
+    stop,
+    verdict,
+)
 
-from receiver.providers.twilio_signature import compute_signature  # noqa: E402
+from receiver.store.sqlite import connect
 
-TOKEN = "bench-auth-token"
-ACCOUNT = "AC" + "0" * 31 + "1"
-PATH = "/v1/webhook/twilio/sms-status"
-STATUSES = ("delivered", "sent", "undelivered", "failed")
-APT_COMMAND = "apt-get install -y wrk"
-
-# Targets (ratios, since machines differ): see README "Benchmark".
-MIN_RATIO = 0.25
-MAX_P99_MS = 25.0
+SERVERS = ("ceiling", "flask", "fastapi", "receiver")
+MIN_CEILING_RATIO = 0.25
+MIN_FLASK_RATIO = 3.5
+MIN_FASTAPI_RATIO = 2.0
+MAX_P99_MS = 15.0
+CLASSIC_P99_MS = 25.0
+BENCH_MODULES = ("flask", "gunicorn", "fastapi", "aiosqlite", "twilio", "python_multipart")
 
 
 @dataclass
-class Result:
+class Server:
     name: str
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    statuses: dict[str, int]
-    socket_errors: int
-    wrapped: int
-    acked: list[str]
+    port: int
+    database: Path
+    log: Path
+    best: Result | None = None
 
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def non_2xx(self) -> int:
-        return sum(n for status, n in self.statuses.items() if not status.startswith("2"))
-
-
-def find_wrk() -> str:
-    """wrk's path; installed with apt-get when missing and we are root, else stop with how."""
-    path = shutil.which("wrk")
-    if path:
-        return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"wrk not found; running: {APT_COMMAND}", flush=True)
-        install = subprocess.run(APT_COMMAND.split(), capture_output=True, text=True)
-        if install.returncode != 0:  # a fresh container has no package lists yet
-            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-            subprocess.run(APT_COMMAND.split(), capture_output=True, check=False)
-        path = shutil.which("wrk")
-        if path:
-            return path
-    sys.exit(f"wrk is needed; install it with: sudo {APT_COMMAND}  (Debian/Ubuntu package)")
+    def command(self) -> list[str]:
+        if self.name == "ceiling":
+            return [sys.executable, str(BENCH / "ceiling.py"), "--port", str(self.port)]
+        if self.name == "flask":
+            return [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers=1",
+                "--worker-class=sync",
+                "--no-control-socket",  # else gunicorn (25.1+) opens one in ~/.gunicorn
+                f"--bind=127.0.0.1:{self.port}",
+                f"--chdir={BENCH}",
+                "peer_flask:app",
+            ]
+        if self.name == "fastapi":
+            return [sys.executable, str(BENCH / "peer_fastapi.py"), "--port", str(self.port)]
+        return receiver_command(self.port)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def generate(path: Path, count: int, url: str, tag: str) -> None:
-    """`count` unique callbacks signed for `url`, one message each, as Twilio sends them."""
-    with path.open("w") as out:
-        for i in range(count):
-            sid = f"SM{tag}{uuid.uuid4().hex[len(tag) :]}"
-            status = STATUSES[i % len(STATUSES)]
-            params = {
-                "SmsSid": sid,
-                "SmsStatus": status,
-                "MessageStatus": status,
-                "To": f"+1555{i % 10_000_000:07d}",
-                "MessageSid": sid,
-                "AccountSid": ACCOUNT,
-                "From": "+15017122661",
-                "ApiVersion": "2010-04-01",
-            }
-            if status in ("undelivered", "failed"):
-                params["ErrorCode"] = "30003"
-            signature = compute_signature(url, {k: [v] for k, v in params.items()}, TOKEN)
-            token = uuid.uuid4().hex
-            out.write(f"{sid}\t{signature}\t{token}\t{urlencode(params)}\n")
-
-
-def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[Any]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{command} exited with {proc.returncode}; see {log}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"{command} did not start listening on {port} within 20 s; see {log}")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def run_wrk(
-    wrk: str,
-    name: str,
-    port: int,
-    callbacks: Path,
-    host: str,
-    args: argparse.Namespace,
-    seconds: int,
-) -> Result:
-    report = callbacks.with_suffix(f".{name}.json")
-    command = [
-        wrk,
-        f"--threads={args.threads}",
-        f"--connections={args.connections}",
-        f"--duration={seconds}s",
-        "--timeout=10s",
-        f"--script={ROOT / 'bench' / 'callbacks.lua'}",
-        f"http://127.0.0.1:{port}{PATH}",
-        "--",
-        str(callbacks),
-        host,
-        str(args.threads),
-    ]
-    env = {**os.environ, "BENCH_REPORT": str(report)}
-    run = subprocess.run(command, env=env, capture_output=True, text=True)
-    if run.returncode != 0 or not report.exists():
-        sys.exit(f"wrk failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
-    data = json.loads(report.read_text())
-    errors = data["errors"]
-    return Result(
-        name=name,
-        requests=data["requests"],
-        seconds=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        statuses=data["statuses"],
-        socket_errors=sum(errors.values()),
-        wrapped=data["wrapped"],
-        acked=data["acked"],
-    )
-
-
-def check_database(database: Path, acked: list[str], in_flight: int) -> tuple[bool, list[str]]:
-    """Every acknowledged callback is in the store exactly once, applied; nothing else is."""
+def check_peer_database(database: Path, acked: list[str], in_flight: int) -> tuple[bool, list[str]]:
+    """Every acknowledged callback's row is in a peer's table; nothing else is."""
     conn = sqlite3.connect(database)
     try:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        counts = Counter[tuple[str, str]]()
-        for message_id, outcome, n in conn.execute(
-            "SELECT message_id, outcome, count(*) FROM events GROUP BY message_id, outcome"
-        ):
-            counts[(message_id, outcome)] = n
-        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        stored = {sid for (sid,) in conn.execute("SELECT sid FROM messages")}
     finally:
         conn.close()
     unique = set(acked)
-    per_sid = Counter[str]()
-    for (sid, _outcome), n in counts.items():
-        per_sid[sid] += n
-    # Exactly one event per acknowledged callback, and that one applied: a write that ran
-    # twice would show as a second event (a duplicate), caught here too.
-    not_once = [sid for sid in unique if counts[(sid, "applied")] != 1 or per_sid[sid] != 1]
-    # Callbacks wrk sent but stopped waiting for when its time was up: committed, never counted.
-    unacked = set(per_sid) - unique
-    events = sum(counts.values())
+    missing = unique - stored
+    unacked = stored - unique
     lines = [
         f"integrity_check: {integrity}",
-        f"acknowledged unique callbacks: {len(unique)}; applied events for them: "
-        f"{sum(counts[(sid, 'applied')] for sid in unique)}; "
-        f"missing or not exactly once: {len(not_once)}",
-        f"events stored: {events}; messages: {messages}; applied but not acknowledged "
-        f"(in flight when wrk stopped, at most {in_flight}): {len(unacked)}",
+        f"acknowledged unique callbacks: {len(unique)}; rows missing for them: {len(missing)}",
+        f"rows: {len(stored)}; stored but not acknowledged (in flight when wrk stopped, at most "
+        f"{in_flight}): {len(unacked)}",
     ]
-    # Nothing else is stored: every event and message is an acknowledged or in-flight callback's.
-    ok = (
-        integrity == "ok"
-        and not not_once
-        and len(unacked) <= in_flight
-        and all(per_sid[sid] == 1 for sid in unacked)
-        and events == messages == len(unique) + len(unacked)
-    )
-    return ok, lines
+    return integrity == "ok" and not missing and len(unacked) <= in_flight, lines
 
 
-def describe(result: Result) -> str:
-    others = ", ".join(f"{status}: {n}" for status, n in sorted(result.statuses.items()))
-    return (
-        f"{result.name:<9} {result.rps:>8,.0f} req/s   p50 {result.p50_ms:6.2f} ms   "
-        f"p99 {result.p99_ms:6.2f} ms   non-2xx {result.non_2xx}   socket errors "
-        f"{result.socket_errors}   ({result.requests:,} requests in {result.seconds:.1f} s; "
-        f"{others})"
+SYNCHRONOUS = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
+
+
+def durability(server: Server) -> tuple[bool, str]:
+    """Whether `server` commits in WAL mode with synchronous=FULL, and how that was read."""
+    conn = sqlite3.connect(server.database)
+    try:
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+    if server.name == "receiver":
+        # The receiver opens every connection, the writer's included, with this function.
+        probe = connect(str(server.log.with_suffix(".probe.db")))
+        try:
+            level = str(probe.execute("PRAGMA synchronous").fetchone()[0])
+        finally:
+            probe.close()
+        source = "receiver.store.sqlite.connect"
+    else:
+        # Each peer prints its own connection's pragmas at start-up.
+        marker = f"peer_{server.name}: journal_mode="
+        lines = [line for line in server.log.read_text().splitlines() if marker in line]
+        levels = {line.rsplit("synchronous=", 1)[-1].strip() for line in lines}
+        level = levels.pop() if len(levels) == 1 else "?"
+        source = f"its start-up line ({len(lines)} starts)"
+    name = SYNCHRONOUS.get(level, level)
+    ok = journal == "wal" and name == "FULL"
+    return ok, f"journal_mode={journal} synchronous={name} (from {source})"
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def compare(args: argparse.Namespace, wrk: str, tmp: Path) -> list[str]:
+    """The comparison; returns the missed targets."""
+    names: list[str] = args.servers
+    if missing := missing_modules(BENCH_MODULES if {"flask", "fastapi"} & set(names) else ()):
+        sys.exit(f"missing {', '.join(missing)}: run .venv/bin/pip install -e '.[bench]'")
+    load = Load(args.connections, args.threads)
+    servers = {
+        name: Server(name, free_port(), tmp / f"{name}.db", tmp / f"{name}.log") for name in names
+    }
+    # Every server is sent the same callbacks, signed for one URL (a server behind a proxy
+    # checks the public URL, not its own address).
+    host = f"127.0.0.1:{free_port()}"
+    url = f"http://{host}/v1/webhook/twilio/sms-status"
+    files = []
+    started = time.monotonic()
+    for r in range(args.rounds):
+        warm, measured = tmp / f"warmup{r}.tsv", tmp / f"load{r}.tsv"
+        generate(warm, args.warmup * args.rate_cap, url, str(2 * r))
+        generate(measured, args.duration * args.rate_cap, url, str(2 * r + 1))
+        files.append((warm, measured))
+    print(
+        f"generated {args.rounds * (args.warmup + args.duration) * args.rate_cap:,} signed "
+        f"callbacks in {time.monotonic() - started:.1f} s; {args.connections} connections, "
+        f"{args.warmup} s warm-up + {args.duration} s per run; python "
+        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs",
+        flush=True,
     )
+    order = names + names[::-1] if args.rounds == 2 else names
+    acked: dict[str, list[str]] = {name: [] for name in names}
+    early_errors = dict.fromkeys(names, 0)
+    runs_of = dict.fromkeys(names, 0)
+    for name in order:
+        server = servers[name]
+        warm, measured = files[runs_of[name]]
+        runs_of[name] += 1
+        env = receiver_env(server.database, BENCH_DATABASE=str(server.database))
+        proc = start(server.command(), env, server.port, server.log)
+        try:
+            warmup = run_callbacks(wrk, f"{name}-warm", server.port, warm, host, load, args.warmup)
+            result = run_callbacks(wrk, name, server.port, measured, host, load, args.duration)
+        finally:
+            stop(proc)
+        acked[name] += warmup.acked + result.acked
+        early_errors[name] += warmup.non_2xx
+        print(f"  run {runs_of[name]}: {describe(result)}", flush=True)
+        if server.best is None or result.rps > server.best.rps:
+            server.best = result
+
+    print(f"\nbetter run of each (of {args.rounds}):")
+    for name in names:
+        best = servers[name].best
+        assert best is not None
+        print(describe(best))
+    failures: list[str] = []
+    lines: list[str] = []
+
+    def target(ok: bool, text: str) -> None:
+        lines.append(verdict(ok, text))
+        if not ok:
+            failures.append(text)
+
+    receiver = servers["receiver"].best if "receiver" in servers else None
+    for peer, minimum in (("flask", MIN_FLASK_RATIO), ("fastapi", MIN_FASTAPI_RATIO)):
+        best = servers[peer].best if peer in servers else None
+        if receiver and best:
+            ratio = receiver.rps / best.rps
+            print(f"ratio receiver/{peer}: {ratio:.2f}x (target >= {minimum}x)")
+            target(ratio >= minimum, f"receiver >= {minimum}x the {peer} peer: {ratio:.2f}x")
+    ceiling = servers["ceiling"].best if "ceiling" in servers else None
+    if receiver and ceiling:
+        ratio = receiver.rps / ceiling.rps
+        print(f"ratio receiver/ceiling: {ratio:.1%} (target >= {MIN_CEILING_RATIO:.0%})")
+        target(
+            ratio >= MIN_CEILING_RATIO,
+            f"receiver >= {MIN_CEILING_RATIO:.0%} of the ceiling: {ratio:.1%}",
+        )
+    if receiver:
+        target(
+            receiver.p99_ms <= args.max_p99_ms,
+            f"receiver p99 <= {args.max_p99_ms:g} ms at {args.connections} connections: "
+            f"{receiver.p99_ms:.2f} ms",
+        )
+        target(
+            not (receiver.non_2xx or early_errors["receiver"] or receiver.socket_errors),
+            f"receiver answered every callback 2xx, no connection dropped: non-2xx "
+            f"{receiver.non_2xx + early_errors['receiver']}, socket errors "
+            f"{receiver.socket_errors}",
+        )
+        target(
+            not receiver.wrapped,
+            f"no callback sent twice to the receiver (else raise --rate-cap): {receiver.wrapped}",
+        )
+        log_lines = sum(
+            1 for line in servers["receiver"].log.open() if '"event": "callback"' in line
+        )
+        print(f"receiver log: {log_lines:,} callback lines at info level")
+
+    # At most one request in flight per connection when a wrk run stops: two runs a round.
+    in_flight = 2 * args.rounds * args.connections
+    for name in names:
+        server = servers[name]
+        if name == "ceiling":
+            continue
+        if name == "receiver":
+            db_ok, db_lines = check_receiver_database(server.database, acked[name], in_flight)
+        else:
+            db_ok, db_lines = check_peer_database(server.database, acked[name], in_flight)
+        for line in db_lines:
+            print(f"database {name}: {line}")
+        target(db_ok, f"database check, {name}: every acknowledged callback is stored")
+        durable, how = durability(server)
+        target(durable, f"every 2xx committed with synchronous=FULL (WAL), {name}: {how}")
+    print()
+    for line in lines:
+        print(line)
+    return failures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds measured per server")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds measured per run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument(
         "--rate-cap",
         type=int,
         default=12_000,
-        help="callbacks generated per measured second (the receiver must not run out)",
+        help="callbacks generated per measured second (no server may run out)",
+    )
+    parser.add_argument(
+        "--servers",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=list(SERVERS),
+        help=f"which of {','.join(SERVERS)} to compare, in this order (default: all)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, choices=(1, 2), default=2, help="2: A B C D D C B A; 1: A B C D"
+    )
+    parser.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS)
+    parser.add_argument(
+        "--classic",
+        action="store_true",
+        help="receiver and ceiling, one run each, p99 target 25 ms (the pre-issue-16 run)",
+    )
+    parser.add_argument("--prune-backlog", type=int, metavar="N", help="the backlog mode")
+    parser.add_argument("--drain-timeout", type=int, default=600, help="seconds (backlog mode)")
+    parser.add_argument("--get-messages", type=int, metavar="N", help="the GET mode")
+    parser.add_argument("--bytes-per-message", type=int, metavar="N", help="the size mode")
+    parser.add_argument(
+        "--row-by-row",
+        action="store_true",
+        help="size mode: fill the indexes row by row as in service, then VACUUM",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args()
+    if args.classic:
+        args.servers, args.rounds, args.max_p99_ms = ["receiver", "ceiling"], 1, CLASSIC_P99_MS
+    if unknown := set(args.servers) - set(SERVERS):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    for option in ("prune_backlog", "get_messages", "bytes_per_message"):
+        value = getattr(args, option)
+        if value is not None and not 1 <= value <= 50_000_000:
+            parser.error(f"--{option.replace('_', '-')} must be 1..50,000,000")
 
     wrk = find_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
-    receiver_port, ceiling_port = free_port(), free_port()
-    host = f"127.0.0.1:{receiver_port}"
-    url = f"http://{host}{PATH}"
-    warmup_file, load_file = tmp / "warmup.tsv", tmp / "load.tsv"
-    started = time.monotonic()
-    generate(warmup_file, args.warmup * args.rate_cap, url, "0")
-    generate(load_file, args.duration * args.rate_cap, url, "1")
-    print(
-        f"generated {(args.warmup + args.duration) * args.rate_cap:,} signed callbacks in "
-        f"{time.monotonic() - started:.1f} s; {args.connections} connections, "
-        f"{args.warmup} s warm-up + {args.duration} s per server; python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs",
-        flush=True,
-    )
-
-    database = tmp / "receiver.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "TWILIO_"))}
-    env.update(
-        RECEIVER_DATABASE=str(database),
-        RECEIVER_LOG_LEVEL="info",
-        RECEIVER_LOG_FORMAT="json",
-        TWILIO_AUTH_TOKEN=TOKEN,
-        PYTHONPATH=str(ROOT),
-    )
-    receiver_log = tmp / "receiver.log"
-    proc = start(
-        [sys.executable, "-m", "receiver", "serve", "--port", str(receiver_port)],
-        env,
-        receiver_port,
-        receiver_log,
-    )
     try:
-        warm = run_wrk(wrk, "warmup", receiver_port, warmup_file, host, args, args.warmup)
-        receiver = run_wrk(wrk, "receiver", receiver_port, load_file, host, args, args.duration)
-    finally:
-        stop(proc)
-    proc = start(
-        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(ceiling_port)],
-        env,
-        ceiling_port,
-        tmp / "ceiling.log",
-    )
-    try:
-        run_wrk(wrk, "warmup-ceiling", ceiling_port, warmup_file, host, args, args.warmup)
-        ceiling = run_wrk(wrk, "ceiling", ceiling_port, load_file, host, args, args.duration)
-    finally:
-        stop(proc)
+        scale_modes = (args.prune_backlog, args.get_messages, args.bytes_per_message)
+        if any(n is not None for n in scale_modes):
+            import scale
 
-    print(describe(ceiling))
-    print(describe(receiver))
-    ratio = receiver.rps / ceiling.rps
-    print(f"ratio receiver/ceiling: {ratio:.1%} (target >= {MIN_RATIO:.0%})")
-    log_lines = sum(1 for line in receiver_log.open() if '"event": "callback"' in line)
-    print(f"receiver log: {log_lines:,} callback lines at info level")
-    db_ok, lines = check_database(
-        database, warm.acked + receiver.acked, in_flight=2 * args.connections
-    )
-    for line in lines:
-        print(f"database: {line}")
-
-    failures = []
-    if ratio < MIN_RATIO:
-        failures.append(f"throughput ratio {ratio:.1%} < {MIN_RATIO:.0%}")
-    if receiver.p99_ms > MAX_P99_MS:
-        failures.append(f"receiver p99 {receiver.p99_ms:.2f} ms > {MAX_P99_MS:.0f} ms")
-    if receiver.non_2xx or warm.non_2xx or receiver.socket_errors:
-        failures.append("the receiver answered non-2xx or dropped connections")
-    if receiver.wrapped:
-        failures.append("the receiver used every generated callback; raise --rate-cap")
-    if not db_ok:
-        failures.append("the database check failed")
-    if args.keep:
-        print(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
+            failures = scale.run(args, wrk, tmp)
+        else:
+            failures = compare(args, wrk, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     if failures:
         print("FAIL: " + "; ".join(failures))
         return 1
