@@ -248,7 +248,9 @@ class Writer:
             except RETRYABLE as exc:
                 failure = exc
                 self.retries += 1
-                _log("info", "write_batch_retried", jobs=len(batch), attempt=attempt, error=str(exc))
+                _log(
+                    "info", "write_batch_retried", jobs=len(batch), attempt=attempt, error=str(exc)
+                )
                 # The other side of a deadlock is retrying too: part before trying again.
                 time.sleep(random.uniform(0, 0.01 * attempt))
             except psycopg.Error as exc:
@@ -260,9 +262,9 @@ class Writer:
         if failure is not None:
             _log("error", "write_batch_failed", jobs=len(batch), error=str(failure))
             for job in batch:
-                error = StoreUnavailable(f"database write failed: {failure}")
-                error.__cause__ = failure
-                job.future.set_exception(error)
+                unavailable = StoreUnavailable(f"database write failed: {failure}")
+                unavailable.__cause__ = failure
+                job.future.set_exception(unavailable)
             _wake(batch)
             return
         elapsed = time.perf_counter() - started
