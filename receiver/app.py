@@ -144,7 +144,9 @@ def _log_startup(
         "started",
         version=__version__,
         store=store.kind,
-        database=os.path.abspath(settings.database),
+        database=(
+            settings.database_label if settings.database_url else os.path.abspath(settings.database)
+        ),
         **({"migrations_applied": migrations} if migrations else {}),
         providers_configured=configured,
         providers_not_configured=[name for name in providers if name not in configured],

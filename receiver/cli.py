@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
         applied = _migrate_or_exit(settings)
         if applied:
             structlog.get_logger("receiver").info(
-                "migrated", database=settings.database, migrations_applied=applied
+                "migrated", database=settings.database_label, migrations_applied=applied
             )
         app = create_app(settings)
         tune_gc()
@@ -208,7 +208,7 @@ def migrate(args: argparse.Namespace) -> int:
     _warn_unknown_settings(to_log=False)
     applied = _migrate_or_exit(settings)
     print(
-        f"{settings.database}: applied {len(applied)} migration(s)"
+        f"{settings.database_label}: applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else " (up to date)")
     )
     return 0
@@ -243,7 +243,7 @@ def prune(args: argparse.Namespace) -> int:
         print(f"receiver: prune failed: {exc}", file=sys.stderr)
         return 1
     print(
-        f"{settings.database}: pruned {pruned} message(s) final for more than "
+        f"{settings.database_label}: pruned {pruned} message(s) final for more than "
         f"{settings.retention_days} day(s), with their events"
     )
     return 0
@@ -300,6 +300,13 @@ def _existing_store_or_exit(settings: Settings) -> bool:
 
     if open_store(settings).exists():
         return True
+    if settings.database_url is not None:
+        print(
+            f"receiver: the database {settings.database_label} has no receiver tables "
+            "(run `receiver migrate`, or set DATABASE_URL to the service's database)",
+            file=sys.stderr,
+        )
+        return False
     print(
         f"receiver: there is no database at {settings.database} "
         "(set RECEIVER_DATABASE to the service's database)",
@@ -313,6 +320,17 @@ def backup(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _warn_unknown_settings(to_log=False)
+    if settings.database_url is not None:
+        # A file copy is SQLite's backup; PostgreSQL has its own tool, which this would only
+        # pretend to be.
+        print(
+            "receiver: DATABASE_URL is set: back PostgreSQL up with pg_dump, e.g. "
+            '`pg_dump --format=custom "$DATABASE_URL" > receiver.dump` '
+            '(restore with `pg_restore --no-owner --dbname "$DATABASE_URL" receiver.dump`), '
+            "or your host's backups (Heroku: `heroku pg:backups:capture`)",
+            file=sys.stderr,
+        )
+        return 2
     target = Path(args.path)
     if target.is_dir():
         target = target / Path(settings.database).name
@@ -470,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", help="retention in days (overrides RECEIVER_RETENTION_DAYS)")
     p.set_defaults(func=prune)
     p = commands.add_parser(
-        "backup", help="write a consistent copy of the database to PATH (safe while serving)"
+        "backup",
+        help="write a consistent copy of the SQLite database to PATH (safe while serving); "
+        "with DATABASE_URL, say how to back PostgreSQL up with pg_dump",
     )
     p.add_argument("path", metavar="PATH", help="the copy's file (or a directory for it)")
     p.set_defaults(func=backup)

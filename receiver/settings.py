@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 
 class SettingsError(ValueError):
@@ -77,6 +77,81 @@ def _public_url(env: Mapping[str, str]) -> str | None:
             f"(scheme and host, optional path, no query); got {value!r}"
         )
     return value.rstrip("/")
+
+
+_LOCAL_HOSTS = {"", "localhost"}
+
+
+def _is_local_host(host: str) -> bool:
+    """A Unix socket (no host, or a path), localhost or a loopback address."""
+    if host.startswith("/") or host.lower() in _LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_hosts(netloc: str, query: str) -> list[str]:
+    """Every host a libpq URL names: several, comma-separated, for failover; or `host=`."""
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        # host, host:port, [v6], [v6]:port
+        hosts.append(
+            item.partition("]")[0] + "]" if item.startswith("[") else item.partition(":")[0]
+        )
+    for key, value in parse_qsl(query):
+        if key == "host":
+            hosts.extend(value.split(","))
+    return hosts
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """DATABASE_URL as libpq takes it, with `sslmode=require` added for a host elsewhere."""
+    name = "DATABASE_URL"
+    value = _str(env, name)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgres", "postgresql") or not value.startswith(f"{parts.scheme}://"):
+        # Never the value itself in the message: it holds the database's password.
+        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise SettingsError(
+            f"{name} must be a PostgreSQL URL, postgres://user:password@host:5432/dbname "
+            f"(or postgresql://...); got {scheme}. Unset it to use the SQLite file "
+            "RECEIVER_DATABASE"
+        )
+    query = dict(parse_qsl(parts.query))
+    if "sslmode" not in query and not all(
+        _is_local_host(host) for host in _url_hosts(parts.netloc, parts.query)
+    ):
+        # Heroku's URLs name no sslmode, and its databases refuse connections without TLS;
+        # anything across a network should not send the password in clear anyway.
+        separator = "&" if parts.query else "" if value.endswith("?") else "?"
+        value += separator + "sslmode=require"
+    return value
+
+
+def redact_database_url(url: str) -> str:
+    """The URL without its password (in the user part or a `password=` parameter), for logs."""
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    if at:
+        user = user.partition(":")[0] + ":***" if ":" in user else user
+    query = "&".join(
+        f"{key}=***" if key == "password" else f"{key}={value}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return f"{parts.scheme}://{user}{at}{hosts}{parts.path}" + (f"?{query}" if query else "")
+
+
+HEROKU_WITHOUT_DATABASE = (
+    "DATABASE_URL is not set, and this is a Heroku dyno (DYNO={dyno}). A dyno's filesystem is "
+    "wiped at every restart (at least daily), so a SQLite file there would lose every tracked "
+    "message. Add a PostgreSQL database, which sets DATABASE_URL: "
+    "`heroku addons:create heroku-postgresql:essential-0`. To run on the dyno's disk anyway "
+    "(a trial whose data may go), set RECEIVER_ALLOW_EPHEMERAL=1"
+)
 
 
 _WEEK = 7 * 86400.0
@@ -211,6 +286,11 @@ class Settings:
     port: int = 8000
     database: str = "./receiver.db"
     db_busy_timeout_ms: int = 5000
+    # PostgreSQL instead of the SQLite file when set (receiver/store/postgres/); its password
+    # is in it, hence out of repr. `database_label` is the form to log and print.
+    database_url: str | None = field(default=None, repr=False)
+    pg_pool_size: int = 10
+    allow_ephemeral: bool = False
     max_body: int = 65536
     api_token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
@@ -246,6 +326,9 @@ class Settings:
             "port": "PORT",
             "database": "RECEIVER_DATABASE",
             "db_busy_timeout_ms": "RECEIVER_DB_BUSY_TIMEOUT_MS",
+            "database_url": "DATABASE_URL",
+            "pg_pool_size": "RECEIVER_PG_POOL_SIZE",
+            "allow_ephemeral": "RECEIVER_ALLOW_EPHEMERAL",
             "max_body": "RECEIVER_MAX_BODY",
             "api_token": "RECEIVER_API_TOKEN",
             "metrics_token": "RECEIVER_METRICS_TOKEN",
@@ -295,6 +378,9 @@ class Settings:
             db_busy_timeout_ms=_int(
                 env, "RECEIVER_DB_BUSY_TIMEOUT_MS", 5000, minimum=0, maximum=600_000
             ),
+            database_url=_database_url(env),
+            pg_pool_size=_int(env, "RECEIVER_PG_POOL_SIZE", 10, minimum=1, maximum=1000),
+            allow_ephemeral=_bool(env, "RECEIVER_ALLOW_EPHEMERAL", False),
             max_body=_int(env, "RECEIVER_MAX_BODY", 65536, minimum=1024, maximum=16 * 1024 * 1024),
             api_token=_str(env, "RECEIVER_API_TOKEN"),
             metrics_token=_str(env, "RECEIVER_METRICS_TOKEN"),
@@ -334,6 +420,9 @@ class Settings:
                 {name: env[name] for name in _provider_env_names() if name in env}
             ),
         )
+        dyno = _str(env, "DYNO")
+        if dyno and settings.database_url is None and not settings.allow_ephemeral:
+            raise SettingsError(HEROKU_WITHOUT_DATABASE.format(dyno=dyno))
         if settings.poll_backoff_max < settings.poll_backoff:
             raise SettingsError(
                 "RECEIVER_POLL_BACKOFF_MAX must be at least RECEIVER_POLL_BACKOFF "
@@ -361,6 +450,14 @@ class Settings:
     def env_names(self) -> list[str]:
         """Every environment variable the service reads, the providers' own included."""
         return [*self.ENV.values(), *_provider_env_names()]
+
+    @property
+    def database_label(self) -> str:
+        """Where the data is, as logs and messages show it: the URL without its password, or
+        the SQLite file's path."""
+        if self.database_url is not None:
+            return redact_database_url(self.database_url)
+        return self.database
 
     def secret_keys(self) -> list[str]:
         """The key that signs callback URLs first, then the older ones still accepted."""

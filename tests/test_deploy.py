@@ -205,6 +205,32 @@ def test_app_json_generates_the_secrets_and_names_only_real_settings() -> None:
     assert app["buildpacks"] == [{"url": "heroku/python"}]
 
 
+def test_app_json_provisions_postgresql_so_the_release_step_migrates_it() -> None:
+    """A dyno's disk is wiped at each restart: the button's app keeps its data in Heroku
+    Postgres (which sets DATABASE_URL), never in a SQLite file on the dyno."""
+    app = json.loads((ROOT / "app.json").read_text())
+    assert app["addons"] == [{"plan": "heroku-postgresql:essential-0", "as": "DATABASE"}]
+    assert "RECEIVER_DATABASE" not in app["env"]
+    assert "RECEIVER_ALLOW_EPHEMERAL" not in app["env"]
+    values = {name: spec["value"] for name, spec in app["env"].items() if "value" in spec}
+    heroku = values | {"DYNO": "web.1", "DATABASE_URL": "postgres://u:p@ec2.example.com/d"}
+    assert (
+        Settings.from_env(heroku).database_url == "postgres://u:p@ec2.example.com/d?sslmode=require"
+    )
+    assert procfile()["release"] == "receiver migrate"
+
+
+def test_deploy_docs_have_a_real_heroku_button() -> None:
+    heroku = section("## Deploy to Heroku", DEPLOY_DOC)
+    (button,) = re.findall(r"\[!\[[^]]*\]\((https://[^)]+)\)\]\((https://[^)]+)\)", heroku)
+    image, target = button
+    assert image == "https://www.herokucdn.com/deploy/button.svg"
+    template = urlsplit(target)
+    assert (template.netloc, template.path) == ("heroku.com", "/deploy")
+    assert template.query.startswith("template=https://github.com/")
+    assert "heroku addons:create heroku-postgresql:essential-0" in heroku
+
+
 def test_heroku_installs_the_project_from_requirements_txt() -> None:
     lines = [
         line

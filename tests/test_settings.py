@@ -26,6 +26,9 @@ def test_every_variable_is_read() -> None:
         "PORT": "9000",
         "RECEIVER_DATABASE": "/data/r.db",
         "RECEIVER_DB_BUSY_TIMEOUT_MS": "250",
+        "DATABASE_URL": "postgres://u:pw@db.example.com:5432/receiver",
+        "RECEIVER_PG_POOL_SIZE": "4",
+        "RECEIVER_ALLOW_EPHEMERAL": "on",
         "RECEIVER_API_TOKEN": "tok",
         "RECEIVER_METRICS_TOKEN": "scrape",
         "RECEIVER_MAX_BODY": "2048",
@@ -85,6 +88,8 @@ def test_every_variable_is_read() -> None:
         "/data/r.db",
         250,
     )
+    assert s.database_url == "postgres://u:pw@db.example.com:5432/receiver?sslmode=require"
+    assert (s.pg_pool_size, s.allow_ephemeral) == (4, True)
     assert s.public_url == "https://sms.example.com/prefix"
     assert s.trust_forwarded and s.unknown_messages == "hold"
     assert (s.retention_days, s.export_max_rows) == (0, 5000)
@@ -137,6 +142,9 @@ def test_twilio_token_is_chosen_by_account(account: str | None, tokens: list[str
         ("RECEIVER_RETENTION_DAYS", "-1"),
         ("RECEIVER_RETENTION_DAYS", "ninety"),
         ("RECEIVER_EXPORT_MAX_ROWS", "0"),
+        ("DATABASE_URL", "mysql://u:p@db.example.com/r"),
+        ("RECEIVER_PG_POOL_SIZE", "0"),
+        ("RECEIVER_ALLOW_EPHEMERAL", "perhaps"),
         ("TWILIO_ACCOUNTS", "AC1-without-token"),
         ("TWILIO_ACCOUNTS", "XX1:token"),
         ("RECEIVER_SECRET_KEY", "short"),
@@ -188,6 +196,7 @@ def test_secrets_never_appear_in_repr() -> None:
         {
             "RECEIVER_API_TOKEN": "api-secret",
             "RECEIVER_METRICS_TOKEN": "metrics-secret",
+            "DATABASE_URL": "postgres://u:db-secret@db.example.com/r",
             "TWILIO_AUTH_TOKEN": "tw-secret",
             "TWILIO_AUTH_TOKEN_SECONDARY": "tw-secret-2",
             "TWILIO_ACCOUNTS": "AC1:sub-secret",
@@ -202,6 +211,7 @@ def test_secrets_never_appear_in_repr() -> None:
     for secret in (
         "api-secret",
         "metrics-secret",
+        "db-secret",
         "tw-secret",
         "tw-secret-2",
         "sub-secret",

@@ -73,6 +73,7 @@ def test_serve_logs_one_warning_per_unknown_variable_without_its_value(tmp_path:
         log=log,
         TWILIO_TOKEN="value-not-to-be-logged",
         RECEIVER_API_TOKNE="another-value-not-to-be-logged",
+        RECEIVER_LOG_LEVEL="info",
     ).start()
     try:
         assert server.proc is not None
@@ -88,6 +89,9 @@ def test_serve_logs_one_warning_per_unknown_variable_without_its_value(tmp_path:
         ("TWILIO_TOKEN", "TWILIO_AUTH_TOKEN"),
     ]
     assert all(w["level"] == "warning" for w in warned)
+    # Before `started` (docs/operate.md says so): logged as soon as the settings are read.
+    events = [line["event"] for line in lines]
+    assert events.index("started") > max(i for i, e in enumerate(events) if e == "unknown_setting")
     assert "did you mean TWILIO_AUTH_TOKEN?" in next(
         w["detail"] for w in warned if w["variable"] == "TWILIO_TOKEN"
     )
