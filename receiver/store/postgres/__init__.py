@@ -7,7 +7,7 @@ batch, receiver.store.rules deciding over PgRows); reads use a pool of connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from receiver.store.base import (
 )
 from receiver.store.postgres import maintenance, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
-from receiver.store.postgres.rows import PgRows
+from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import Writer
 
 T = TypeVar("T")
@@ -135,11 +135,16 @@ class PostgresStore:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[PgRows], T]) -> T:
+    async def _write(
+        self, fn: Callable[[PgRows], T], messages: Iterable[tuple[str, str]] = ()
+    ) -> T:
+        """Run `fn` in the writer's next batch; `messages` are the (provider, message_id) it
+        will decide, locked at the start of the batch (see Writer._lock_messages)."""
         if self._writer is None:
             raise StoreUnavailable("the store is not open")
+        locks = [lock_key(provider, message_id) for provider, message_id in messages]
         try:
-            return await self._writer.run(lambda conn: fn(PgRows(conn)))
+            return await self._writer.run(lambda conn: fn(PgRows(conn)), locks)
         except psycopg.Error as exc:  # raised inside a job: it wrote nothing; retry later
             raise StoreUnavailable(f"database write failed: {exc}") from exc
 
@@ -172,11 +177,15 @@ class PostgresStore:
     # -- writes ------------------------------------------------------------------------------
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
-        return await self._write(lambda rows: [rules.record(rows, self.policy, e) for e in events])
+        return await self._write(
+            lambda rows: [rules.record(rows, self.policy, e) for e in events],
+            [(e.provider, e.message_id) for e in events],
+        )
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         return await self._write(
-            lambda rows: [rules.register(rows, self.policy, r) for r in registrations]
+            lambda rows: [rules.register(rows, self.policy, r) for r in registrations],
+            [(r.provider, r.message_id) for r in registrations],
         )
 
     async def check_writable(self) -> None:
@@ -217,7 +226,9 @@ class PostgresStore:
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
     ) -> list[Recorded]:
         return await self._write(
-            lambda rows: rules.finish_polls(rows, self.policy, owner, events, done)
+            lambda rows: rules.finish_polls(rows, self.policy, owner, events, done),
+            [(e.provider, e.message_id) for e in events]
+            + [(d.message.provider, d.message.message_id) for d in done],
         )
 
     async def queued_providers(self) -> list[str]:

@@ -28,6 +28,11 @@ _DUE_COLUMNS = (
 )
 
 
+def lock_key(provider: str, message_id: str) -> str:
+    """What a message's advisory lock is a hash of, as receiver_lock_message computes it."""
+    return provider + "\n" + message_id
+
+
 def _current(row: Sequence[Any]) -> Current | None:
     """A message from receiver_lock_message's row (schema.CURRENT_COLUMNS), None if absent."""
     if row[0] is None:
