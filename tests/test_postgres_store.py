@@ -31,7 +31,8 @@ from twilio.request_validator import RequestValidator
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store import MessageFilter, Registration, StoreUnavailable, open_store
 from receiver.store.postgres import PostgresStore, schema
-from receiver.store.postgres.connection import conninfo, describe
+from receiver.store.postgres.connection import connect, conninfo, describe
+from receiver.store.postgres.writer import Writer
 from receiver.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -272,6 +273,35 @@ def test_a_deadlock_with_another_instance_is_retried_not_a_failure(
     assert [r.outcome for r in recorded] == [Outcome.APPLIED, Outcome.APPLIED]
     outcomes = rows(pg_url, "SELECT dedupe_key, outcome FROM events ORDER BY id")
     assert outcomes == [("a1", "applied"), ("b1", "applied"), ("a2", "applied"), ("b2", "applied")]
+
+
+def test_a_serialization_failure_redoes_the_batch_a_bounded_number_of_times(pg_url: str) -> None:
+    """SQLSTATE 40001 (or 40P01) anywhere in a batch: nothing of it is kept, it runs again
+    whole; past the last attempt its callers get StoreUnavailable (a 503), never the error."""
+    writer = Writer(lambda: connect(pg_url), attempts=3)
+    writer.start()
+    calls: list[int] = []
+
+    def flaky(conn: psycopg.Connection[Any]) -> int:
+        calls.append(len(calls) + 1)
+        conn.execute("CREATE TABLE IF NOT EXISTS attempts (n INTEGER)")
+        conn.execute("INSERT INTO attempts VALUES (%s)", (calls[-1],))
+        if len(calls) == 1:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        return calls[-1]
+
+    def never(conn: psycopg.Connection[Any]) -> None:
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    try:
+        assert writer.submit(flaky).result(WAIT) == 2
+        assert rows(pg_url, "SELECT n FROM attempts") == [(2,)]  # the first try left nothing
+        with pytest.raises(StoreUnavailable, match="deadlock"):
+            writer.submit(never).result(WAIT)
+        assert writer.retries == 1 + 2  # flaky once, never twice (three attempts in all)
+        assert writer.submit(lambda conn: "still serving").result(WAIT) == "still serving"
+    finally:
+        writer.stop()
 
 
 def test_status_counts_are_summed_over_the_writers_shards(

@@ -264,6 +264,8 @@ class Writer:
                 break
             except RETRYABLE as exc:
                 failure = exc
+                if attempt == self._attempts:
+                    break
                 self.retries += 1
                 _log(
                     "info", "write_batch_retried", jobs=len(batch), attempt=attempt, error=str(exc)
