@@ -15,9 +15,9 @@ from sqlite_utils import Database
 
 from receiver.engine import Status, StatusEvent, format_time
 from receiver.polling.policy import Backoff, Pacer
-from receiver.store import Registration, schema
+from receiver.store import Registration
 from receiver.store.base import PollDone
-from receiver.store.sqlite import SQLiteStore
+from receiver.store.sqlite import SQLiteStore, schema
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

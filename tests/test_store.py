@@ -12,8 +12,9 @@ import pytest
 from sqlite_utils import Database
 
 from receiver.engine import Outcome, Status, StatusEvent
-from receiver.store import MessageFilter, Registration, StoreUnavailable, schema
-from receiver.store.sqlite import SQLiteStore, connect
+from receiver.store import MessageFilter, Registration, StoreUnavailable
+from receiver.store.sqlite import SQLiteStore, connect, schema
+from receiver.store.sqlite.connection import TRANSACTIONS
 from receiver.store.writer import Writer
 
 
@@ -202,7 +203,7 @@ def test_a_failing_job_fails_alone_and_leaves_nothing_behind(tmp_path: Path) -> 
     path = str(tmp_path / "w.db")
     setup = connect(path)
     setup.execute("CREATE TABLE t (v INTEGER NOT NULL)")
-    writer = Writer(lambda: connect(path))
+    writer = Writer(lambda: connect(path), transactions=TRANSACTIONS)
     writer.start()
     good = writer.submit(lambda c: c.execute("INSERT INTO t VALUES (1)").rowcount)
 
