@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from support import LiveServer, make_settings
 
+# The contract tests' fixtures: store_factory, store, run, over every kind of store.
+pytest_plugins = ["stores"]
+
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
