@@ -52,5 +52,10 @@ def delete_messages(conn: Conn, ids: list[int], older_than: str) -> tuple[int, i
     ]
     if not still:
         return 0, 0
-    events = conn.execute("DELETE FROM events WHERE message_pk = ANY(%s)", (still,)).rowcount
-    return len(still), events
+    # A count read back rather than rowcount, which pipeline mode leaves unknown until later.
+    found = conn.execute(
+        "WITH gone AS (DELETE FROM events WHERE message_pk = ANY(%s) RETURNING 1) "
+        "SELECT count(*) FROM gone",
+        (still,),
+    ).fetchone()
+    return len(still), int(found[0]) if found else 0
