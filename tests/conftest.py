@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from support import LiveServer, make_settings
 
+# The PostgreSQL server fixtures (pg_server, pg_url), for the tests that use them.
+pytest_plugins = ["pg"]
+
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
