@@ -297,10 +297,14 @@ def poll(args: argparse.Namespace) -> int:
 
 def _existing_store_or_exit(settings: Settings) -> bool:
     """False, with the reason printed, when there is no database to work on."""
-    from receiver.store import open_store
+    from receiver.store import StoreUnavailable, open_store
 
-    if open_store(settings).exists():
-        return True
+    try:
+        if open_store(settings).exists():
+            return True
+    except StoreUnavailable as exc:  # a database server that cannot be reached
+        print(f"receiver: cannot open the database: {exc}", file=sys.stderr)
+        return False
     if settings.database_url is not None:
         print(
             f"receiver: the database {settings.database_label} has no receiver tables "
