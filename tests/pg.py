@@ -13,9 +13,10 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import WAIT, free_port
@@ -142,3 +143,26 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a fresh, empty database of its own for this test."""
     return pg_server.create_database()
+
+
+# -- the contract suite's store kind (tests/stores.py) -----------------------------------------
+
+# The fixtures tests/stores.py registers along with STORE_KINDS["postgresql"].
+FIXTURES = ("pg_server", "pg_url")
+
+
+def store_kind(request: pytest.FixtureRequest, workdir: Path) -> Callable[..., Any]:
+    """Make unopened PostgresStores: one database per `database` name within a test (two
+    stores given one name share it, as two instances would), fresh ones per test."""
+    from receiver.store.postgres import PostgresStore
+
+    server: PgServer = request.getfixturevalue("pg_server")
+    databases: dict[str, str] = {}
+
+    def make(database: str, **kwargs: Any) -> PostgresStore:
+        kwargs.pop("busy_timeout_ms", None)  # SQLite's: PostgreSQL waits for its locks
+        if database not in databases:
+            databases[database] = server.create_database()
+        return PostgresStore(databases[database], **kwargs)
+
+    return make

@@ -24,7 +24,19 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings name (today: the SQLite file RECEIVER_DATABASE), not yet opened."""
+    """The store the settings name, not yet opened: PostgreSQL when DATABASE_URL is a
+    postgres:// or postgresql:// URL, else the SQLite file RECEIVER_DATABASE."""
+    url = settings.database_url
+    if url and url.startswith(("postgres://", "postgresql://")):
+        from receiver.store.postgres import PostgresStore
+
+        return PostgresStore(
+            url,
+            unknown_messages=settings.unknown_messages,
+            pool_size=settings.pg_pool_size,
+            dlr_grace=settings.dlr_grace,
+            dlr_grace_by_provider=dlr_grace_by_provider(settings),
+        )
     from receiver.store.sqlite import SQLiteStore
 
     return SQLiteStore(

@@ -11,15 +11,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver import engine
-from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
-from receiver.store import schema
+from receiver.engine import MessageState, Outcome, Status, StatusEvent
+from receiver.store import rules, schema
 from receiver.store.base import (
     BackupInfo,
     CommitObserver,
@@ -110,10 +108,11 @@ class SQLiteStore:
         dlr_grace_by_provider: Mapping[str, float] | None = None,
     ) -> None:
         self.path = path
-        # How long a non-final message waits for its DLR before it is due for a poll.
-        self.dlr_grace = dlr_grace
-        self.dlr_grace_by_provider = dict(dlr_grace_by_provider or {})
-        self.unknown_messages = unknown_messages
+        self.policy = rules.Policy(
+            unknown_messages=unknown_messages,
+            dlr_grace=dlr_grace,
+            dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
+        )
         self.busy_timeout_ms = busy_timeout_ms
         self._reader_count = readers
         self._writer: Writer | None = None
@@ -200,174 +199,18 @@ class SQLiteStore:
         except RuntimeError as exc:  # the pool shut down between the check and the call
             raise StoreUnavailable("the store is closing") from exc
 
-    # -- writes ------------------------------------------------------------------------------
-
-    def _clock(self, provider: str) -> tuple[str, str]:
-        """Now, and when a message left non-final now falls due for a poll."""
-        moment = datetime.now(UTC)
-        grace = self.dlr_grace_by_provider.get(provider, self.dlr_grace)
-        return format_time(moment), format_time(moment + timedelta(seconds=grace))
+    # -- writes: the rules (receiver.store.rules) over SQLiteRows ---------------------------------
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
-        return await self._write(lambda conn: [self._record_one(conn, ev) for ev in events])
-
-    def _record_one(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded:
-        # Few statements per event: each one hands the GIL to the event loop and waits to get
-        # it back, which is what bounds the writer under load.
-        now, due = self._clock(ev.provider)
-        current, seen = _lookup(conn, ev)
-        status = current.state.status.value if current else None
-        pk = current.pk if current else None
-        # A delivery id seen before for this message is the same delivery again, whatever it
-        # says (a provider's retry); it is kept in the history but decides nothing.
-        if seen:
-            self._insert_event(conn, ev, pk, status, Outcome.DUPLICATE, now)
-            return Recorded(ev, Outcome.DUPLICATE, status, status)
-
-        if current is None:
-            if self.unknown_messages == "hold":
-                self._insert_event(conn, ev, None, None, Outcome.PENDING_UNKNOWN, now)
-                return Recorded(ev, Outcome.PENDING_UNKNOWN, None, None)
-            # A new message is inserted in the state the event gives it (one statement rather
-            # than an insert and an update), decided exactly as for a registered one.
-            outcome, new = engine.apply_event(MessageState(Status.REGISTERED), ev, now)
-            pk = _insert_message(
-                conn,
-                ev.provider,
-                ev.message_id,
-                now,
-                registered=False,
-                to_number=ev.to_number,
-                from_number=ev.from_number,
-                account=ev.account,
-                state=new,
-                provider_status=ev.provider_status if new else None,
-                error_code=ev.error_code if new else None,
-                next_poll_at=due,
-            ).pk
-            new_status = new.status.value if new else Status.REGISTERED.value
-            self._insert_event(conn, ev, pk, None, outcome, now)
-            return Recorded(ev, outcome, None, new_status, created=True)
-
-        outcome, new_status = _apply(conn, current, ev, now, due)
-        self._insert_event(conn, ev, current.pk, status, outcome, now)
-        return Recorded(ev, outcome, status, new_status)
-
-    @staticmethod
-    def _insert_event(
-        conn: sqlite3.Connection,
-        ev: StatusEvent,
-        message_pk: int | None,
-        previous: str | None,
-        outcome: Outcome,
-        now: str,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
-            "status, previous_status, outcome, error_code, account, to_number, from_number, "
-            "event_time, received_at, dedupe_key, headers, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                ev.provider,
-                ev.message_id,
-                message_pk,
-                ev.source,
-                ev.provider_status,
-                ev.status.value if ev.status else None,
-                previous,
-                outcome.value,
-                ev.error_code,
-                ev.account,
-                ev.to_number,
-                ev.from_number,
-                ev.event_time,
-                now,
-                ev.dedupe_key,
-                json.dumps(dict(ev.headers)) if ev.headers else None,
-                ev.body,
-            ),
+        policy = self.policy
+        return await self._write(
+            lambda conn: [rules.record(SQLiteRows(conn), policy, ev) for ev in events]
         )
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
+        policy = self.policy
         return await self._write(
-            lambda conn: [self._register_one(conn, reg) for reg in registrations]
-        )
-
-    def _register_one(self, conn: sqlite3.Connection, reg: Registration) -> Registered:
-        now, due = self._clock(reg.provider)
-        metadata = json.dumps(reg.metadata, separators=(",", ":")) if reg.metadata else None
-        current = _message_row(conn, reg.provider, reg.message_id)
-        created = current is None
-        if current is None:
-            current = _insert_message(
-                conn,
-                reg.provider,
-                reg.message_id,
-                now,
-                registered=True,
-                to_number=reg.to_number,
-                from_number=reg.from_number,
-                account=reg.account,
-                sent_at=reg.sent_at,
-                metadata=metadata,
-                # Due the grace after it was sent, when the app says it was sent earlier.
-                next_poll_at=min(due, self._due_after(reg.provider, reg.sent_at)),
-            )
-            created_at: str | None = now
-        else:
-            # Idempotent: the app's facts fill in or correct the record (a callback's account
-            # only fills an empty one); the status is left to the events.
-            conn.execute(
-                "UPDATE messages SET registered = 1, "
-                "to_number = coalesce(?, to_number), from_number = coalesce(?, from_number), "
-                "account = coalesce(?, account), "
-                "sent_at = coalesce(?, sent_at), metadata = coalesce(?, metadata), "
-                "updated_at = CASE WHEN registered = 1 THEN updated_at ELSE ? END WHERE id = ?",
-                (
-                    reg.to_number,
-                    reg.from_number,
-                    reg.account,
-                    reg.sent_at,
-                    metadata,
-                    now,
-                    current.pk,
-                ),
-            )
-            created_at = conn.execute(
-                "SELECT created_at FROM messages WHERE id = ?", (current.pk,)
-            ).fetchone()["created_at"]
-            current = _message_row(conn, reg.provider, reg.message_id)
-            assert current is not None
-        # Events that arrived before the registration were held: decide them now, in order.
-        held = conn.execute(
-            "SELECT * FROM events WHERE provider = ? AND message_id = ? "
-            "AND message_pk IS NULL AND outcome = 'pending_unknown' ORDER BY id",
-            (reg.provider, reg.message_id),
-        ).fetchall()
-        for row in held:
-            ev = _event_from_row(row)
-            previous = current.state.status.value
-            outcome, _ = _apply(conn, current, ev, now, due)
-            conn.execute(
-                "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
-                "resolved_at = ? WHERE id = ?",
-                (outcome.value, current.pk, previous, now, row["id"]),
-            )
-            current = _message_row(conn, reg.provider, reg.message_id)
-            assert current is not None
-        # Duplicates of held events (same delivery id) belong to the history too.
-        conn.execute(
-            "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? "
-            "AND message_pk IS NULL",
-            (current.pk, reg.provider, reg.message_id),
-        )
-        return Registered(
-            reg.provider,
-            reg.message_id,
-            created,
-            current.state.status.value,
-            len(held),
-            created_at=created_at,
+            lambda conn: [rules.register(SQLiteRows(conn), policy, reg) for reg in registrations]
         )
 
     async def check_writable(self) -> None:
@@ -378,16 +221,6 @@ class SQLiteStore:
             )
 
         await self._write(touch)
-
-    def _due_after(self, provider: str, sent_at: str | None) -> str:
-        """When a message sent at `sent_at` falls due (the far future when unknown)."""
-        if sent_at is None:
-            return "9999"
-        grace = self.dlr_grace_by_provider.get(provider, self.dlr_grace)
-        try:
-            return engine.later(sent_at, grace)
-        except (ValueError, OverflowError):
-            return "9999"
 
     # -- the poll queue ----------------------------------------------------------------------
 
@@ -401,86 +234,27 @@ class SQLiteStore:
         owner: str,
         group_of: Callable[[str], str | None] | None = None,
     ) -> list[DueMessage]:
+        # One write transaction: a second claimer, another process included, waits for the
+        # lock and then finds them leased until `lease_until`.
         return await self._write(
-            partial(_claim, provider, now, limit, lease_until, owner, group_of)
+            lambda conn: rules.claim_due(
+                SQLiteRows(conn),
+                provider,
+                now=now,
+                limit=limit,
+                lease_until=lease_until,
+                owner=owner,
+                group_of=group_of,
+            )
         )
 
     async def finish_polls(
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
     ) -> list[Recorded]:
-        return await self._write(partial(self._finish_polls, owner, events, done))
-
-    def _finish_polls(
-        self,
-        owner: str,
-        events: Sequence[StatusEvent],
-        done: Sequence[PollDone],
-        conn: sqlite3.Connection,
-    ) -> list[Recorded]:
-        recorded = [r for ev in events if (r := self._record_polled(conn, ev)) is not None]
-        now = utcnow()
-        for item in done:
-            pk = item.message.pk
-            if item.give_up_reason is not None:
-                recorded += self._give_up(conn, item, owner, now)
-            conn.execute(
-                "UPDATE messages SET poll_attempts = poll_attempts + ?, "
-                "last_polled_at = CASE WHEN ? THEN ? ELSE last_polled_at END, "
-                "last_poll_result = ?, poll_lease = NULL, "
-                "next_poll_at = CASE WHEN is_final = 1 THEN NULL ELSE ? END "
-                "WHERE id = ? AND poll_lease = ?",
-                (
-                    int(item.attempted),
-                    item.attempted,
-                    now,
-                    item.result,
-                    item.next_poll_at,
-                    pk,
-                    owner,
-                ),
-            )
-        return recorded
-
-    def _record_polled(self, conn: sqlite3.Connection, ev: StatusEvent) -> Recorded | None:
-        """A polled status, decided as a callback's is; None when it is not kept: its message
-        is unknown (a poll never creates one), or it says what the message already says."""
-        now, due = self._clock(ev.provider)
-        current = _message_row(conn, ev.provider, ev.message_id)
-        if current is None:
-            return None
-        status = current.state.status.value
-        if current.provider_status == ev.provider_status and (
-            ev.status is None or ev.status.value == status
-        ):
-            return None  # nothing new: a poll repeats what the last report said
-        # Decided against the status as it is now, inside the write: a callback committed while
-        # the request was in flight is seen here, and an older polled status cannot undo it.
-        outcome, new_status = _apply(conn, current, ev, now, due)
-        self._insert_event(conn, ev, current.pk, status, outcome, now)
-        return Recorded(ev, outcome, status, new_status)
-
-    def _give_up(
-        self, conn: sqlite3.Connection, item: PollDone, owner: str, now: str
-    ) -> list[Recorded]:
-        """No final status within the maximum age: the message becomes unconfirmed (a later
-        report of higher rank still moves it on), with the reason kept."""
-        current = _message_row(conn, item.message.provider, item.message.message_id)
-        if current is None or current.poll_lease != owner or current.state.final:
-            return []
-        reason = item.give_up_reason
-        ev = StatusEvent(
-            provider=item.message.provider,
-            message_id=item.message.message_id,
-            provider_status="receiver_gave_up",
-            status=Status.UNCONFIRMED,
-            source="timeout",
-            body=json.dumps({"reason": reason}),
+        policy = self.policy
+        return await self._write(
+            lambda conn: rules.finish_polls(SQLiteRows(conn), policy, owner, events, done)
         )
-        status = current.state.status.value
-        outcome, new_status = _apply(conn, current, ev, now, now)
-        conn.execute("UPDATE messages SET final_reason = ? WHERE id = ?", (reason, current.pk))
-        self._insert_event(conn, ev, current.pk, status, outcome, now)
-        return [Recorded(ev, outcome, status, new_status)]
 
     async def queued_providers(self) -> list[str]:
         def query(conn: sqlite3.Connection) -> list[str]:
@@ -712,198 +486,188 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-# -- helpers shared by the jobs ----------------------------------------------------------------
+# -- the rules' row access over one sqlite3 write connection ----------------------------------
+
+_CURRENT_COLUMNS = (
+    "id, status, sent_at, final_at, final_via, provider_status, account, to_number, "
+    "from_number, registered, created_at, updated_at, poll_attempts, poll_lease, next_poll_at"
+)
 
 
-@dataclass(frozen=True)
-class _Current:
-    """A message's primary key and the state the transition rule reads."""
-
-    pk: int
-    state: MessageState
-    # Read by the poll jobs only (_message_row); the callback path leaves them unread.
-    provider_status: str | None = None
-    poll_lease: str | None = None
-
-
-def _message_row(conn: sqlite3.Connection, provider: str, message_id: str) -> _Current | None:
-    row = conn.execute(
-        "SELECT id, status, sent_at, final_at, final_via, provider_status, poll_lease "
-        "FROM messages WHERE provider = ? AND message_id = ?",
-        (provider, message_id),
-    ).fetchone()
-    if row is None:
-        return None
-    return _Current(
+def _current(row: sqlite3.Row) -> rules.Current:
+    return rules.Current(
         row["id"],
         MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"]),
-        row["provider_status"],
-        row["poll_lease"],
+        provider_status=row["provider_status"],
+        account=row["account"],
+        to_number=row["to_number"],
+        from_number=row["from_number"],
+        registered=bool(row["registered"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        poll_attempts=row["poll_attempts"],
+        poll_lease=row["poll_lease"],
+        next_poll_at=row["next_poll_at"],
     )
 
 
-def _lookup(conn: sqlite3.Connection, ev: StatusEvent) -> tuple[_Current | None, bool]:
-    """The event's message (None if unknown) and whether its delivery id was seen before."""
-    row = conn.execute(
-        "SELECT m.id, m.status, m.sent_at, m.final_at, m.final_via, "
-        "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
-        "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
-        "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?",
-        (ev.dedupe_key, ev.provider, ev.dedupe_key, ev.message_id, ev.provider, ev.message_id),
-    ).fetchone()
-    seen = bool(row["seen"])
-    if row["id"] is None:
-        return None, seen
-    state = MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"])
-    return _Current(row["id"], state), seen
+@lru_cache(maxsize=64)
+def _update_sql(columns: tuple[str, ...]) -> str:
+    unknown = set(columns) - rules.MESSAGE_COLUMNS
+    if unknown:
+        raise ValueError(f"not a column the rules write: {sorted(unknown)}")
+    return f"UPDATE messages SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
 
 
-def _insert_message(
-    conn: sqlite3.Connection,
-    provider: str,
-    message_id: str,
-    now: str,
-    *,
-    registered: bool,
-    to_number: str | None = None,
-    from_number: str | None = None,
-    account: str | None = None,
-    sent_at: str | None = None,
-    metadata: str | None = None,
-    state: MessageState | None = None,
-    provider_status: str | None = None,
-    error_code: str | None = None,
-    next_poll_at: str | None = None,
-) -> _Current:
-    """Insert a message, registered or in `state` (the one its first event gave it)."""
-    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
-    cur = conn.execute(
-        "INSERT INTO messages (provider, message_id, account, status, provider_status, "
-        "error_code, to_number, from_number, metadata, registered, is_final, final_via, "
-        "created_at, updated_at, sent_at, final_at, next_poll_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            provider,
-            message_id,
-            account,
-            state.status.value,
-            provider_status,
-            error_code,
-            to_number,
-            from_number,
-            metadata,
-            int(registered),
-            int(state.final),
-            state.final_via,
-            now,
-            now,
-            state.sent_at,
-            state.final_at,
-            None if state.final else next_poll_at,
-        ),
-    )
-    assert cur.lastrowid is not None
-    return _Current(cur.lastrowid, state)
+@lru_cache(maxsize=16)
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    unknown = set(columns) - rules.MESSAGE_COLUMNS
+    if unknown:
+        raise ValueError(f"not a column the rules write: {sorted(unknown)}")
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO messages ({', '.join(columns)}) VALUES ({marks})"
 
 
-def _apply(
-    conn: sqlite3.Connection, current: _Current, ev: StatusEvent, now: str, due: str
-) -> tuple[Outcome, str]:
-    """Decide `ev` against the message and store the change if it wins; (outcome, status).
-
-    A change that leaves the message non-final puts it (back) in the poll queue at `due`; a
-    final one takes it out.
-    """
-    outcome, new = engine.apply_event(current.state, ev, now)
-    if new is None:
-        return outcome, current.state.status.value
-    conn.execute(
-        "UPDATE messages SET status = ?, provider_status = ?, error_code = ?, updated_at = ?, "
-        "sent_at = ?, is_final = ?, final_via = ?, final_at = ?, "
-        # A message leased to a poller keeps at least its lease: it must not fall due (and be
-        # claimed by another) while that poll is under way.
-        "next_poll_at = CASE WHEN ? IS NULL THEN NULL WHEN poll_lease IS NOT NULL "
-        "THEN max(coalesce(next_poll_at, ''), ?) ELSE ? END, "
-        "to_number = coalesce(to_number, ?), from_number = coalesce(from_number, ?), "
-        "account = coalesce(account, ?) WHERE id = ?",
-        (
-            new.status.value,
-            ev.provider_status,
-            ev.error_code,
-            now,
-            new.sent_at,
-            int(new.final),
-            new.final_via,
-            new.final_at,
-            None if new.final else due,
-            due,
-            due,
-            ev.to_number,
-            ev.from_number,
-            ev.account,
-            current.pk,
-        ),
-    )
-    return outcome, new.status.value
+def _value(column: str, value: Any) -> Any:
+    if column == "metadata" and value is not None:
+        return json.dumps(value, separators=(",", ":"))
+    return value
 
 
-def _claim(
-    provider: str,
-    now: str,
-    limit: int,
-    lease_until: str,
-    owner: str,
-    group_of: Callable[[str], str | None] | None,
-    conn: sqlite3.Connection,
-) -> list[DueMessage]:
-    """Lease up to `limit` due messages to `owner` (see Store.claim_due), in one write
-    transaction: a second claimer, another process included, waits for the lock and then finds
-    them leased until `lease_until`.
+class SQLiteRows:
+    """rules.RowAccess on the writer's connection, inside its BEGIN IMMEDIATE batch: SQLite
+    has one writer at a time, so a row read here holds until the commit without a lock."""
 
-    With `group_of` (the message-id prefix of the messages one request answers for together,
-    such as a me-sms send's "<uuid>:"), a group is claimed whole, due or not, so one sweep
-    settles all of it and no two claimers ever sweep it at once: a group with a member still
-    leased to someone else is left to them, its due members put off until that lease ends.
-    """
-    rows = conn.execute(
-        f"SELECT {_DUE_COLUMNS} FROM messages "
-        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
-        "ORDER BY next_poll_at LIMIT ?",
-        (provider, now, limit),
-    ).fetchall()
-    claimed: dict[int, sqlite3.Row] = {}
-    put_off: list[tuple[str, int]] = []
-    groups: dict[str, list[sqlite3.Row]] = {}
-    for row in rows:
-        prefix = group_of(row["message_id"]) if group_of else None
-        if prefix:
-            groups.setdefault(prefix, []).append(row)
-        else:
-            claimed[row["id"]] = row
-    for prefix, due in groups.items():
-        # Every non-final member: the prefix range is a range of the (provider, message_id)
-        # index. "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
-        members = conn.execute(
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def message_for_event(self, ev: StatusEvent) -> tuple[rules.Current | None, bool]:
+        row = self.conn.execute(
+            f"SELECT {', '.join('m.' + c for c in _CURRENT_COLUMNS.split(', '))}, "
+            "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
+            "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
+            "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?",
+            (ev.dedupe_key, ev.provider, ev.dedupe_key, ev.message_id, ev.provider, ev.message_id),
+        ).fetchone()
+        seen = bool(row["seen"])
+        return (None if row["id"] is None else _current(row)), seen
+
+    def message(self, provider: str, message_id: str) -> rules.Current | None:
+        row = self.conn.execute(
+            f"SELECT {_CURRENT_COLUMNS} FROM messages WHERE provider = ? AND message_id = ?",
+            (provider, message_id),
+        ).fetchone()
+        return None if row is None else _current(row)
+
+    def insert_message(self, row: Mapping[str, Any]) -> int:
+        columns = tuple(row)
+        cur = self.conn.execute(_insert_sql(columns), [_value(c, row[c]) for c in columns])
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        columns = tuple(changes)
+        self.conn.execute(_update_sql(columns), [*(_value(c, changes[c]) for c in columns), pk])
+
+    def insert_event(
+        self,
+        ev: StatusEvent,
+        *,
+        message_pk: int | None,
+        previous_status: str | None,
+        outcome: Outcome,
+        received_at: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
+            "status, previous_status, outcome, error_code, account, to_number, from_number, "
+            "event_time, received_at, dedupe_key, headers, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ev.provider,
+                ev.message_id,
+                message_pk,
+                ev.source,
+                ev.provider_status,
+                ev.status.value if ev.status else None,
+                previous_status,
+                outcome.value,
+                ev.error_code,
+                ev.account,
+                ev.to_number,
+                ev.from_number,
+                ev.event_time,
+                received_at,
+                ev.dedupe_key,
+                json.dumps(dict(ev.headers)) if ev.headers else None,
+                ev.body,
+            ),
+        )
+
+    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
+        rows = self.conn.execute(
+            "SELECT * FROM events WHERE provider = ? AND message_id = ? "
+            "AND message_pk IS NULL AND outcome = 'pending_unknown' ORDER BY id",
+            (provider, message_id),
+        ).fetchall()
+        return [(row["id"], _event_from_row(row)) for row in rows]
+
+    def resolve_held(
+        self,
+        event_id: int,
+        *,
+        message_pk: int,
+        outcome: Outcome,
+        previous_status: str,
+        resolved_at: str,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
+            "resolved_at = ? WHERE id = ?",
+            (outcome.value, message_pk, previous_status, resolved_at, event_id),
+        )
+
+    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
+        self.conn.execute(
+            "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? "
+            "AND message_pk IS NULL",
+            (message_pk, provider, message_id),
+        )
+
+    def due(self, provider: str, now: str, limit: int) -> list[rules.Queued]:
+        rows = self.conn.execute(
+            f"SELECT {_DUE_COLUMNS}, poll_lease, next_poll_at FROM messages "
+            "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?",
+            (provider, now, limit),
+        ).fetchall()
+        return [_queued(row) for row in rows]
+
+    def group(self, provider: str, prefix: str) -> list[rules.Queued]:
+        # The prefix range is a range of the (provider, message_id) index:
+        # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
+        rows = self.conn.execute(
             f"SELECT {_DUE_COLUMNS}, poll_lease, next_poll_at FROM messages "
             "WHERE provider = ? AND message_id >= ? AND message_id < ? "
             "AND next_poll_at IS NOT NULL",
             (provider, prefix, prefix + "\U0010ffff"),
         ).fetchall()
-        busy = [
-            m["next_poll_at"]
-            for m in members
-            if m["poll_lease"] not in (None, owner) and m["next_poll_at"] > now
-        ]
-        if busy:
-            put_off += [(max(busy), row["id"]) for row in due]
-            continue
-        claimed.update((m["id"], m) for m in members)
-    conn.executemany("UPDATE messages SET next_poll_at = ? WHERE id = ?", put_off)
-    conn.executemany(
-        "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
-        [(lease_until, owner, pk) for pk in claimed],
-    )
-    return [DueMessage(*tuple(row)[:9]) for row in claimed.values()]
+        return [_queued(row) for row in rows]
+
+    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+        self.conn.executemany(
+            "UPDATE messages SET next_poll_at = ? WHERE id = ?", [(at, pk) for pk, at in until]
+        )
+
+    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
+        self.conn.executemany(
+            "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
+            [(until, owner, pk) for pk in pks],
+        )
+
+
+def _queued(row: sqlite3.Row) -> rules.Queued:
+    return rules.Queued(DueMessage(*tuple(row)[:9]), row["poll_lease"], row["next_poll_at"])
 
 
 def _event_from_row(row: sqlite3.Row) -> StatusEvent:

@@ -65,7 +65,7 @@ def _messages_and_events(conn: psycopg.Connection) -> None:
         "CREATE INDEX idx_messages_to_number_id ON messages (to_number, id)",
         "CREATE INDEX idx_messages_created_at ON messages (created_at)",
     ):
-        conn.execute(sql)  # type: ignore[call-overload]
+        conn.execute(sql)
     conn.execute(
         f"""
         CREATE TABLE events (
@@ -99,7 +99,7 @@ def _messages_and_events(conn: psycopg.Connection) -> None:
         "CREATE INDEX idx_events_dedupe ON events (provider, dedupe_key) "
         "WHERE dedupe_key IS NOT NULL",
     ):
-        conn.execute(sql)  # type: ignore[call-overload]
+        conn.execute(sql)
     conn.execute(f"CREATE TABLE _receiver_health (id BIGINT PRIMARY KEY, checked_at {T})")
 
 
@@ -178,6 +178,45 @@ def _poll_queue(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE INDEX idx_messages_due ON messages (provider, next_poll_at) "
         "WHERE next_poll_at IS NOT NULL"
+    )
+
+
+# The columns every locked read of a message returns, in this order (rows.Current).
+CURRENT_COLUMNS = (
+    "id, status, sent_at, final_at, final_via, provider_status, account, to_number, "
+    "from_number, registered, created_at, updated_at, poll_attempts, poll_lease, next_poll_at"
+)
+
+
+@step("0005_locked_reads")
+def _locked_reads(conn: psycopg.Connection) -> None:
+    # A callback's first read, in one round trip: take the message's lock, then read its row
+    # (locked too, so a claim skips it) and whether the delivery was seen. The lock is an
+    # advisory one on the (provider, message_id) pair, so it serialises writers even before
+    # the row exists: two instances holding events for one unknown message, or a
+    # registration racing them, decide one after the other as on SQLite. A function, because
+    # each statement in it sees what the transactions it waited for committed.
+    conn.execute(
+        f"""
+        CREATE FUNCTION receiver_lock_message(p TEXT, mid TEXT, key TEXT,
+            OUT id BIGINT, OUT status TEXT, OUT sent_at TEXT, OUT final_at TEXT,
+            OUT final_via TEXT, OUT provider_status TEXT, OUT account TEXT, OUT to_number TEXT,
+            OUT from_number TEXT, OUT registered INTEGER, OUT created_at TEXT,
+            OUT updated_at TEXT, OUT poll_attempts INTEGER, OUT poll_lease TEXT,
+            OUT next_poll_at TEXT, OUT seen BOOLEAN)
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended(p || E'\n' || mid, 0));
+            SELECT {", ".join("m." + c.strip() for c in CURRENT_COLUMNS.split(","))}
+              INTO id, status, sent_at, final_at, final_via, provider_status, account,
+                   to_number, from_number, registered, created_at, updated_at, poll_attempts,
+                   poll_lease, next_poll_at
+              FROM messages m WHERE m.provider = p AND m.message_id = mid FOR UPDATE;
+            seen := key IS NOT NULL AND EXISTS (
+                SELECT 1 FROM events e
+                WHERE e.provider = p AND e.dedupe_key = key AND e.message_id = mid);
+        END $$
+        """
     )
 
 

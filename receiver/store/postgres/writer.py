@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -46,6 +46,8 @@ def _log(method: str, event: str, **fields: Any) -> None:
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[Conn], T]
+    # The messages the job will lock ("<provider>\n<message_id>"), taken before any job runs.
+    locks: Sequence[str] = ()
     future: Future[T] = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[None] | None = None
@@ -105,15 +107,15 @@ class Writer:
             self._closed = False
             self._thread.start()
 
-    def submit(self, fn: Callable[[Conn], T]) -> Future[T]:
-        job: _Job[T] = _Job(fn)
+    def submit(self, fn: Callable[[Conn], T], locks: Sequence[str] = ()) -> Future[T]:
+        job: _Job[T] = _Job(fn, locks)
         self._enqueue(job)
         return job.future
 
-    async def run(self, fn: Callable[[Conn], T]) -> T:
+    async def run(self, fn: Callable[[Conn], T], locks: Sequence[str] = ()) -> T:
         """Submit from an event loop and await the job's committed result."""
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, loop=loop, waiter=loop.create_future())
+        job: _Job[T] = _Job(fn, locks, loop=loop, waiter=loop.create_future())
         self._enqueue(job)
         assert job.waiter is not None
         try:
@@ -224,16 +226,31 @@ class Writer:
                 outcomes.append((job, result, None))
         return outcomes
 
+    @staticmethod
+    def _lock_messages(conn: Conn, batch: list[_Job[Any]]) -> None:
+        """Take the batch's message locks first, all in one order (the one every instance
+        uses): two batches wanting the same messages then queue rather than deadlock, which
+        PostgreSQL would only find out after deadlock_timeout (a second)."""
+        keys = sorted({key for job in batch for key in job.locks})
+        if keys:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(m, 0) "
+                "AS k FROM unnest(%s::text[]) AS m) AS keys ORDER BY k",
+                (keys,),
+            )
+
     def _attempt(self, batch: list[_Job[Any]]) -> list[tuple[_Job[Any], Any, Exception | None]]:
         """Run the batch in one transaction and commit it."""
         conn = self._connection()
         try:
             with conn.transaction():
+                self._lock_messages(conn, batch)
                 return self._run_jobs(conn, batch, isolated=False)
         except _JobFailed:
             # A job raised: redo the batch with each job in its own savepoint, so it fails
             # alone; the common case goes without the two extra statements a job.
             with conn.transaction():
+                self._lock_messages(conn, batch)
                 return self._run_jobs(conn, batch, isolated=True)
 
     def _commit_batch(self, batch: list[_Job[Any]]) -> None:
@@ -247,8 +264,12 @@ class Writer:
                 break
             except RETRYABLE as exc:
                 failure = exc
+                if attempt == self._attempts:
+                    break
                 self.retries += 1
-                _log("info", "write_batch_retried", jobs=len(batch), attempt=attempt, error=str(exc))
+                _log(
+                    "info", "write_batch_retried", jobs=len(batch), attempt=attempt, error=str(exc)
+                )
                 # The other side of a deadlock is retrying too: part before trying again.
                 time.sleep(random.uniform(0, 0.01 * attempt))
             except psycopg.Error as exc:
@@ -260,9 +281,9 @@ class Writer:
         if failure is not None:
             _log("error", "write_batch_failed", jobs=len(batch), error=str(failure))
             for job in batch:
-                error = StoreUnavailable(f"database write failed: {failure}")
-                error.__cause__ = failure
-                job.future.set_exception(error)
+                unavailable = StoreUnavailable(f"database write failed: {failure}")
+                unavailable.__cause__ = failure
+                job.future.set_exception(unavailable)
             _wake(batch)
             return
         elapsed = time.perf_counter() - started

@@ -1,0 +1,247 @@
+"""The rules' row access (receiver.store.rules.RowAccess) over one PostgreSQL transaction.
+
+Other instances write the same rows at the same time, so every read of a message the rules
+decide on takes its lock first (receiver_lock_message, migration 0005): the decision holds
+until the commit. Claims skip rows another transaction holds (FOR UPDATE SKIP LOCKED), and a
+send answered as a whole (me-sms) is claimed under an advisory lock of its own. Each method is
+one round trip, as each is one statement on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import psycopg
+
+from receiver.engine import MessageState, Outcome, Status, StatusEvent
+from receiver.store.base import DueMessage
+from receiver.store.rules import MESSAGE_COLUMNS, Current, Queued
+
+Conn = psycopg.Connection[Any]
+
+_DUE_COLUMNS = (
+    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
+    "sent_at, poll_lease, next_poll_at"
+)
+
+
+def lock_key(provider: str, message_id: str) -> str:
+    """What a message's advisory lock is a hash of, as receiver_lock_message computes it."""
+    return provider + "\n" + message_id
+
+
+def _current(row: Sequence[Any]) -> Current | None:
+    """A message from receiver_lock_message's row (schema.CURRENT_COLUMNS), None if absent."""
+    if row[0] is None:
+        return None
+    return Current(
+        row[0],
+        MessageState(Status(row[1]), row[2], row[3], row[4]),
+        provider_status=row[5],
+        account=row[6],
+        to_number=row[7],
+        from_number=row[8],
+        registered=bool(row[9]),
+        created_at=row[10],
+        updated_at=row[11],
+        poll_attempts=row[12],
+        poll_lease=row[13],
+        next_poll_at=row[14],
+    )
+
+
+def _queued(row: Sequence[Any]) -> Queued:
+    return Queued(DueMessage(*row[:9]), row[9], row[10])
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if name in ("registered", "is_final") and value is not None:
+        return int(value)
+    if name == "metadata" and value is not None and not isinstance(value, str):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+@cache
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return (
+        f"INSERT INTO messages ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id"
+    )
+
+
+@cache
+def _update_sql(columns: tuple[str, ...]) -> str:
+    return f"UPDATE messages SET {', '.join(f'{c} = %s' for c in columns)} WHERE id = %s"
+
+
+def _checked(row: Mapping[str, Any]) -> tuple[str, ...]:
+    columns = tuple(row)
+    unknown = set(columns) - MESSAGE_COLUMNS
+    if unknown:
+        raise ValueError(f"not columns of messages: {sorted(unknown)}")
+    return columns
+
+
+class PgRows:
+    """RowAccess for the transaction open on `conn` (the writer thread's)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:
+        row = self.conn.execute(
+            "SELECT * FROM receiver_lock_message(%s, %s, %s)",
+            (ev.provider, ev.message_id, ev.dedupe_key),
+        ).fetchone()
+        assert row is not None  # the function always answers one row
+        return _current(row), bool(row[15])
+
+    def message(self, provider: str, message_id: str) -> Current | None:
+        row = self.conn.execute(
+            "SELECT * FROM receiver_lock_message(%s, %s, NULL)", (provider, message_id)
+        ).fetchone()
+        assert row is not None
+        return _current(row)
+
+    def insert_message(self, row: Mapping[str, Any]) -> int:
+        columns = _checked(row)
+        values = [_column_value(c, row[c]) for c in columns]
+        found = self.conn.execute(_insert_sql(columns), values).fetchone()
+        assert found is not None
+        return int(found[0])
+
+    def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        if not changes:
+            return
+        columns = _checked(changes)
+        values = [_column_value(c, changes[c]) for c in columns]
+        self.conn.execute(_update_sql(columns), [*values, pk])
+
+    def insert_event(
+        self,
+        ev: StatusEvent,
+        *,
+        message_pk: int | None,
+        previous_status: str | None,
+        outcome: Outcome,
+        received_at: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
+            "status, previous_status, outcome, error_code, account, to_number, from_number, "
+            "event_time, received_at, dedupe_key, headers, body) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                ev.provider,
+                ev.message_id,
+                message_pk,
+                ev.source,
+                ev.provider_status,
+                ev.status.value if ev.status else None,
+                previous_status,
+                outcome.value,
+                ev.error_code,
+                ev.account,
+                ev.to_number,
+                ev.from_number,
+                ev.event_time,
+                received_at,
+                ev.dedupe_key,
+                json.dumps(dict(ev.headers)) if ev.headers else None,
+                ev.body,
+            ),
+        )
+
+    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
+        rows = self.conn.execute(
+            "SELECT id, provider, message_id, provider_status, status, source, account, "
+            "to_number, from_number, error_code, event_time FROM events "
+            "WHERE provider = %s AND message_id = %s AND message_pk IS NULL "
+            "AND outcome = 'pending_unknown' ORDER BY id",
+            (provider, message_id),
+        ).fetchall()
+        return [
+            (
+                row[0],
+                StatusEvent(
+                    provider=row[1],
+                    message_id=row[2],
+                    provider_status=row[3],
+                    status=Status(row[4]) if row[4] else None,
+                    source=row[5],
+                    account=row[6],
+                    to_number=row[7],
+                    from_number=row[8],
+                    error_code=row[9],
+                    event_time=row[10],
+                ),
+            )
+            for row in rows
+        ]
+
+    def resolve_held(
+        self,
+        event_id: int,
+        *,
+        message_pk: int,
+        outcome: Outcome,
+        previous_status: str,
+        resolved_at: str,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE events SET outcome = %s, message_pk = %s, previous_status = %s, "
+            "resolved_at = %s WHERE id = %s",
+            (outcome.value, message_pk, previous_status, resolved_at, event_id),
+        )
+
+    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
+        self.conn.execute(
+            "UPDATE events SET message_pk = %s WHERE provider = %s AND message_id = %s "
+            "AND message_pk IS NULL",
+            (message_pk, provider, message_id),
+        )
+
+    def due(self, provider: str, now: str, limit: int) -> list[Queued]:
+        # Rows another transaction holds are skipped, not waited for: another instance's
+        # claim, or a callback about to change the message.
+        rows = self.conn.execute(
+            f"SELECT {_DUE_COLUMNS} FROM messages "
+            "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s "
+            "ORDER BY next_poll_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (provider, now, limit),
+        ).fetchall()
+        return [_queued(row) for row in rows]
+
+    def group(self, provider: str, prefix: str) -> list[Queued]:
+        # One claimer at a time per send, in every instance: the send's advisory lock, held to
+        # the commit, then every member's row lock, so a second claimer reads the members as
+        # the first left them (leased to it) and leaves the send alone.
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
+        )
+        rows = self.conn.execute(
+            f"SELECT {_DUE_COLUMNS} FROM messages "
+            "WHERE provider = %s AND message_id >= %s AND message_id < %s "
+            "AND next_poll_at IS NOT NULL FOR UPDATE",
+            (provider, prefix, prefix + "\U0010ffff"),
+        ).fetchall()
+        return [_queued(row) for row in rows]
+
+    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+        if until:
+            self.conn.execute(
+                "UPDATE messages SET next_poll_at = u.at FROM unnest(%s::bigint[], %s::text[]) "
+                "AS u(pk, at) WHERE id = u.pk",
+                ([pk for pk, _ in until], [at for _, at in until]),
+            )
+
+    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
+        if pks:
+            self.conn.execute(
+                "UPDATE messages SET next_poll_at = %s, poll_lease = %s WHERE id = ANY(%s)",
+                (until, owner, list(pks)),
+            )

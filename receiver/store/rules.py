@@ -1,0 +1,558 @@
+"""The rules of recording, once for every store: what a callback, a registration, a polled
+status, a give-up and a claim do to the rows. No SQL here.
+
+Each function runs inside one write transaction of its store, over that transaction's
+`RowAccess`: a few synchronous row reads and writes that the store implements in its dialect.
+The status rule itself (ranks, positive evidence, non-regression) is receiver.engine's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from receiver import engine
+from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
+from receiver.store.base import DueMessage, PollDone, Recorded, Registered, Registration
+
+# A time later than every kept time: "not due until something says so".
+NEVER = "9999"
+
+
+@dataclass(frozen=True)
+class Current:
+    """A message as the rules read it: its key, the state the transition rule reads, and the
+    columns the rules fill in or keep (read in the same one-row read)."""
+
+    pk: int
+    state: MessageState
+    provider_status: str | None = None
+    account: str | None = None
+    to_number: str | None = None
+    from_number: str | None = None
+    registered: bool = False
+    created_at: str | None = None
+    updated_at: str | None = None
+    poll_attempts: int = 0
+    poll_lease: str | None = None  # the claimer holding it, while a poll is under way
+    next_poll_at: str | None = None  # None: out of the poll queue
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A message in the poll queue, as a claim reads it."""
+
+    message: DueMessage
+    poll_lease: str | None
+    next_poll_at: str
+
+
+# The columns of `messages` the rules write (insert_message and update_message take these
+# names as keys). `registered` and `is_final` are bools; `metadata` is a dict (a JSON object)
+# or None, stored however the dialect stores JSON; every time is a kept string (format_time).
+MESSAGE_COLUMNS = frozenset(
+    {
+        "provider",
+        "message_id",
+        "account",
+        "status",
+        "provider_status",
+        "error_code",
+        "to_number",
+        "from_number",
+        "metadata",
+        "registered",
+        "is_final",
+        "final_via",
+        "created_at",
+        "updated_at",
+        "sent_at",
+        "final_at",
+        "final_reason",
+        "poll_attempts",
+        "last_polled_at",
+        "last_poll_result",
+        "poll_lease",
+        "next_poll_at",
+    }
+)
+
+
+class RowAccess(Protocol):
+    """The row reads and writes of one open write transaction (synchronous: the store's writer
+    thread calls the rules). Every read of a message is of the row as this transaction sees
+    it; a store where several writers run at once locks the row there (SELECT ... FOR UPDATE)
+    so the decision made on it holds until the commit."""
+
+    def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:
+        """The event's message (None: unknown) and whether an event with the event's
+        dedupe_key (when it has one) was stored before for the same provider and message_id,
+        held events included. One round trip; concurrent transactions on one (provider,
+        message_id) are serialised from here on, whether or not the message exists yet."""
+        ...
+
+    def message(self, provider: str, message_id: str) -> Current | None:
+        """The message (None: unknown), locked like message_for_event's."""
+        ...
+
+    def insert_message(self, row: Mapping[str, Any]) -> int:
+        """Insert a message (keys from MESSAGE_COLUMNS; the rest default: poll_attempts 0,
+        others NULL); its primary key."""
+        ...
+
+    def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        """Set these columns (keys from MESSAGE_COLUMNS) of the message `pk`."""
+        ...
+
+    def insert_event(
+        self,
+        ev: StatusEvent,
+        *,
+        message_pk: int | None,
+        previous_status: str | None,
+        outcome: Outcome,
+        received_at: str,
+    ) -> None:
+        """Append the event to the history (message_pk None: held, the message unknown)."""
+        ...
+
+    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
+        """The message's held events (outcome pending_unknown, no message_pk), oldest first,
+        each with its event id and rebuilt as the StatusEvent to decide now."""
+        ...
+
+    def resolve_held(
+        self,
+        event_id: int,
+        *,
+        message_pk: int,
+        outcome: Outcome,
+        previous_status: str,
+        resolved_at: str,
+    ) -> None:
+        """Record what a held event did once its message became known."""
+        ...
+
+    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
+        """Give every event still without a message (duplicates of held ones) this message."""
+        ...
+
+    def due(self, provider: str, now: str, limit: int) -> list[Queued]:
+        """Up to `limit` of the provider's messages with next_poll_at <= now, soonest first
+        (a store with concurrent claimers skips rows another claimer has locked)."""
+        ...
+
+    def group(self, provider: str, prefix: str) -> list[Queued]:
+        """Every queued message (next_poll_at not NULL) of the provider whose message_id
+        starts with `prefix` (a store with concurrent claimers takes a lock on the group
+        first, so two never decide one group at once)."""
+        ...
+
+    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+        """Set next_poll_at of each (pk, next_poll_at)."""
+        ...
+
+    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
+        """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
+        ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the rules read."""
+
+    # An event for a message nobody registered: "create" it from the event, or "hold" the
+    # event until the message is registered (RECEIVER_UNKNOWN_MESSAGES).
+    unknown_messages: str = "create"
+    # How long a non-final message waits for its DLR before it is due for a poll.
+    dlr_grace: float = 300.0
+    dlr_grace_by_provider: Mapping[str, float] = field(default_factory=dict)
+    clock: Callable[[], datetime] = _utc_now
+
+    def grace(self, provider: str) -> float:
+        return self.dlr_grace_by_provider.get(provider, self.dlr_grace)
+
+    def now_and_due(self, provider: str) -> tuple[str, str]:
+        """Now, and when a message left non-final now falls due for a poll."""
+        moment = self.clock()
+        return format_time(moment), format_time(moment + timedelta(seconds=self.grace(provider)))
+
+    def due_after(self, provider: str, sent_at: str | None) -> str:
+        """When a message sent at `sent_at` falls due (NEVER when that is unknown)."""
+        if sent_at is None:
+            return NEVER
+        try:
+            return engine.later(sent_at, self.grace(provider))
+        except (ValueError, OverflowError):
+            return NEVER
+
+
+def _fill(kept: str | None, given: str | None) -> str | None:
+    """A fact only fills an empty column (as SQL's coalesce(kept, given))."""
+    return kept if kept is not None else given
+
+
+def _correct(kept: str | None, given: str | None) -> str | None:
+    """The app's fact corrects the kept one (as SQL's coalesce(given, kept))."""
+    return given if given is not None else kept
+
+
+# -- callbacks ------------------------------------------------------------------------------
+
+
+def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
+    """Record one callback: one read, at most one message write, one event insert.
+
+    A delivery id seen before for the message is the same delivery again, whatever it says (a
+    provider's retry): it is kept in the history as a duplicate and decides nothing.
+    """
+    now, due = policy.now_and_due(ev.provider)
+    current, seen = rows.message_for_event(ev)
+    status = current.state.status.value if current else None
+    if seen:
+        pk = current.pk if current else None
+        _event(rows, ev, pk, status, Outcome.DUPLICATE, now)
+        return Recorded(ev, Outcome.DUPLICATE, status, status)
+
+    if current is None:
+        if policy.unknown_messages == "hold":
+            _event(rows, ev, None, None, Outcome.PENDING_UNKNOWN, now)
+            return Recorded(ev, Outcome.PENDING_UNKNOWN, None, None)
+        # A new message is inserted in the state the event gives it (one write rather than an
+        # insert and an update), decided exactly as for a registered one.
+        outcome, new = engine.apply_event(MessageState(Status.REGISTERED), ev, now)
+        pk = _insert(
+            rows,
+            ev.provider,
+            ev.message_id,
+            now,
+            registered=False,
+            to_number=ev.to_number,
+            from_number=ev.from_number,
+            account=ev.account,
+            state=new,
+            provider_status=ev.provider_status if new else None,
+            error_code=ev.error_code if new else None,
+            next_poll_at=due,
+        )
+        new_status = new.status.value if new else Status.REGISTERED.value
+        _event(rows, ev, pk, None, outcome, now)
+        return Recorded(ev, outcome, None, new_status, created=True)
+
+    outcome, after = apply(rows, current, ev, now, due)
+    _event(rows, ev, current.pk, status, outcome, now)
+    return Recorded(ev, outcome, status, after.state.status.value)
+
+
+def apply(
+    rows: RowAccess,
+    current: Current,
+    ev: StatusEvent,
+    now: str,
+    due: str,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Outcome, Current]:
+    """Decide `ev` against the message and write the change if it wins (with `extra` columns);
+    the outcome and the message afterwards.
+
+    A change that leaves the message non-final puts it (back) in the poll queue at `due`; a
+    final one takes it out. A message leased to a poller keeps at least its lease: it must not
+    fall due (and be claimed by another) while that poll is under way.
+    """
+    outcome, new = engine.apply_event(current.state, ev, now)
+    if new is None:
+        return outcome, current
+    if new.final:
+        next_poll_at = None
+    elif current.poll_lease is not None:
+        next_poll_at = max(current.next_poll_at or "", due)
+    else:
+        next_poll_at = due
+    after = replace(
+        current,
+        state=new,
+        provider_status=ev.provider_status,
+        to_number=_fill(current.to_number, ev.to_number),
+        from_number=_fill(current.from_number, ev.from_number),
+        account=_fill(current.account, ev.account),
+        updated_at=now,
+        next_poll_at=next_poll_at,
+    )
+    rows.update_message(
+        current.pk,
+        {
+            "status": new.status.value,
+            "provider_status": ev.provider_status,
+            "error_code": ev.error_code,
+            "updated_at": now,
+            "sent_at": new.sent_at,
+            "is_final": new.final,
+            "final_via": new.final_via,
+            "final_at": new.final_at,
+            "next_poll_at": next_poll_at,
+            "to_number": after.to_number,
+            "from_number": after.from_number,
+            "account": after.account,
+            **(extra or {}),
+        },
+    )
+    return outcome, after
+
+
+def _insert(
+    rows: RowAccess,
+    provider: str,
+    message_id: str,
+    now: str,
+    *,
+    registered: bool,
+    to_number: str | None = None,
+    from_number: str | None = None,
+    account: str | None = None,
+    sent_at: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    state: MessageState | None = None,
+    provider_status: str | None = None,
+    error_code: str | None = None,
+    next_poll_at: str | None = None,
+) -> int:
+    """Insert a message, registered or in `state` (the one its first event gave it)."""
+    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
+    return rows.insert_message(
+        {
+            "provider": provider,
+            "message_id": message_id,
+            "account": account,
+            "status": state.status.value,
+            "provider_status": provider_status,
+            "error_code": error_code,
+            "to_number": to_number,
+            "from_number": from_number,
+            "metadata": metadata,
+            "registered": registered,
+            "is_final": state.final,
+            "final_via": state.final_via,
+            "created_at": now,
+            "updated_at": now,
+            "sent_at": state.sent_at,
+            "final_at": state.final_at,
+            "next_poll_at": None if state.final else next_poll_at,
+        }
+    )
+
+
+def _event(
+    rows: RowAccess,
+    ev: StatusEvent,
+    pk: int | None,
+    previous: str | None,
+    outcome: Outcome,
+    now: str,
+) -> None:
+    rows.insert_event(ev, message_pk=pk, previous_status=previous, outcome=outcome, received_at=now)
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
+    """Create the message, or let the app's facts fill in or correct it (idempotent; the
+    status is left to the events), then decide the events held for it, in order."""
+    now, due = policy.now_and_due(reg.provider)
+    current = rows.message(reg.provider, reg.message_id)
+    created = current is None
+    if current is None:
+        # Due the grace after it was sent, when the app says it was sent earlier.
+        next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
+        state = MessageState(Status.REGISTERED, sent_at=reg.sent_at)
+        pk = _insert(
+            rows,
+            reg.provider,
+            reg.message_id,
+            now,
+            registered=True,
+            to_number=reg.to_number,
+            from_number=reg.from_number,
+            account=reg.account,
+            sent_at=reg.sent_at,
+            metadata=reg.metadata or None,
+            next_poll_at=next_poll_at,
+        )
+        current = Current(
+            pk,
+            state,
+            account=reg.account,
+            to_number=reg.to_number,
+            from_number=reg.from_number,
+            registered=True,
+            created_at=now,
+            updated_at=now,
+            next_poll_at=next_poll_at,
+        )
+    else:
+        # The app's account corrects a callback's (which only fills an empty one); the first
+        # registration of a message created from a callback counts as an update.
+        changes: dict[str, Any] = {
+            "registered": True,
+            "to_number": _correct(current.to_number, reg.to_number),
+            "from_number": _correct(current.from_number, reg.from_number),
+            "account": _correct(current.account, reg.account),
+            "sent_at": _correct(current.state.sent_at, reg.sent_at),
+            "updated_at": current.updated_at if current.registered else now,
+        }
+        if reg.metadata:
+            changes["metadata"] = reg.metadata
+        rows.update_message(current.pk, changes)
+        current = replace(
+            current,
+            state=replace(current.state, sent_at=changes["sent_at"]),
+            registered=True,
+            to_number=changes["to_number"],
+            from_number=changes["from_number"],
+            account=changes["account"],
+            updated_at=changes["updated_at"],
+        )
+    held = rows.held_events(reg.provider, reg.message_id)
+    for event_id, ev in held:
+        previous = current.state.status.value
+        outcome, current = apply(rows, current, ev, now, due)
+        rows.resolve_held(
+            event_id,
+            message_pk=current.pk,
+            outcome=outcome,
+            previous_status=previous,
+            resolved_at=now,
+        )
+    # Duplicates of held events (same delivery id) belong to the history too.
+    rows.adopt_events(reg.provider, reg.message_id, current.pk)
+    return Registered(
+        reg.provider,
+        reg.message_id,
+        created,
+        current.state.status.value,
+        len(held),
+        created_at=current.created_at,
+    )
+
+
+# -- the poll queue -------------------------------------------------------------------------
+
+
+def record_polled(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded | None:
+    """A polled status, decided as a callback's is; None when it is not kept: its message is
+    unknown (a poll never creates one), or it says what the message already says."""
+    now, due = policy.now_and_due(ev.provider)
+    current = rows.message(ev.provider, ev.message_id)
+    if current is None:
+        return None
+    status = current.state.status.value
+    if current.provider_status == ev.provider_status and (
+        ev.status is None or ev.status.value == status
+    ):
+        return None  # nothing new: a poll repeats what the last report said
+    # Decided against the status as it is now, inside the write: a callback committed while
+    # the request was in flight is seen here, and an older polled status cannot undo it.
+    outcome, after = apply(rows, current, ev, now, due)
+    _event(rows, ev, current.pk, status, outcome, now)
+    return Recorded(ev, outcome, status, after.state.status.value)
+
+
+def finish_polls(
+    rows: RowAccess,
+    policy: Policy,
+    owner: str,
+    events: Sequence[StatusEvent],
+    done: Sequence[PollDone],
+) -> list[Recorded]:
+    """Decide the polled `events`, then give up or reschedule each of `done` that `owner`
+    still holds (a message whose lease ran out and was claimed again is the new claimer's)."""
+    recorded = [r for ev in events if (r := record_polled(rows, policy, ev)) is not None]
+    now = format_time(policy.clock())
+    for item in done:
+        current = rows.message(item.message.provider, item.message.message_id)
+        if current is None or current.pk != item.message.pk or current.poll_lease != owner:
+            continue
+        if item.give_up_reason is not None and not current.state.final:
+            gave_up, current = give_up(rows, current, item.message, item.give_up_reason, now)
+            recorded.append(gave_up)
+        changes: dict[str, Any] = {
+            "poll_attempts": current.poll_attempts + int(item.attempted),
+            "last_poll_result": item.result,
+            "poll_lease": None,
+            # A message final by now leaves the queue.
+            "next_poll_at": None if current.state.final else item.next_poll_at,
+        }
+        if item.attempted:
+            changes["last_polled_at"] = now
+        rows.update_message(current.pk, changes)
+    return recorded
+
+
+def give_up(
+    rows: RowAccess, current: Current, message: DueMessage, reason: str, now: str
+) -> tuple[Recorded, Current]:
+    """No final status within the maximum age: the message becomes unconfirmed (a later report
+    of higher rank still moves it on), with the reason kept."""
+    ev = StatusEvent(
+        provider=message.provider,
+        message_id=message.message_id,
+        provider_status="receiver_gave_up",
+        status=Status.UNCONFIRMED,
+        source="timeout",
+        body=json.dumps({"reason": reason}),
+    )
+    status = current.state.status.value
+    outcome, after = apply(rows, current, ev, now, now, extra={"final_reason": reason})
+    if after is current:  # not applied (it always is: nothing non-final outranks unconfirmed)
+        rows.update_message(current.pk, {"final_reason": reason})
+    _event(rows, ev, current.pk, status, outcome, now)
+    return Recorded(ev, outcome, status, after.state.status.value), after
+
+
+def claim_due(
+    rows: RowAccess,
+    provider: str,
+    *,
+    now: str,
+    limit: int,
+    lease_until: str,
+    owner: str,
+    group_of: Callable[[str], str | None] | None = None,
+) -> list[DueMessage]:
+    """Lease up to `limit` due messages to `owner` (see Store.claim_due).
+
+    With `group_of` (the message-id prefix of the messages one request answers for together,
+    such as a me-sms send's "<uuid>:"), a group is claimed whole, due or not, so one sweep
+    settles all of it and no two claimers ever sweep it at once: a group with a member still
+    leased to someone else is left to them, its due members put off until that lease ends.
+    """
+    claimed: dict[int, DueMessage] = {}
+    put_off: list[tuple[int, str]] = []
+    groups: dict[str, list[Queued]] = {}
+    for queued in rows.due(provider, now, limit):
+        prefix = group_of(queued.message.message_id) if group_of else None
+        if prefix:
+            groups.setdefault(prefix, []).append(queued)
+        else:
+            claimed[queued.message.pk] = queued.message
+    for prefix, due in groups.items():
+        members = rows.group(provider, prefix)
+        busy = [
+            m.next_poll_at
+            for m in members
+            if m.poll_lease not in (None, owner) and m.next_poll_at > now
+        ]
+        if busy:
+            put_off += [(queued.message.pk, max(busy)) for queued in due]
+            continue
+        claimed.update((m.message.pk, m.message) for m in members)
+    rows.put_off(put_off)
+    rows.lease(list(claimed), owner, lease_until)
+    return list(claimed.values())
