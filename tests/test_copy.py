@@ -197,3 +197,38 @@ def test_backup_with_database_url_says_how_to_use_pg_dump(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert 'pg_dump --format=custom "$DATABASE_URL" > receiver.dump' in result.stderr
     assert result.stdout == "" and not (tmp_path / "copy.db").exists()
+
+
+def test_the_service_on_the_copy_answers_as_it_did_on_the_file(
+    start_server: StartServer, pg_url: str
+) -> None:
+    """Messages, their histories, stats and the list's pages read the same after the move,
+    and a list cursor handed out before it still pages on from where it was."""
+    source = build_source(start_server)
+    sqlite_server = start_server(database=str(source))
+    with sqlite_server.client() as client:
+        before = _answers(client)
+        first = client.get("/v1/messages", params={"limit": 5}).json()
+    sqlite_server.stop()
+    assert len(before["list"]) == 12 and first["next_cursor"] and before["page 2"]["messages"]
+    assert run("copy", "--from", str(source), "--to", pg_url).returncode == 0
+    pg_server = start_server(database=str(source.with_name("unused.db")), database_url=pg_url)
+    with pg_server.client() as client:
+        assert _answers(client) == before
+        page = client.get("/v1/messages", params={"limit": 5, "cursor": first["next_cursor"]})
+        assert page.json() == before["page 2"]
+    assert not source.with_name("unused.db").exists()
+
+
+def _answers(client: Any) -> dict[str, Any]:
+    listed = client.get("/v1/messages", params={"limit": 100}).json()["messages"]
+    answers: dict[str, Any] = {"list": listed, "stats": client.get("/v1/stats").json()}
+    first = client.get("/v1/messages", params={"limit": 5}).json()
+    answers["page 2"] = client.get(
+        "/v1/messages", params={"limit": 5, "cursor": first["next_cursor"]}
+    ).json()
+    for item in listed:
+        path = f"/v1/messages/{item['message_id']}"
+        answers[path] = client.get(path).json()
+        answers[path + "/events"] = client.get(path + "/events").json()
+    return answers
