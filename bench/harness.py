@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -229,25 +229,44 @@ def run_callbacks(
 
 
 def check_receiver_database(
-    database: Path, acked: list[str], in_flight: int, exclude_suffix: str | None = None
+    database: Path | str, acked: list[str], in_flight: int, exclude_suffix: str | None = None
 ) -> tuple[bool, list[str]]:
     """Every acknowledged callback is in the store exactly once, applied; nothing else is
-    (but messages whose sid ends with `exclude_suffix`: a backlog filled beforehand)."""
-    conn = sqlite3.connect(database)
-    where = "WHERE message_id NOT LIKE ?" if exclude_suffix else ""
+    (but messages whose sid ends with `exclude_suffix`: a backlog filled beforehand).
+
+    `database`: the SQLite file, or a PostgreSQL URL."""
+    where = "WHERE message_id NOT LIKE {mark}" if exclude_suffix else ""
     params = (f"%{exclude_suffix}",) if exclude_suffix else ()
-    try:
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        counts = Counter[tuple[str, str]]()
-        for message_id, outcome, n in conn.execute(
-            f"SELECT message_id, outcome, count(*) FROM events {where} "
-            "GROUP BY message_id, outcome",
-            params,
-        ):
-            counts[(message_id, outcome)] = n
-        messages = conn.execute(f"SELECT count(*) FROM messages {where}", params).fetchone()[0]
-    finally:
-        conn.close()
+    counts = Counter[tuple[str, str]]()
+    integrity: str | None
+    if isinstance(database, str) and database.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        where = where.format(mark="%s")
+        with psycopg.connect(database) as pg:
+            integrity = None  # no integrity_check; a damaged page fails the reads below
+            for message_id, outcome, n in pg.execute(
+                f"SELECT message_id, outcome, count(*) FROM events {where} "
+                "GROUP BY message_id, outcome",
+                params,
+            ):
+                counts[(message_id, outcome)] = n
+            row = pg.execute(f"SELECT count(*) FROM messages {where}", params).fetchone()
+            messages = row[0] if row else 0
+    else:
+        where = where.format(mark="?")
+        conn = sqlite3.connect(database)
+        try:
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            for message_id, outcome, n in conn.execute(
+                f"SELECT message_id, outcome, count(*) FROM events {where} "
+                "GROUP BY message_id, outcome",
+                params,
+            ):
+                counts[(message_id, outcome)] = n
+            messages = conn.execute(f"SELECT count(*) FROM messages {where}", params).fetchone()[0]
+        finally:
+            conn.close()
     unique = set(acked)
     per_sid = Counter[str]()
     for (sid, _outcome), n in counts.items():
@@ -259,7 +278,7 @@ def check_receiver_database(
     unacked = set(per_sid) - unique
     events = sum(counts.values())
     lines = [
-        f"integrity_check: {integrity}",
+        f"integrity_check: {integrity or 'not on PostgreSQL'}",
         f"acknowledged unique callbacks: {len(unique)}; applied events for them: "
         f"{sum(counts[(sid, 'applied')] for sid in unique)}; "
         f"missing or not exactly once: {len(not_once)}",
@@ -268,7 +287,7 @@ def check_receiver_database(
     ]
     # Nothing else is stored: every event and message is an acknowledged or in-flight callback's.
     ok = (
-        integrity == "ok"
+        integrity in ("ok", None)
         and not not_once
         and len(unacked) <= in_flight
         and all(per_sid[sid] == 1 for sid in unacked)
@@ -277,7 +296,86 @@ def check_receiver_database(
     return ok, lines
 
 
-def describe(result: Result, width: int = 9) -> str:
+@dataclass
+class PgDatabase:
+    """A database of its own for one benchmark run, on the PostgreSQL server a URL names.
+
+    Made with CREATE DATABASE beside the URL's database and dropped at the end, so a run
+    never mixes with rows of an earlier one (nor deletes anybody's). Without the right to
+    create databases, the URL's own database is used, and must then hold no receiver rows.
+    """
+
+    url: str
+    created: str | None = None  # the database's name, when this run made it
+    admin_url: str = ""
+
+    @classmethod
+    def create(cls, url: str) -> PgDatabase:
+        import psycopg
+        from psycopg import sql
+
+        from receiver.settings import SettingsError, read_database_url
+
+        try:
+            url = read_database_url(url, "--database")  # the receiver's own reading of it
+        except SettingsError as exc:
+            sys.exit(str(exc))
+        name = f"receiver_bench_{uuid.uuid4().hex[:12]}"
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            with psycopg.connect(url) as conn:
+                exists = conn.execute("SELECT to_regclass('messages') IS NOT NULL").fetchone()
+                if (
+                    exists
+                    and exists[0]
+                    and conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone()
+                ):
+                    sys.exit(
+                        "--database: its database holds messages already, and this user may not "
+                        "create a fresh one (CREATEDB): give an empty database"
+                    )
+            return cls(url)
+        except psycopg.Error as exc:
+            sys.exit(f"--database: cannot connect: {exc}")
+        parts = urlsplit(url)
+        return cls(urlunsplit(parts._replace(path=f"/{name}")), name, url)
+
+    def drop(self) -> None:
+        if self.created is None:
+            return
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.created)
+                )
+            )
+
+    def durability(self) -> tuple[bool, str]:
+        """Whether a commit waits for the WAL to be flushed to disk (fsync on, and a
+        synchronous_commit that waits for the local flush), as the server runs it."""
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            values = {
+                name: str(value)
+                for name in ("fsync", "synchronous_commit", "wal_sync_method")
+                for (value,) in conn.execute(f"SHOW {name}")
+            }
+        ok = values["fsync"] == "on" and values["synchronous_commit"] in (
+            "on",
+            "local",
+            "remote_write",
+            "remote_apply",
+        )
+        return ok, " ".join(f"{name}={value}" for name, value in values.items())
+
+
+def describe(result: Result, width: int = 10) -> str:
     others = ", ".join(f"{status}: {n}" for status, n in sorted(result.statuses.items()))
     return (
         f"{result.name:<{width}} {result.rps:>8,.0f} req/s   p50 {result.p50_ms:6.2f} ms   "

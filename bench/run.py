@@ -10,6 +10,7 @@ with `wrk` (the Debian/Ubuntu package; run as root, the script installs it itsel
     .venv/bin/python bench/run.py --prune-backlog 1000000
     .venv/bin/python bench/run.py --get-messages 1000000
     .venv/bin/python bench/run.py --bytes-per-message 1000000
+    .venv/bin/python bench/run.py --database postgresql://user@127.0.0.1/postgres
 
 The comparison starts, on loopback, one server at a time, each on a fresh SQLite file of its
 own kept for both of its runs:
@@ -20,6 +21,7 @@ own kept for both of its runs:
   fastapi   FastAPI + RequestValidator + aiosqlite, one commit per callback, on the same
             uvicorn (bench/peer_fastapi.py)
   receiver  `receiver serve` (one uvicorn worker, JSON logs at info as in production)
+  postgresql  the same `receiver serve` on PostgreSQL (DATABASE_URL), with --database only
 Both peers use WAL with synchronous=FULL, as the receiver does, and echo X-Request-ID as it
 does, so the script knows which callbacks got a 2xx. The Flask peer commits one callback at a
 time, so its figure follows the disk's fsync time; the FastAPI peer's coroutines share one
@@ -38,9 +40,20 @@ receiver >= 25% of the ceiling, no non-2xx from the receiver, every 2xx committe
 synchronous=FULL, the database checks passing.
 
 `--servers a,b` picks servers (in that order), `--rounds 1` runs each once, `--max-p99-ms`
-moves the p99 target. `--classic` is the benchmark as it was before the peers: receiver then
-ceiling, one run each, p99 target 25 ms (`--servers receiver,ceiling --rounds 1
---max-p99-ms 25`).
+moves the p99 target.
+
+`--database URL` adds `postgresql`, the receiver on the PostgreSQL server at URL, right after
+`receiver` (SQLite) in the order, so the two stores alternate with the other servers around
+them: each run has its own fresh database (CREATE DATABASE beside the URL's, dropped at the
+end; without that right, the URL's own database, which must hold no messages). It prints
+postgresql's ratio to the ceiling and to the SQLite receiver of the same run, and checks its
+database as the SQLite one's (every 2xx stored exactly once) and that the server commits
+durably (fsync on, synchronous_commit waiting for the flush). The other targets are the
+SQLite receiver's; PostgreSQL's own figures are reported, not judged.
+
+`--classic` is the benchmark as it was before the peers: receiver then ceiling, one run each,
+p99 target 25 ms (`--servers receiver,ceiling --rounds 1 --max-p99-ms 25`); with --database,
+receiver, postgresql, ceiling.
 
 The at-N modes (bench/scale.py; each given alone or together instead of the comparison) fill
 a database with N messages cloned from rows the receiver itself stored (bench/fill.py: two
@@ -78,6 +91,7 @@ from pathlib import Path
 from harness import (
     BENCH,
     Load,
+    PgDatabase,
     Result,
     check_receiver_database,
     describe,
@@ -95,6 +109,7 @@ from harness import (
 from receiver.store.sqlite import connect
 
 SERVERS = ("ceiling", "flask", "fastapi", "receiver")
+POSTGRESQL = "postgresql"  # the receiver on PostgreSQL: with --database only
 MIN_CEILING_RATIO = 0.25
 MIN_FLASK_RATIO = 3.5
 MIN_FASTAPI_RATIO = 2.0
@@ -128,7 +143,7 @@ class Server:
             ]
         if self.name == "fastapi":
             return [sys.executable, str(BENCH / "peer_fastapi.py"), "--port", str(self.port)]
-        return receiver_command(self.port)
+        return receiver_command(self.port)  # receiver, and postgresql with DATABASE_URL
 
 
 def check_peer_database(database: Path, acked: list[str], in_flight: int) -> tuple[bool, list[str]]:
@@ -185,7 +200,9 @@ def missing_modules(names: tuple[str, ...]) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
-def compare(args: argparse.Namespace, wrk: str, tmp: Path) -> list[str]:
+def compare(
+    args: argparse.Namespace, wrk: str, tmp: Path, pg: PgDatabase | None = None
+) -> list[str]:
     """The comparison; returns the missed targets."""
     names: list[str] = args.servers
     if missing := missing_modules(BENCH_MODULES if {"flask", "fastapi"} & set(names) else ()):
@@ -221,6 +238,9 @@ def compare(args: argparse.Namespace, wrk: str, tmp: Path) -> list[str]:
         warm, measured = files[runs_of[name]]
         runs_of[name] += 1
         env = receiver_env(server.database, BENCH_DATABASE=str(server.database))
+        if name == POSTGRESQL:
+            assert pg is not None
+            env["DATABASE_URL"] = pg.url
         proc = start(server.command(), env, server.port, server.log)
         try:
             warmup = run_callbacks(wrk, f"{name}-warm", server.port, warm, host, load, args.warmup)
@@ -282,11 +302,37 @@ def compare(args: argparse.Namespace, wrk: str, tmp: Path) -> list[str]:
         )
         print(f"receiver log: {log_lines:,} callback lines at info level")
 
+    on_pg = servers[POSTGRESQL].best if POSTGRESQL in servers else None
+    if on_pg and ceiling:
+        print(f"ratio postgresql/ceiling: {on_pg.rps / ceiling.rps:.1%}")
+    if on_pg and receiver:
+        print(f"ratio postgresql/receiver (SQLite): {on_pg.rps / receiver.rps:.1%}")
+    if on_pg:
+        print(f"postgresql p99: {on_pg.p99_ms:.2f} ms (SQLite's target: {args.max_p99_ms:g} ms)")
+        target(
+            not (on_pg.non_2xx or early_errors[POSTGRESQL] or on_pg.socket_errors),
+            f"postgresql answered every callback 2xx, no connection dropped: non-2xx "
+            f"{on_pg.non_2xx + early_errors[POSTGRESQL]}, socket errors {on_pg.socket_errors}",
+        )
+        target(
+            not on_pg.wrapped,
+            f"no callback sent twice to postgresql (else raise --rate-cap): {on_pg.wrapped}",
+        )
+
     # At most one request in flight per connection when a wrk run stops: two runs a round.
     in_flight = 2 * args.rounds * args.connections
     for name in names:
         server = servers[name]
         if name == "ceiling":
+            continue
+        if name == POSTGRESQL:
+            assert pg is not None
+            db_ok, db_lines = check_receiver_database(pg.url, acked[name], in_flight)
+            for line in db_lines:
+                print(f"database {name}: {line}")
+            target(db_ok, f"database check, {name}: every acknowledged callback is stored")
+            durable, how = pg.durability()
+            target(durable, f"every 2xx committed after the WAL flush, {name}: {how}")
             continue
         if name == "receiver":
             db_ok, db_lines = check_receiver_database(server.database, acked[name], in_flight)
@@ -341,32 +387,50 @@ def main() -> int:
         action="store_true",
         help="size mode: fill the indexes row by row as in service, then VACUUM",
     )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="also run the receiver on the PostgreSQL server at URL (postgresql://...), "
+        "beside the SQLite one, in a fresh database of its own",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args()
     if args.classic:
         args.servers, args.rounds, args.max_p99_ms = ["receiver", "ceiling"], 1, CLASSIC_P99_MS
-    if unknown := set(args.servers) - set(SERVERS):
+    if unknown := set(args.servers) - {*SERVERS, POSTGRESQL}:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.database and POSTGRESQL not in args.servers:
+        # Right after the SQLite receiver: the two stores run back to back in each round.
+        at = args.servers.index("receiver") + 1 if "receiver" in args.servers else 0
+        args.servers.insert(at, POSTGRESQL)
+    if POSTGRESQL in args.servers and not args.database:
+        parser.error("the postgresql server needs --database URL")
     for option in ("prune_backlog", "get_messages", "bytes_per_message"):
         value = getattr(args, option)
         if value is not None and not 1 <= value <= 50_000_000:
             parser.error(f"--{option.replace('_', '-')} must be 1..50,000,000")
 
+    scale_modes = (args.prune_backlog, args.get_messages, args.bytes_per_message)
+    if args.database and any(n is not None for n in scale_modes):
+        parser.error("--database goes with the comparison, not the at-N modes (SQLite only)")
+
     wrk = find_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
+    pg = PgDatabase.create(args.database) if args.database else None
     try:
-        scale_modes = (args.prune_backlog, args.get_messages, args.bytes_per_message)
         if any(n is not None for n in scale_modes):
             import scale
 
             failures = scale.run(args, wrk, tmp)
         else:
-            failures = compare(args, wrk, tmp)
+            failures = compare(args, wrk, tmp, pg)
     finally:
         if args.keep:
-            print(f"kept {tmp}")
+            print(f"kept {tmp}" + (f" and the database {pg.created}" if pg and pg.created else ""))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+            if pg is not None:
+                pg.drop()
     if failures:
         print("FAIL: " + "; ".join(failures))
         return 1

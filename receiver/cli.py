@@ -1,4 +1,5 @@
-"""The `receiver` command: serve, migrate, prune, backup, poll, callback-url, simulate, demo."""
+"""The `receiver` command: serve, migrate, prune, backup, copy, poll, callback-url, simulate
+and demo."""
 
 from __future__ import annotations
 
@@ -296,10 +297,14 @@ def poll(args: argparse.Namespace) -> int:
 
 def _existing_store_or_exit(settings: Settings) -> bool:
     """False, with the reason printed, when there is no database to work on."""
-    from receiver.store import open_store
+    from receiver.store import StoreUnavailable, open_store
 
-    if open_store(settings).exists():
-        return True
+    try:
+        if open_store(settings).exists():
+            return True
+    except StoreUnavailable as exc:  # a database server that cannot be reached
+        print(f"receiver: cannot open the database: {exc}", file=sys.stderr)
+        return False
     if settings.database_url is not None:
         print(
             f"receiver: the database {settings.database_label} has no receiver tables "
@@ -345,6 +350,58 @@ def backup(args: argparse.Namespace) -> int:
         print(f"receiver: {exc}", file=sys.stderr)
         return 1
     print(f"{settings.database} -> {info.path}: {info.size_bytes} bytes, {info.messages} messages")
+    return 0
+
+
+def copy(args: argparse.Namespace) -> int:
+    """Copy a SQLite database into an empty PostgreSQL one (moving to PostgreSQL)."""
+    import psycopg
+
+    from receiver.settings import read_database_url, redact_database_url
+    from receiver.store.copy import (
+        CopyFailed,
+        CopyRefused,
+        copy_database,
+        format_report,
+        open_source,
+    )
+    from receiver.store.postgres import connection, schema
+
+    try:
+        url = read_database_url(args.to, "--to")
+    except SettingsError as exc:
+        print(f"receiver: {exc}", file=sys.stderr)
+        return 2
+    label = redact_database_url(url)
+
+    def progress(table: str, rows: int) -> None:
+        if rows % 100_000 == 0:
+            print(f"receiver: {table}: {rows} rows copied so far", file=sys.stderr)
+
+    try:
+        source = open_source(Path(args.source))
+    except CopyRefused as exc:
+        print(f"receiver: copy refused: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with connection.connect(url) as target:
+            report = copy_database(source, target, migrate=schema.migrate, progress=progress)
+    except CopyRefused as exc:
+        print(f"receiver: copy refused: {exc}", file=sys.stderr)
+        return 2
+    except CopyFailed as exc:
+        print(f"receiver: copy failed:\n{exc}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        # libpq's messages name the host and the user, never the password.
+        print(f"receiver: copy into {label} failed: {exc}".rstrip(), file=sys.stderr)
+        return 1
+    finally:
+        source.close()
+    if report.migrations_applied:
+        print(f"{label}: applied {len(report.migrations_applied)} migration(s)")
+    print(f"{args.source} -> {label}: copied")
+    print(format_report(report))
     return 0
 
 
@@ -499,6 +556,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="one sweep of everything due now")
     p.set_defaults(func=poll)
+    p = commands.add_parser(
+        "copy",
+        help="copy a SQLite database into an empty PostgreSQL database, then exit",
+        description="Copy every message, event, held callback and polling state of a SQLite "
+        "database into an empty PostgreSQL database, ids kept, in one transaction; the target "
+        "is migrated first. Prints each table's count in the source and in the target. Stop "
+        "the service first, or callbacks it records meanwhile stay behind in the file. Exits 2 "
+        "without copying when the target already holds messages or events.",
+    )
+    p.add_argument(
+        "--from", dest="source", metavar="PATH", required=True, help="the SQLite database file"
+    )
+    p.add_argument(
+        "--to",
+        metavar="URL",
+        required=True,
+        help='the PostgreSQL database, postgres://... (e.g. "$DATABASE_URL")',
+    )
+    p.set_defaults(func=copy)
     p = commands.add_parser(
         "callback-url",
         help="print a provider's signed callback URL (23 Telecom, me-sms), then exit",

@@ -107,19 +107,20 @@ def _url_hosts(netloc: str, query: str) -> list[str]:
 
 
 def _database_url(env: Mapping[str, str]) -> str | None:
-    """DATABASE_URL as libpq takes it, with `sslmode=require` added for a host elsewhere."""
-    name = "DATABASE_URL"
-    value = _str(env, name)
-    if value is None:
-        return None
+    value = _str(env, "DATABASE_URL")
+    return None if value is None else read_database_url(value, "DATABASE_URL")
+
+
+def read_database_url(value: str, name: str) -> str:
+    """A PostgreSQL URL as libpq takes it, with `sslmode=require` added for a host elsewhere;
+    SettingsError naming `name` (a variable, or a command's option) for any other URL."""
     parts = urlsplit(value)
     if parts.scheme not in ("postgres", "postgresql") or not value.startswith(f"{parts.scheme}://"):
         # Never the value itself in the message: it holds the database's password.
         scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
         raise SettingsError(
             f"{name} must be a PostgreSQL URL, postgres://user:password@host:5432/dbname "
-            f"(or postgresql://...); got {scheme}. Unset it to use the SQLite file "
-            "RECEIVER_DATABASE"
+            f"(or postgresql://...); got {scheme}"
         )
     query = dict(parse_qsl(parts.query))
     if "sslmode" not in query and not all(

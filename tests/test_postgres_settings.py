@@ -3,13 +3,15 @@ dyno's disk, which is wiped at every restart."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import WAIT, free_port, wait_for_healthz
 
 from receiver.settings import Settings, SettingsError, redact_database_url, unknown_variables
 
@@ -209,3 +211,51 @@ def test_receiver_on_a_dyno_runs_on_its_disk_when_told_to(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "dyno.db").exists()
+
+
+def _with_password(url: str) -> str:
+    """The test server trusts loopback, so a password in the URL is carried, never checked."""
+    return url.replace("postgresql://postgres@", "postgresql://postgres:pw-not-to-show@", 1)
+
+
+def test_migrate_on_postgresql_names_the_database_without_its_password(
+    tmp_path: Path, pg_url: str
+) -> None:
+    url = _with_password(pg_url)
+    result = subprocess.run(
+        [str(BIN), "migrate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(tmp_path, DATABASE_URL=url),
+    )
+    assert result.returncode == 0, result.stderr
+    label = url.replace(":pw-not-to-show@", ":***@")
+    assert result.stdout.startswith(f"{label}: applied ")
+    assert "pw-not-to-show" not in result.stdout + result.stderr
+    assert not (tmp_path / "dyno.db").exists()  # RECEIVER_DATABASE is not used
+
+
+def test_serve_on_a_dyno_with_database_url_starts_on_postgresql(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The Heroku case: DYNO and DATABASE_URL set, as the add-on does; `started` names the
+    store and the database, the password hidden."""
+    env = _env(tmp_path, DYNO="web.1", DATABASE_URL=_with_password(pg_url))
+    env |= {"RECEIVER_LOG_FORMAT": "json", "TWILIO_AUTH_TOKEN": "token"}
+    proc = subprocess.Popen(
+        [str(BIN), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert wait_for_healthz(f"http://127.0.0.1:{env['PORT']}", proc).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, output
+    started = next(json.loads(line) for line in output.splitlines() if '"event": "started"' in line)
+    assert started["store"] == "postgresql"
+    assert started["database"] == pg_url.replace(
+        "postgresql://postgres@", "postgresql://postgres:***@"
+    )
+    assert "pw-not-to-show" not in output
+    assert not (tmp_path / "dyno.db").exists()
