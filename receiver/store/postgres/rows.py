@@ -2,9 +2,9 @@
 
 Other instances write the same rows at the same time, so every read of a message the rules
 decide on takes its lock first (receiver_lock_message, migration 0005): the decision holds
-until the commit. Claims skip rows another transaction holds (FOR UPDATE SKIP LOCKED), and a
-send answered as a whole (me-sms) is claimed under an advisory lock of its own. Each method is
-one round trip, as each is one statement on SQLite.
+until the commit. Each method is one statement, as on SQLite; those whose result is not read
+(inserts of events, updates) travel with the next read in the writer's pipeline. The claims'
+statements are in pollqueue.py.
 """
 
 from __future__ import annotations
