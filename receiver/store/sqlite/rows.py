@@ -17,21 +17,35 @@ _CURRENT_COLUMNS = (
     "from_number, registered, created_at, updated_at, poll_attempts, poll_lease, next_poll_at"
 )
 
+# The event's message, if any, and whether its delivery id was seen before: one statement.
+_LOOKUP = (
+    f"SELECT {', '.join('m.' + c for c in _CURRENT_COLUMNS.split(', '))}, "
+    "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
+    "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
+    "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?"
+)
+
+
+_STATUSES = {status.value: status for status in Status}  # cheaper than Status(value)
+
 
 def _current(row: sqlite3.Row) -> rules.Current:
+    # By position (the order of _CURRENT_COLUMNS): on the path of every callback.
+    (pk, status, sent_at, final_at, final_via, provider_status, account, to_number) = row[:8]
+    (from_number, registered, created_at, updated_at, attempts, lease, next_poll_at) = row[8:15]
     return rules.Current(
-        row["id"],
-        MessageState(Status(row["status"]), row["sent_at"], row["final_at"], row["final_via"]),
-        provider_status=row["provider_status"],
-        account=row["account"],
-        to_number=row["to_number"],
-        from_number=row["from_number"],
-        registered=bool(row["registered"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        poll_attempts=row["poll_attempts"],
-        poll_lease=row["poll_lease"],
-        next_poll_at=row["next_poll_at"],
+        pk,
+        MessageState(_STATUSES[status], sent_at, final_at, final_via),
+        provider_status=provider_status,
+        account=account,
+        to_number=to_number,
+        from_number=from_number,
+        registered=bool(registered),
+        created_at=created_at,
+        updated_at=updated_at,
+        poll_attempts=attempts,
+        poll_lease=lease,
+        next_poll_at=next_poll_at,
     )
 
 
@@ -52,10 +66,12 @@ def _insert_sql(columns: tuple[str, ...]) -> str:
     return f"INSERT INTO messages ({', '.join(columns)}) VALUES ({marks})"
 
 
-def _value(column: str, value: Any) -> Any:
-    if column == "metadata" and value is not None:
-        return json.dumps(value, separators=(",", ":"))
-    return value
+def _values(row: Mapping[str, Any]) -> list[Any]:
+    """The row's values in order, metadata (a dict) as compact JSON text."""
+    values = list(row.values())
+    if row.get("metadata") is not None:
+        values[list(row).index("metadata")] = json.dumps(row["metadata"], separators=(",", ":"))
+    return values
 
 
 class SQLiteRows:
@@ -67,10 +83,7 @@ class SQLiteRows:
 
     def message_for_event(self, ev: StatusEvent) -> tuple[rules.Current | None, bool]:
         row = self.conn.execute(
-            f"SELECT {', '.join('m.' + c for c in _CURRENT_COLUMNS.split(', '))}, "
-            "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
-            "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
-            "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?",
+            _LOOKUP,
             (ev.dedupe_key, ev.provider, ev.dedupe_key, ev.message_id, ev.provider, ev.message_id),
         ).fetchone()
         seen = bool(row["seen"])
@@ -84,14 +97,12 @@ class SQLiteRows:
         return None if row is None else _current(row)
 
     def insert_message(self, row: Mapping[str, Any]) -> int:
-        columns = tuple(row)
-        cur = self.conn.execute(_insert_sql(columns), [_value(c, row[c]) for c in columns])
+        cur = self.conn.execute(_insert_sql(tuple(row)), _values(row))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
-        columns = tuple(changes)
-        self.conn.execute(_update_sql(columns), [*(_value(c, changes[c]) for c in columns), pk])
+        self.conn.execute(_update_sql(tuple(changes)), [*_values(changes), pk])
 
     def insert_event(
         self,
