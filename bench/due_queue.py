@@ -26,8 +26,7 @@ from pathlib import Path
 import structlog
 
 from receiver.engine import format_time
-from receiver.store import schema
-from receiver.store.sqlite import SQLiteStore, connect
+from receiver.store.sqlite import SQLiteStore, connect, schema
 
 PROVIDER = "twilio"
 

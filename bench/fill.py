@@ -35,8 +35,7 @@ from harness import (
     twilio_params,
 )
 
-from receiver.store import schema
-from receiver.store.sqlite import connect
+from receiver.store.sqlite import connect, schema
 
 MULTIPLIER = 2_654_435_761  # odd, so i -> i * MULTIPLIER mod 2**32 is a bijection
 SUFFIX = "b0a710ad" * 3  # marks a filled (backlog) message: no generated callback ends so

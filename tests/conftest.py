@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from support import LiveServer, make_settings
 
-# The PostgreSQL server fixtures (pg_server, pg_url), for the tests that use them.
-pytest_plugins = ["pg"]
+# The contract tests' fixtures: store_factory, store, run, over every kind of store; stores.py
+# also registers tests/pg.py's PostgreSQL server fixtures (pg_server, pg_url).
+pytest_plugins = ["stores"]
 
 
 @pytest.fixture

@@ -304,6 +304,39 @@ def test_a_serialization_failure_redoes_the_batch_a_bounded_number_of_times(pg_u
         writer.stop()
 
 
+def test_a_failing_statement_fails_its_own_job_alone_though_its_error_comes_later(
+    pg_url: str,
+) -> None:
+    """In pipeline mode a statement's error surfaces at a later statement, maybe another
+    job's: the batch is redone with each job isolated, so only the job that wrote it fails."""
+    writer = Writer(lambda: connect(pg_url))
+    writer.start()
+    gate = threading.Event()
+    try:
+        writer.submit(lambda conn: conn.execute("CREATE TABLE kept (n INTEGER)")).result(WAIT)
+        held = writer.submit(lambda conn: gate.wait(WAIT))  # the next three queue behind it
+
+        def good(n: int) -> Callable[[psycopg.Connection[Any]], int]:
+            def job(conn: psycopg.Connection[Any]) -> int:
+                conn.execute("INSERT INTO kept VALUES (%s)", (n,))
+                found = conn.execute("SELECT count(*) FROM kept").fetchone()
+                return int(found[0]) if found else -1
+
+            return job
+
+        first = writer.submit(good(1))
+        bad = writer.submit(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"))
+        second = writer.submit(good(2))
+        gate.set()
+        held.result(WAIT)
+        assert first.result(WAIT) >= 1 and second.result(WAIT) == 2
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            bad.result(WAIT)
+        assert rows(pg_url, "SELECT n FROM kept ORDER BY n") == [(1,), (2,)]
+    finally:
+        writer.stop()
+
+
 def test_status_counts_are_summed_over_the_writers_shards(
     open_stores: Callable[..., Running], pg_url: str
 ) -> None:

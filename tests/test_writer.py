@@ -15,6 +15,7 @@ import pytest
 from support import POLL_INTERVAL, WAIT, wait_until, wait_until_async
 
 from receiver.store import StoreUnavailable
+from receiver.store.sqlite.connection import TRANSACTIONS
 from receiver.store.writer import Writer
 
 TIMEOUT = WAIT  # every wait is bounded, so a regression fails instead of hanging the suite
@@ -50,7 +51,7 @@ def path(tmp_path: Path) -> str:
 
 @pytest.fixture
 def writer(path: str) -> Iterator[Writer]:
-    w = Writer(lambda: open_conn(path))
+    w = Writer(lambda: open_conn(path), transactions=TRANSACTIONS)
     w.start()
     yield w
     w.stop()
@@ -135,7 +136,7 @@ def test_a_cancelled_awaiting_task_does_not_fail_its_batch(path: str, writer: Wr
 
 
 def test_submit_before_start_or_after_stop_raises_at_once(path: str) -> None:
-    writer = Writer(lambda: open_conn(path))
+    writer = Writer(lambda: open_conn(path), transactions=TRANSACTIONS)
     with pytest.raises(StoreUnavailable):
         writer.submit(insert(1))
     writer.start()
@@ -148,7 +149,7 @@ def test_submit_before_start_or_after_stop_raises_at_once(path: str) -> None:
 
 
 def test_stop_racing_submitters_leaves_no_future_pending(path: str) -> None:
-    writer = Writer(lambda: open_conn(path))
+    writer = Writer(lambda: open_conn(path), transactions=TRANSACTIONS)
     writer.start()
     futures: list[Future[int]] = []  # list.append is atomic, so the threads can share it
     ready = threading.Barrier(5, timeout=TIMEOUT)
@@ -211,7 +212,7 @@ def test_a_job_raising_a_base_exception_fails_its_batch_and_the_writer_recovers(
 @pytest.mark.parametrize(("max_batch", "batches"), [(512, 2), (20, 4)])
 def test_jobs_waiting_together_commit_together(path: str, max_batch: int, batches: int) -> None:
     """The gate's batch, then the 50 queued jobs in as few batches as max_batch allows."""
-    writer = Writer(lambda: open_conn(path), max_batch=max_batch)
+    writer = Writer(lambda: open_conn(path), transactions=TRANSACTIONS, max_batch=max_batch)
     writer.start()
     try:
         gate = Gate()
@@ -228,7 +229,11 @@ def test_jobs_waiting_together_commit_together(path: str, max_batch: int, batche
 def test_the_commit_observer_hears_each_batch_before_its_callers(path: str) -> None:
     """Metrics see a batch (its size and time) before any of its callers has a result."""
     heard: list[tuple[int, float]] = []
-    writer = Writer(lambda: open_conn(path), on_commit=lambda n, s: heard.append((n, s)))
+    writer = Writer(
+        lambda: open_conn(path),
+        transactions=TRANSACTIONS,
+        on_commit=lambda n, s: heard.append((n, s)),
+    )
     writer.start()
     try:
         gate = Gate()
@@ -249,7 +254,7 @@ def test_a_failing_commit_observer_does_not_fail_committed_jobs(path: str) -> No
     def observer(jobs: int, seconds: float) -> None:
         raise RuntimeError("metrics broke")
 
-    writer = Writer(lambda: open_conn(path), on_commit=observer)
+    writer = Writer(lambda: open_conn(path), transactions=TRANSACTIONS, on_commit=observer)
     writer.start()
     try:
         assert writer.submit(insert(7)).result(TIMEOUT) == 7
@@ -284,7 +289,7 @@ def test_stop_commits_everything_submitted_before_it(path: str, writer: Writer) 
 
 
 def test_a_locked_database_fails_the_batch_then_recovers(path: str) -> None:
-    writer = Writer(lambda: open_conn(path, busy_timeout_ms=50))
+    writer = Writer(lambda: open_conn(path, busy_timeout_ms=50), transactions=TRANSACTIONS)
     writer.start()
     blocker = open_conn(path)
     try:
@@ -397,7 +402,7 @@ def test_run_raises_a_jobs_own_error_and_a_failed_commits_store_unavailable(
 
 
 def test_run_after_stop_raises_and_stop_answers_queued_runs(path: str) -> None:
-    writer = Writer(lambda: open_conn(path))
+    writer = Writer(lambda: open_conn(path), transactions=TRANSACTIONS)
     writer.start()
 
     async def main() -> None:

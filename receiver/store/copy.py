@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from receiver.store import schema as sqlite_schema
+from receiver.store.sqlite import schema as sqlite_schema
 
 # In this order: an event names its message by id.
 TABLES = ("messages", "events")

@@ -1,11 +1,14 @@
 """One writer thread per database: group commit of concurrent requests' writes.
 
 Every write is a job (a function of the connection). The thread takes all jobs waiting, runs
-them in one `BEGIN IMMEDIATE` transaction and commits once with synchronous=FULL; only then
+them in one transaction (SQLite: `BEGIN IMMEDIATE`) and commits once, durably; only then
 are the jobs' futures resolved, so a caller that got its result knows its write is on disk. A
 job that raises fails alone: the batch is rolled back and run again with each job in its own
 savepoint (so a job must be a function of the database only: it may run twice). A batch whose
 BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
+
+Dialect-free: the store says how its connection begins a batch (`Transactions`); savepoints,
+COMMIT and ROLLBACK are standard SQL.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -38,9 +40,28 @@ def _log(method: str, event: str, **fields: Any) -> None:
 T = TypeVar("T")
 
 
+class Connection(Protocol):
+    """What the writer needs of a DB-API connection in autocommit mode."""
+
+    def execute(self, sql: str, /) -> Any: ...
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Connection)
+
+
+@dataclass(frozen=True)
+class Transactions:
+    """How a dialect's connection takes a write batch."""
+
+    begin: str  # the statement that opens a batch (SQLite: "BEGIN IMMEDIATE", the write lock)
+    error: type[Exception]  # the driver's base database error (sqlite3.Error)
+    in_transaction: Callable[[Any], bool]  # whether the connection has a transaction open
+
+
 @dataclass
 class _Job(Generic[T]):
-    fn: Callable[[sqlite3.Connection], T]
+    fn: Callable[[Any], T]
     future: Future[T] = field(default_factory=Future)
     # For run(): the event loop awaiting the job, and what wakes it there.
     loop: asyncio.AbstractEventLoop | None = None
@@ -69,17 +90,19 @@ def _wake(jobs: list[_Job[Any]]) -> None:
             loop.call_soon_threadsafe(_release, waiters)
 
 
-class Writer:
+class Writer(Generic[C]):
     """Serialises writes on one connection; `submit` is safe from any thread."""
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], C],
         *,
+        transactions: Transactions,
         max_batch: int = 512,
         on_commit: CommitObserver | None = None,
     ) -> None:
         self._connect = connect
+        self._tx = transactions
         self._max_batch = max_batch
         self._on_commit = on_commit
         # None is the stop marker; stop() enqueues it last, under the lock.
@@ -89,7 +112,7 @@ class Writer:
         self._lock = threading.Lock()
         self._closed = True
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: C | None = None
         self.batches = 0  # counters for tests; metrics hear of each batch through on_commit
         self.jobs = 0
 
@@ -105,12 +128,12 @@ class Writer:
             self._closed = False
             self._thread.start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, fn: Callable[[C], T]) -> Future[T]:
         job: _Job[T] = _Job(fn)
         self._enqueue(job)
         return job.future
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[C], T]) -> T:
         """Submit from an event loop and await the job's committed result."""
         loop = asyncio.get_running_loop()
         job: _Job[T] = _Job(fn, loop=loop, waiter=loop.create_future())
@@ -180,7 +203,7 @@ class Writer:
                 batch.append(job)
         return batch, stopping
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: C) -> None:
         try:
             stopping = False
             while not stopping:
@@ -200,7 +223,7 @@ class Writer:
 
     @staticmethod
     def _run_jobs(
-        conn: sqlite3.Connection, batch: list[_Job[Any]], *, isolated: bool
+        conn: C, batch: list[_Job[Any]], *, isolated: bool
     ) -> list[tuple[_Job[Any], Any, Exception | None]] | None:
         """Each job's (result, error); None when not isolated and a job raised."""
         outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
@@ -221,14 +244,12 @@ class Writer:
                 outcomes.append((job, result, None))
         return outcomes
 
-    def _recover(
-        self, conn: sqlite3.Connection, batch: list[_Job[Any]], exc: BaseException
-    ) -> None:
+    def _recover(self, conn: C, batch: list[_Job[Any]], exc: BaseException) -> None:
         # A transaction left open would make every later BEGIN fail: 503s until restart.
         try:
-            if conn.in_transaction:
+            if self._tx.in_transaction(conn):
                 conn.execute("ROLLBACK")
-        except sqlite3.Error as rollback_exc:
+        except self._tx.error as rollback_exc:
             exc.add_note(f"rollback failed too: {rollback_exc}")
         for job in batch:
             if not job.future.done():
@@ -239,22 +260,22 @@ class Writer:
         # Logged last, so nothing here can leave a caller unanswered.
         _log("error", "writer_error", jobs=len(batch), exc_info=exc)
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+    def _commit_batch(self, conn: C, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._tx.begin)
             outcomes = self._run_jobs(conn, batch, isolated=False)
             if outcomes is None:
                 # A job raised: redo the batch with each job in its own savepoint, so it fails
                 # alone. Savepoints cost two statements a job, and each statement hands the GIL
                 # to the event loop and waits to get it back, so the common case goes without.
                 conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(self._tx.begin)
                 outcomes = self._run_jobs(conn, batch, isolated=True)
                 assert outcomes is not None  # isolated jobs fail alone
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
+        except self._tx.error as exc:
+            if self._tx.in_transaction(conn):
                 conn.execute("ROLLBACK")
             _log("error", "write_batch_failed", jobs=len(batch), error=str(exc))
             for job in batch:

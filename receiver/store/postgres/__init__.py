@@ -1,14 +1,14 @@
 """The PostgreSQL store: several instances on one database, with SQLite's rules and answers.
 
-Writes go through this instance's group-commit writer (one connection, one transaction per
-batch, receiver.store.rules deciding over PgRows); reads use a pool of connections.
+Writes go through this instance's group-commit writer (a sync connection in its thread, one
+transaction per batch, receiver.store.rules deciding over PgRows); reads are coroutines on a
+psycopg_pool AsyncConnectionPool (RECEIVER_PG_POOL_SIZE connections), opened in open().
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -37,8 +37,13 @@ from receiver.store.postgres.writer import Writer
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
+AsyncConn = psycopg.AsyncConnection[Any]
 
 __all__ = ["PostgresStore"]
+
+
+async def _configure_async(conn: AsyncConn) -> None:
+    configure(conn)
 
 
 class PostgresStore:
@@ -63,8 +68,7 @@ class PostgresStore:
             dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
         )
         self._writer: Writer | None = None
-        self._pool: psycopg_pool.ConnectionPool[Conn] | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._pool: psycopg_pool.AsyncConnectionPool[AsyncConn] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({describe(self.url)!r})"
@@ -94,39 +98,35 @@ class PostgresStore:
             conn.close()
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
+        """Migrate, start the writer, and open the read pool on this event loop (the app's
+        lifespan), which its connections then belong to until close()."""
         applied = await asyncio.to_thread(self.migrate)
         writer = Writer(self._connect, on_commit=on_commit)
-        pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
+        pool: psycopg_pool.AsyncConnectionPool[AsyncConn] = psycopg_pool.AsyncConnectionPool(
             conninfo(self.url),
             min_size=1,
             max_size=self.pool_size,
             open=False,
-            configure=configure,
+            configure=_configure_async,
             kwargs={"autocommit": True, "application_name": "receiver"},
             name="receiver-read",
         )
         try:
             await asyncio.to_thread(writer.start)
-            await asyncio.to_thread(pool.open, wait=True)
+            await pool.open(wait=True)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             await asyncio.to_thread(writer.stop)
+            await pool.close()
             raise StoreUnavailable(f"cannot open {describe(self.url)}: {exc}") from exc
         self._writer, self._pool = writer, pool
-        self._readers = ThreadPoolExecutor(self.pool_size, thread_name_prefix="receiver-read")
         return applied
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
         if self._writer is not None:
-            self._writer.stop()  # commits everything already submitted
-        readers, self._readers = self._readers, None
-        if readers is not None:
-            readers.shutdown(wait=True)
+            await asyncio.to_thread(self._writer.stop)  # commits everything already submitted
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close()
+            await pool.close()
 
     @property
     def write_stats(self) -> tuple[int, int]:
@@ -148,31 +148,25 @@ class PostgresStore:
         except psycopg.Error as exc:  # raised inside a job: it wrote nothing; retry later
             raise StoreUnavailable(f"database write failed: {exc}") from exc
 
-    def _with_conn(self, fn: Callable[[Conn], T]) -> T:
+    async def _read(self, fn: Callable[[AsyncConn], Awaitable[T]]) -> T:
         pool = self._pool
         if pool is None:
-            raise StoreUnavailable("the store is closing")
-        for attempt in (1, 2):
-            with pool.connection() as conn:
-                try:
-                    return fn(conn)
-                except psycopg.OperationalError:
-                    # A pooled connection the server dropped (a restart, a failover) is
-                    # found out by using it; the pool discards it, and a read may run again.
-                    if attempt == 2 or not conn.broken:
-                        raise
-        raise AssertionError("unreachable")
-
-    async def _read(self, fn: Callable[[Conn], T]) -> T:
-        if self._readers is None:
             raise StoreUnavailable("the store is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._readers, self._with_conn, fn)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise StoreUnavailable(f"database read failed: {exc}") from exc
-        except RuntimeError as exc:  # the pool shut down between the check and the call
+            for attempt in (1, 2):
+                async with pool.connection() as conn:
+                    try:
+                        return await fn(conn)
+                    except psycopg.OperationalError:
+                        # A pooled connection the server dropped (a restart, a failover) is
+                        # found out by using it; the pool discards it, and a read may run again.
+                        if attempt == 2 or not conn.broken:
+                            raise
+        except psycopg_pool.PoolClosed as exc:
             raise StoreUnavailable("the store is closing") from exc
+        except psycopg.Error as exc:  # PoolTimeout included: every connection busy or gone
+            raise StoreUnavailable(f"database read failed: {exc}") from exc
+        raise AssertionError("unreachable")
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -261,11 +255,11 @@ class PostgresStore:
         return await self._read(partial(queries.list_messages, f=f))
 
     async def stats(self, f: MessageFilter) -> dict[str, Any]:
-        def query(conn: Conn) -> dict[str, Any]:
+        async def query(conn: AsyncConn) -> dict[str, Any]:
             # One snapshot, so counts and percentiles describe the same messages.
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                return queries.stats(conn, f)
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return await queries.stats(conn, f)
 
         return await self._read(query)
 

@@ -77,7 +77,7 @@ class _Loader(Loader):
         return unescape(bytes(data).decode())
 
 
-def configure(conn: psycopg.Connection[Any]) -> None:
+def configure(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     """Register the NUL-safe text adapters on a connection (also a pool's `configure`)."""
     conn.adapters.register_dumper(str, _Dumper)
     for name in ("text", "varchar", "bpchar", "name"):

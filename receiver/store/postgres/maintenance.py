@@ -20,17 +20,18 @@ BACKUP_ADVICE = (
 )
 
 
-def prunable_ids(
-    conn: Conn, after: tuple[str, int], older_than: str, batch_size: int
+async def prunable_ids(
+    conn: psycopg.AsyncConnection[Any], after: tuple[str, int], older_than: str, batch_size: int
 ) -> list[tuple[str, int]]:
     """The next prunable messages' (final time, id) after `after`, oldest first, on
     idx_messages_prunable (the expression and the WHERE match the index's)."""
-    rows = conn.execute(
+    cur = await conn.execute(
         "SELECT coalesce(final_at, updated_at), id FROM messages "
         f"WHERE {_PRUNABLE} AND (coalesce(final_at, updated_at), id) > (%s, %s) "
         "ORDER BY coalesce(final_at, updated_at), id LIMIT %s",
         (older_than, after[0], after[1], batch_size),
-    ).fetchall()
+    )
+    rows = await cur.fetchall()
     return [(row[0], row[1]) for row in rows]
 
 
@@ -51,5 +52,10 @@ def delete_messages(conn: Conn, ids: list[int], older_than: str) -> tuple[int, i
     ]
     if not still:
         return 0, 0
-    events = conn.execute("DELETE FROM events WHERE message_pk = ANY(%s)", (still,)).rowcount
-    return len(still), events
+    # A count read back rather than rowcount, which pipeline mode leaves unknown until later.
+    found = conn.execute(
+        "WITH gone AS (DELETE FROM events WHERE message_pk = ANY(%s) RETURNING 1) "
+        "SELECT count(*) FROM gone",
+        (still,),
+    ).fetchone()
+    return len(still), int(found[0]) if found else 0

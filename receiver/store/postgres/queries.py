@@ -1,10 +1,14 @@
 """Reads on PostgreSQL: a message with its history, the list with its keyset cursor, stats,
-export chunks, and the poll queue's counts. The answers are SQLite's, row for row."""
+export chunks, and the poll queue's counts. The answers are SQLite's, row for row.
+
+Each is a coroutine over a connection of the store's async pool.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -13,7 +17,7 @@ from receiver import engine
 from receiver.engine import Status
 from receiver.store.base import MessageFilter
 
-Conn = psycopg.Connection[Any]
+Conn = psycopg.AsyncConnection[Any]
 
 MESSAGE_COLUMNS = (
     "id, provider, message_id, account, status, provider_status, error_code, to_number, "
@@ -77,9 +81,9 @@ def event_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _dicts(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+async def _dicts(cur: psycopg.AsyncCursor[Any]) -> list[dict[str, Any]]:
     names = [c.name for c in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
 
 def filter_sql(f: MessageFilter) -> tuple[list[str], list[Any]]:
@@ -102,26 +106,37 @@ def filter_sql(f: MessageFilter) -> tuple[list[str], list[Any]]:
     return where, params
 
 
-def get_messages(conn: Conn, message_id: str, provider: str | None) -> list[dict[str, Any]]:
+async def _one(conn: Conn, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchone()
+
+
+async def _all(conn: Conn, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchall()
+
+
+async def get_messages(conn: Conn, message_id: str, provider: str | None) -> list[dict[str, Any]]:
     sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = %s"
     params: list[Any] = [message_id]
     if provider is not None:
         sql += " AND provider = %s"
         params.append(provider)
     # SQLite answers in rowid order without an ORDER BY; id is the same order here.
-    return [message_dict(r) for r in _dicts(conn.execute(sql + " ORDER BY id LIMIT 10", params))]
+    cur = await conn.execute(sql + " ORDER BY id LIMIT 10", params)
+    return [message_dict(r) for r in await _dicts(cur)]
 
 
-def get_events(conn: Conn, provider: str, message_id: str) -> list[dict[str, Any]]:
-    cur = conn.execute(
+async def get_events(conn: Conn, provider: str, message_id: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(
         f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = "
         "(SELECT id FROM messages WHERE provider = %s AND message_id = %s) ORDER BY id",
         (provider, message_id),
     )
-    return [event_dict(r) for r in _dicts(cur)]
+    return [event_dict(r) for r in await _dicts(cur)]
 
 
-def list_messages(conn: Conn, f: MessageFilter) -> tuple[list[dict[str, Any]], int | None]:
+async def list_messages(conn: Conn, f: MessageFilter) -> tuple[list[dict[str, Any]], int | None]:
     """Newest first; keyset-paginated on id, so inserts never shift a page."""
     where, params = filter_sql(f)
     if f.before_id is not None:
@@ -132,21 +147,20 @@ def list_messages(conn: Conn, f: MessageFilter) -> tuple[list[dict[str, Any]], i
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id DESC LIMIT %s"
     params.append(f.limit + 1)
-    rows = _dicts(conn.execute(sql, params))
+    rows = await _dicts(await conn.execute(sql, params))
     more = len(rows) > f.limit
     rows = rows[: f.limit]
     next_id = rows[-1]["id"] if more and rows else None
     return [message_dict(r) for r in rows], next_id
 
 
-def stats(conn: Conn, f: MessageFilter) -> dict[str, Any]:
+async def stats(conn: Conn, f: MessageFilter) -> dict[str, Any]:
     """Counts and time-to-final percentiles, in one snapshot (the caller's transaction)."""
     where, params = filter_sql(f)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     counts = {s.value: 0 for s in Status}
-    for status, n in conn.execute(
-        f"SELECT status, count(*) FROM messages{clause} GROUP BY status",
-        params,
+    for status, n in await _all(
+        conn, f"SELECT status, count(*) FROM messages{clause} GROUP BY status", params
     ):
         counts[status] = n
     total = sum(counts.values())
@@ -157,17 +171,18 @@ def stats(conn: Conn, f: MessageFilter) -> dict[str, Any]:
         f"FROM messages{clause}{' AND' if where else ' WHERE'} is_final = 1 "
         "AND sent_at IS NOT NULL AND final_at IS NOT NULL"
     )
-    found = conn.execute(f"SELECT count(*) FROM ({timed}) t", params).fetchone()
+    found = await _one(conn, f"SELECT count(*) FROM ({timed}) t", params)
     n_timed = int(found[0]) if found else 0
 
-    def percentile(p: float) -> float | None:
+    async def percentile(p: float) -> float | None:
         if n_timed == 0:
             return None
         rank = max(0, math.ceil(p * n_timed) - 1)  # nearest-rank percentile
-        row = conn.execute(
+        row = await _one(
+            conn,
             f"SELECT seconds FROM ({timed}) t ORDER BY seconds LIMIT 1 OFFSET %s",
             [*params, rank],
-        ).fetchone()
+        )
         assert row is not None
         return round(float(row[0]), 3)
 
@@ -179,13 +194,13 @@ def stats(conn: Conn, f: MessageFilter) -> dict[str, Any]:
         "delivery_rate": round(delivered / final, 4) if final else None,
         "time_to_final_seconds": {
             "count": n_timed,
-            "median": percentile(0.5),
-            "p95": percentile(0.95),
+            "median": await percentile(0.5),
+            "p95": await percentile(0.95),
         },
     }
 
 
-def export_chunk(
+async def export_chunk(
     conn: Conn, where: list[str], params: list[Any], before: int | None, size: int
 ) -> list[tuple[Any, ...]]:
     """Up to `size` rows older than id `before`: (id, *EXPORT_COLUMNS values)."""
@@ -194,43 +209,46 @@ def export_chunk(
     sql = f"SELECT {EXPORT_COLUMNS} FROM messages"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    rows = conn.execute(sql + " ORDER BY id DESC LIMIT %s", [*params, size]).fetchall()
+    rows = await _all(conn, sql + " ORDER BY id DESC LIMIT %s", [*params, size])
     return [(*row[:6], bool(row[6]), *row[7:11], bool(row[11]), *row[12:]) for row in rows]
 
 
-def queued_providers(conn: Conn) -> list[str]:
+async def queued_providers(conn: Conn) -> list[str]:
     # One index descent per provider (a loose index scan), however many messages wait.
     found: list[str] = []
     while True:
-        row = conn.execute(
+        row = await _one(
+            conn,
             "SELECT min(provider) FROM messages WHERE next_poll_at IS NOT NULL AND provider > %s",
             (found[-1] if found else "",),
-        ).fetchone()
+        )
         if row is None or row[0] is None:
             return found
         found.append(row[0])
 
 
-def next_due(conn: Conn, provider: str) -> str | None:
-    row = conn.execute(
+async def next_due(conn: Conn, provider: str) -> str | None:
+    row = await _one(
+        conn,
         "SELECT min(next_poll_at) FROM messages WHERE provider = %s AND next_poll_at IS NOT NULL",
         (provider,),
-    ).fetchone()
+    )
     return row[0] if row else None
 
 
-def due_count(conn: Conn, provider: str, now: str) -> int:
-    row = conn.execute(
+async def due_count(conn: Conn, provider: str, now: str) -> int:
+    row = await _one(
+        conn,
         "SELECT count(*) FROM messages "
         "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s",
         (provider, now),
-    ).fetchone()
+    )
     return int(row[0]) if row else 0
 
 
-def count_by_status(conn: Conn) -> dict[str, int]:
+async def count_by_status(conn: Conn) -> dict[str, int]:
     # The shards kept by triggers (migration 0003): a few rows, however many messages.
-    rows = conn.execute(
-        "SELECT status, sum(n) FROM message_status_counts GROUP BY status HAVING sum(n) > 0"
-    ).fetchall()
+    rows = await _all(
+        conn, "SELECT status, sum(n) FROM message_status_counts GROUP BY status HAVING sum(n) > 0"
+    )
     return {status: int(n) for status, n in rows}

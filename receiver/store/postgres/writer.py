@@ -240,15 +240,27 @@ class Writer:
             )
 
     def _attempt(self, batch: list[_Job[Any]]) -> list[tuple[_Job[Any], Any, Exception | None]]:
-        """Run the batch in one transaction and commit it."""
+        """Run the batch in one transaction and commit it.
+
+        In pipeline mode: a statement whose result no job reads (an event insert, a message
+        update, BEGIN and COMMIT themselves) goes out with the next one that is read, so a
+        callback costs one round trip rather than three. A statement's error then surfaces at
+        a later one, maybe in another job's call: any error but a retryable one redoes the
+        batch with each job in its own savepoint, out of pipeline mode, where it fails alone.
+        """
         conn = self._connection()
         try:
-            with conn.transaction():
-                self._lock_messages(conn, batch)
-                return self._run_jobs(conn, batch, isolated=False)
+            try:
+                with conn.pipeline(), conn.transaction():
+                    self._lock_messages(conn, batch)
+                    return self._run_jobs(conn, batch, isolated=False)
+            except (_JobFailed, *RETRYABLE):
+                raise
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise
+                raise _JobFailed from exc  # a deferred statement of some job failed
         except _JobFailed:
-            # A job raised: redo the batch with each job in its own savepoint, so it fails
-            # alone; the common case goes without the two extra statements a job.
             with conn.transaction():
                 self._lock_messages(conn, batch)
                 return self._run_jobs(conn, batch, isolated=True)

@@ -1,0 +1,91 @@
+"""The poll queue's SQL: the reads and writes of a claim (the rules decide which rows and the
+leases: rules.claim_due), and the queue's reads for the scheduler and the metrics.
+
+Claims run in the writer's BEGIN IMMEDIATE batch, so a second claimer, another process
+included, waits for the lock and then finds the rows leased.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from receiver.store.base import DueMessage
+from receiver.store.rules import Queued
+
+_QUEUED_COLUMNS = (
+    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
+    "sent_at, poll_lease, next_poll_at"
+)
+
+
+def _queued(row: sqlite3.Row) -> Queued:
+    return Queued(DueMessage(*tuple(row)[:9]), row["poll_lease"], row["next_poll_at"])
+
+
+def due(conn: sqlite3.Connection, provider: str, now: str, limit: int) -> list[Queued]:
+    rows = conn.execute(
+        f"SELECT {_QUEUED_COLUMNS} FROM messages "
+        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+        "ORDER BY next_poll_at LIMIT ?",
+        (provider, now, limit),
+    ).fetchall()
+    return [_queued(row) for row in rows]
+
+
+def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
+    # The prefix range is a range of the (provider, message_id) index:
+    # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
+    rows = conn.execute(
+        f"SELECT {_QUEUED_COLUMNS} FROM messages "
+        "WHERE provider = ? AND message_id >= ? AND message_id < ? "
+        "AND next_poll_at IS NOT NULL",
+        (provider, prefix, prefix + "\U0010ffff"),
+    ).fetchall()
+    return [_queued(row) for row in rows]
+
+
+def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
+    conn.executemany(
+        "UPDATE messages SET next_poll_at = ? WHERE id = ?", [(at, pk) for pk, at in until]
+    )
+
+
+def lease(conn: sqlite3.Connection, pks: Sequence[int], owner: str, until: str) -> None:
+    conn.executemany(
+        "UPDATE messages SET next_poll_at = ?, poll_lease = ? WHERE id = ?",
+        [(until, owner, pk) for pk in pks],
+    )
+
+
+# -- reads, on the read connections -----------------------------------------------------------
+
+
+def queued_providers(conn: sqlite3.Connection) -> list[str]:
+    # One index seek per provider (a skip scan), however many messages wait.
+    found: list[str] = []
+    while True:
+        row = conn.execute(
+            "SELECT min(provider) FROM messages WHERE next_poll_at IS NOT NULL AND provider > ?",
+            (found[-1] if found else "",),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return found
+        found.append(row[0])
+
+
+def next_due(provider: str, conn: sqlite3.Connection) -> str | None:
+    row = conn.execute(
+        "SELECT min(next_poll_at) FROM messages WHERE provider = ? AND next_poll_at IS NOT NULL",
+        (provider,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def due_count(provider: str, now: str, conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM messages "
+        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?",
+        (provider, now),
+    ).fetchone()
+    return int(row[0])
