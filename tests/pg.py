@@ -21,7 +21,23 @@ from typing import Any
 import pytest
 from support import WAIT, free_port
 
-BIN = Path(os.environ.get("RECEIVER_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _bin() -> Path:
+    """Where initdb and pg_ctl are: RECEIVER_TEST_PG_BIN, else the newest Debian install
+    (/usr/lib/postgresql/N/bin), else next to an initdb on PATH."""
+    if "RECEIVER_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["RECEIVER_TEST_PG_BIN"])
+    installed = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if installed:
+        return installed[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 USER = "postgres"
 
 

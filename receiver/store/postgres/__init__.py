@@ -1,5 +1,13 @@
 """The PostgreSQL store: several instances on one database, with SQLite's rules and answers.
 
+  connection.py   connect(): the URL as given (TLS for remote hosts), text with NUL kept
+  schema.py       the named, recorded migrations (SQLite's tables and columns)
+  writer.py       the group-commit writer: one transaction a batch, retried on deadlock
+  rows.py         the rules' RowAccess: the SQL of recording, each message read locked
+  queries.py      reads: one message, its events, the list (keyset cursor), stats, export
+  pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
+  maintenance.py  prune; backups are pg_dump's
+
 Writes go through this instance's group-commit writer (a sync connection in its thread, one
 transaction per batch, receiver.store.rules deciding over PgRows); reads are coroutines on a
 psycopg_pool AsyncConnectionPool (RECEIVER_PG_POOL_SIZE connections), opened in open().
@@ -30,7 +38,7 @@ from receiver.store.base import (
     StoreUnavailable,
     utcnow,
 )
-from receiver.store.postgres import maintenance, queries, schema
+from receiver.store.postgres import maintenance, pollqueue, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import Writer
@@ -226,13 +234,13 @@ class PostgresStore:
         )
 
     async def queued_providers(self) -> list[str]:
-        return await self._read(queries.queued_providers)
+        return await self._read(pollqueue.queued_providers)
 
     async def next_due(self, provider: str) -> str | None:
-        return await self._read(partial(queries.next_due, provider=provider))
+        return await self._read(partial(pollqueue.next_due, provider=provider))
 
     async def due_count(self, provider: str, now: str) -> int:
-        return await self._read(partial(queries.due_count, provider=provider, now=now))
+        return await self._read(partial(pollqueue.due_count, provider=provider, now=now))
 
     async def count_by_status(self) -> dict[str, int]:
         return await self._read(queries.count_by_status)

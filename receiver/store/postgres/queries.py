@@ -1,5 +1,5 @@
 """Reads on PostgreSQL: a message with its history, the list with its keyset cursor, stats,
-export chunks, and the poll queue's counts. The answers are SQLite's, row for row.
+export chunks, the status counts. The answers are SQLite's, row for row.
 
 Each is a coroutine over a connection of the store's async pool.
 """
@@ -211,39 +211,6 @@ async def export_chunk(
         sql += " WHERE " + " AND ".join(where)
     rows = await _all(conn, sql + " ORDER BY id DESC LIMIT %s", [*params, size])
     return [(*row[:6], bool(row[6]), *row[7:11], bool(row[11]), *row[12:]) for row in rows]
-
-
-async def queued_providers(conn: Conn) -> list[str]:
-    # One index descent per provider (a loose index scan), however many messages wait.
-    found: list[str] = []
-    while True:
-        row = await _one(
-            conn,
-            "SELECT min(provider) FROM messages WHERE next_poll_at IS NOT NULL AND provider > %s",
-            (found[-1] if found else "",),
-        )
-        if row is None or row[0] is None:
-            return found
-        found.append(row[0])
-
-
-async def next_due(conn: Conn, provider: str) -> str | None:
-    row = await _one(
-        conn,
-        "SELECT min(next_poll_at) FROM messages WHERE provider = %s AND next_poll_at IS NOT NULL",
-        (provider,),
-    )
-    return row[0] if row else None
-
-
-async def due_count(conn: Conn, provider: str, now: str) -> int:
-    row = await _one(
-        conn,
-        "SELECT count(*) FROM messages "
-        "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s",
-        (provider, now),
-    )
-    return int(row[0]) if row else 0
 
 
 async def count_by_status(conn: Conn) -> dict[str, int]:

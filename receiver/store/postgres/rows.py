@@ -2,9 +2,9 @@
 
 Other instances write the same rows at the same time, so every read of a message the rules
 decide on takes its lock first (receiver_lock_message, migration 0005): the decision holds
-until the commit. Claims skip rows another transaction holds (FOR UPDATE SKIP LOCKED), and a
-send answered as a whole (me-sms) is claimed under an advisory lock of its own. Each method is
-one round trip, as each is one statement on SQLite.
+until the commit. Each method is one statement, as on SQLite; those whose result is not read
+(inserts of events, updates) travel with the next read in the writer's pipeline. The claims'
+statements are in pollqueue.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ from typing import Any
 import psycopg
 
 from receiver.engine import MessageState, Outcome, Status, StatusEvent
-from receiver.store.base import DueMessage
+from receiver.store.postgres import pollqueue
 from receiver.store.rules import MESSAGE_COLUMNS, Current, Queued
 
 Conn = psycopg.Connection[Any]
-
-_DUE_COLUMNS = (
-    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
-    "sent_at, poll_lease, next_poll_at"
-)
 
 
 def lock_key(provider: str, message_id: str) -> str:
@@ -51,10 +46,6 @@ def _current(row: Sequence[Any]) -> Current | None:
         poll_lease=row[13],
         next_poll_at=row[14],
     )
-
-
-def _queued(row: Sequence[Any]) -> Queued:
-    return Queued(DueMessage(*row[:9]), row[9], row[10])
 
 
 def _column_value(name: str, value: Any) -> Any:
@@ -205,43 +196,15 @@ class PgRows:
             (message_pk, provider, message_id),
         )
 
+    # The poll queue's statements are in pollqueue.py, with its reads.
     def due(self, provider: str, now: str, limit: int) -> list[Queued]:
-        # Rows another transaction holds are skipped, not waited for: another instance's
-        # claim, or a callback about to change the message.
-        rows = self.conn.execute(
-            f"SELECT {_DUE_COLUMNS} FROM messages "
-            "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s "
-            "ORDER BY next_poll_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (provider, now, limit),
-        ).fetchall()
-        return [_queued(row) for row in rows]
+        return pollqueue.due(self.conn, provider, now, limit)
 
     def group(self, provider: str, prefix: str) -> list[Queued]:
-        # One claimer at a time per send, in every instance: the send's advisory lock, held to
-        # the commit, then every member's row lock, so a second claimer reads the members as
-        # the first left them (leased to it) and leaves the send alone.
-        self.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
-        )
-        rows = self.conn.execute(
-            f"SELECT {_DUE_COLUMNS} FROM messages "
-            "WHERE provider = %s AND message_id >= %s AND message_id < %s "
-            "AND next_poll_at IS NOT NULL FOR UPDATE",
-            (provider, prefix, prefix + "\U0010ffff"),
-        ).fetchall()
-        return [_queued(row) for row in rows]
+        return pollqueue.group(self.conn, provider, prefix)
 
     def put_off(self, until: Sequence[tuple[int, str]]) -> None:
-        if until:
-            self.conn.execute(
-                "UPDATE messages SET next_poll_at = u.at FROM unnest(%s::bigint[], %s::text[]) "
-                "AS u(pk, at) WHERE id = u.pk",
-                ([pk for pk, _ in until], [at for _, at in until]),
-            )
+        pollqueue.put_off(self.conn, until)
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
-        if pks:
-            self.conn.execute(
-                "UPDATE messages SET next_poll_at = %s, poll_lease = %s WHERE id = ANY(%s)",
-                (until, owner, list(pks)),
-            )
+        pollqueue.lease(self.conn, pks, owner, until)

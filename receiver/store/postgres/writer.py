@@ -1,12 +1,16 @@
 """One writer thread per instance: group commit of concurrent requests' writes on PostgreSQL.
 
-As on SQLite (receiver/store/writer.py): every write is a job (a function of the connection);
+As SQLite's (receiver/store/writer.py): every write is a job (a function of the connection);
 the thread takes all jobs waiting, runs them in one transaction and resolves their futures
-only after COMMIT. What differs is the database's answer to concurrency: other instances write
-the same rows, so a batch may be chosen as a deadlock victim or fail to serialize. Such a
-batch is rolled back and run again whole (its jobs are functions of the database, so running
-them again decides them afresh), a bounded number of times, then fails with StoreUnavailable.
-A lost connection fails its batch and is replaced for the next one.
+only after COMMIT. What differs comes from other instances writing the same rows at once:
+- a batch first takes the advisory locks of the messages its jobs name, in one order every
+  instance uses, so two batches queue for a message rather than deadlock;
+- a batch chosen as a deadlock victim, or failing to serialize (SQLSTATE 40P01, 40001), is
+  rolled back and run again whole (its jobs are functions of the database, so they decide
+  afresh), a bounded number of times, then fails with StoreUnavailable (a 503);
+- it runs in pipeline mode, where a statement whose result nobody reads goes out with the next
+  one that is read: round trips, not the database, bound a writer;
+- a lost connection fails its batch and is replaced for the next one.
 """
 
 from __future__ import annotations
