@@ -355,6 +355,8 @@ def backup(args: argparse.Namespace) -> int:
 
 def copy(args: argparse.Namespace) -> int:
     """Copy a SQLite database into an empty PostgreSQL one (moving to PostgreSQL)."""
+    import sqlite3
+
     import psycopg
 
     from receiver.settings import read_database_url, redact_database_url
@@ -395,6 +397,9 @@ def copy(args: argparse.Namespace) -> int:
     except psycopg.Error as exc:
         # libpq's messages name the host and the user, never the password.
         print(f"receiver: copy into {label} failed: {exc}".rstrip(), file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"receiver: reading {args.source} failed: {exc}", file=sys.stderr)
         return 1
     finally:
         source.close()

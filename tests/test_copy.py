@@ -15,6 +15,7 @@ import pytest
 from pg import PgServer
 from support import LiveServer, new_sid, post_status
 
+from receiver.store.copy import CopyFailed, copy_database, open_source
 from receiver.store.postgres import connection, schema
 
 BIN = Path(sys.executable).parent / "receiver"
@@ -233,3 +234,31 @@ def _answers(client: Any) -> dict[str, Any]:
         answers[path] = client.get(path).json()
         answers[path + "/events"] = client.get(path + "/events").json()
     return answers
+
+
+def test_a_copy_whose_counts_differ_keeps_nothing(start_server: StartServer, pg_url: str) -> None:
+    """All or nothing: a target that ends up with other counts than the source (here a trigger
+    adds a row) is rolled back whole, and says which counts differ."""
+    path = build_source(start_server)
+    with connection.connect(pg_url) as pg:
+        schema.migrate(pg)
+        pg.execute(
+            "CREATE FUNCTION one_more() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO events (id, provider, message_id, source, provider_status, outcome, "
+            "received_at) VALUES (1000000, 'twilio', 'SMextra', 'callback', 'sent', 'applied', "
+            "'x'); "
+            "RETURN NULL; END $$"
+        )
+        pg.execute(
+            "CREATE TRIGGER one_more AFTER INSERT ON messages FOR EACH ROW "
+            "WHEN (NEW.id = 1) EXECUTE FUNCTION one_more()"
+        )
+        source = open_source(path)
+        try:
+            with pytest.raises(CopyFailed, match="the counts differ: nothing was copied") as error:
+                copy_database(source, pg, migrate=schema.migrate)
+        finally:
+            source.close()
+        assert "events" in str(error.value)
+        for table in TABLES:
+            assert pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0

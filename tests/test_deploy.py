@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from support import free_port, wait_for_healthz
-from test_docs import section
+from test_docs import code_blocks, section
 
 from receiver.settings import Settings
 
@@ -388,6 +388,24 @@ def test_kubernetes_standalone_is_one_replica_behind_a_tls_ingress_for_webhooks_
 
 
 # -- docs/deploy.md and docs/operate.md walk through these files ---------------------------------
+
+
+def test_deploy_docs_point_several_instances_at_one_postgresql() -> None:
+    """Fly and Kubernetes each say how to run several instances on PostgreSQL: DATABASE_URL
+    from the platform's secret, and more than one instance."""
+    fly = section("### Several Machines on Fly, with PostgreSQL", DEPLOY_DOC)
+    assert "fly postgres attach" in fly and "DATABASE_URL" in fly
+    assert "fly scale count 2" in fly
+    kubernetes = section("### Several replicas, with PostgreSQL", DEPLOY_DOC)
+    (snippet,) = [b for b in code_blocks(kubernetes) if b.startswith("spec:")]
+    spec = yaml.safe_load(snippet)["spec"]
+    assert spec["replicas"] > 1
+    (container,) = spec["template"]["spec"]["containers"]
+    (ref,) = [item for item in container["env"] if item["name"] == "DATABASE_URL"]
+    key = ref["valueFrom"]["secretKeyRef"]["key"]
+    assert f"--from-literal={key}=" in kubernetes
+    heroku = section("## Deploy to Heroku", DEPLOY_DOC)
+    assert "heroku ps:scale web=2" in heroku
 
 
 def test_deploy_docs_walk_through_each_deploy_path_with_these_files() -> None:
