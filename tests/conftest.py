@@ -1,11 +1,28 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import LiveServer, make_settings
+
+from receiver.settings import PREFIXES
+
+# What the service reads from its environment besides its prefixed settings.
+PLATFORM_VARIABLES = ("DATABASE_URL", "DYNO", "PORT")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite never inherits the service's settings from the shell that runs it (a developer's
+    TWILIO_AUTH_TOKEN, a Heroku CI's DYNO or DATABASE_URL): every server and subprocess a test
+    starts sees only what that test gives it. RECEIVER_TEST_* variables are the suite's own."""
+    for name in list(os.environ):
+        ours = name.startswith(PREFIXES) and not name.startswith("RECEIVER_TEST_")
+        if ours or name in PLATFORM_VARIABLES:
+            del os.environ[name]
+
 
 # The contract tests' fixtures: store_factory, store, run, over every kind of store; stores.py
 # also registers tests/pg.py's PostgreSQL server fixtures (pg_server, pg_url).
