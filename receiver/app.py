@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             await the_store.close()
             log.info("stopped")
 
-    routes = [
+    # The callbacks first: they are nearly all the traffic, and Starlette tries routes in order.
+    routes: list[Route] = [webhooks.route(name) for name in REGISTRY]
+    routes += [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -107,7 +109,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
     ]
-    routes += [webhooks.route(name) for name in REGISTRY]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],
