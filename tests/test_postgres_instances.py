@@ -179,13 +179,17 @@ def test_two_instances_record_split_callbacks_once_and_survive_a_kill_9(
         # Mid-load: some hundreds of pushes acknowledged, the rest in flight or still to come.
         wait_until(lambda: acked(sim) >= KILL_AFTER_ACKS, timeout=WAIT * 4, what="acks")
         processes[0].kill()
+        # Out of the pool, as a balancer's health check would take it: its port is free now,
+        # and another program on the machine may bind it and answer 404 for our callbacks.
+        lb.down.add(processes[0].base_url)
         registering.join(WAIT)
         stats = sim.wait_idle(timeout=WAIT * 10)  # a bound for a loaded machine
         elapsed = time.monotonic() - started
     finally:
         for process in processes:
             process.stop()
-    assert stats["deliveries"]["gave_up"] == 0, stats  # every push was acknowledged in the end
+    # Every push was acknowledged in the end (its answers by status, if not).
+    assert stats["deliveries"]["gave_up"] == 0, stats["deliveries"]
     assert lb.routed[processes[0].base_url] > 0 and lb.routed[processes[1].base_url] > 0
 
     simulated = {m["message_id"]: m for m in sim.messages(provider="twilio")}
