@@ -2,7 +2,7 @@
 
   connection.py   connect(): the URL as given (TLS for remote hosts), text with NUL kept
   schema.py       the named, recorded migrations (SQLite's tables and columns)
-  writer.py       the group-commit writer: one transaction a batch, retried on deadlock
+  writer.py       the group-commit writer's hooks: message locks first, retried on deadlock
   rows.py         the rules' RowAccess: the SQL of recording, each message read locked
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
@@ -41,7 +41,8 @@ from receiver.store.base import (
 from receiver.store.postgres import maintenance, pollqueue, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
-from receiver.store.postgres.writer import Writer
+from receiver.store.postgres.writer import TRANSACTIONS
+from receiver.store.writer import Writer
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -75,7 +76,7 @@ class PostgresStore:
             dlr_grace=dlr_grace,
             dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
         )
-        self._writer: Writer | None = None
+        self._writer: Writer[Conn] | None = None
         self._pool: psycopg_pool.AsyncConnectionPool[AsyncConn] | None = None
 
     def __repr__(self) -> str:
@@ -109,7 +110,7 @@ class PostgresStore:
         """Migrate, start the writer, and open the read pool on this event loop (the app's
         lifespan), which its connections then belong to until close()."""
         applied = await asyncio.to_thread(self.migrate)
-        writer = Writer(self._connect, on_commit=on_commit)
+        writer = Writer(self._connect, transactions=TRANSACTIONS, on_commit=on_commit)
         pool: psycopg_pool.AsyncConnectionPool[AsyncConn] = psycopg_pool.AsyncConnectionPool(
             conninfo(self.url),
             min_size=1,
@@ -147,7 +148,7 @@ class PostgresStore:
         self, fn: Callable[[PgRows], T], messages: Iterable[tuple[str, str]] = ()
     ) -> T:
         """Run `fn` in the writer's next batch; `messages` are the (provider, message_id) it
-        will decide, locked at the start of the batch (see Writer._lock_messages)."""
+        will decide, locked at the start of the batch (see writer.Transactions.before_batch)."""
         if self._writer is None:
             raise StoreUnavailable("the store is not open")
         locks = [lock_key(provider, message_id) for provider, message_id in messages]
