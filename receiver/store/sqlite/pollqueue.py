@@ -10,39 +10,30 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from receiver.store.base import DueMessage
+from receiver.store.rows import QUEUED_COLUMNS, queued
 from receiver.store.rules import Queued
-
-_QUEUED_COLUMNS = (
-    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
-    "sent_at, poll_lease, next_poll_at"
-)
-
-
-def _queued(row: sqlite3.Row) -> Queued:
-    return Queued(DueMessage(*tuple(row)[:9]), row["poll_lease"], row["next_poll_at"])
 
 
 def due(conn: sqlite3.Connection, provider: str, now: str, limit: int) -> list[Queued]:
     rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
+        f"SELECT {QUEUED_COLUMNS} FROM messages "
         "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
         "ORDER BY next_poll_at LIMIT ?",
         (provider, now, limit),
     ).fetchall()
-    return [_queued(row) for row in rows]
+    return [queued(row) for row in rows]
 
 
 def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
     # The prefix range is a range of the (provider, message_id) index:
     # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
     rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
+        f"SELECT {QUEUED_COLUMNS} FROM messages "
         "WHERE provider = ? AND message_id >= ? AND message_id < ? "
         "AND next_poll_at IS NOT NULL",
         (provider, prefix, prefix + "\U0010ffff"),
     ).fetchall()
-    return [_queued(row) for row in rows]
+    return [queued(row) for row in rows]
 
 
 def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
