@@ -9,13 +9,13 @@ and how it writes message rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, Protocol
 
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store.base import DueMessage
-from receiver.store.rules import Queued
+from receiver.store.rules import Current, Queued
 
 QUEUED_COLUMNS = (
     "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
@@ -72,6 +72,19 @@ class SqlRows:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+
+    # The message reads and writes differ (how a read locks, how values are stored).
+    def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:
+        raise NotImplementedError
+
+    def message(self, provider: str, message_id: str) -> Current | None:
+        raise NotImplementedError
+
+    def insert_message(self, row: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        raise NotImplementedError
 
     def insert_event(
         self,

@@ -54,7 +54,13 @@ async def list_messages(conn: Conn, f: MessageFilter) -> tuple[list[dict[str, An
 
 
 async def stats(conn: Conn, f: MessageFilter) -> dict[str, Any]:
-    """Counts and time-to-final percentiles, in one snapshot (the caller's transaction)."""
+    """Counts and time-to-final percentiles, in one snapshot."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return await _summarize(conn, f)
+
+
+async def _summarize(conn: Conn, f: MessageFilter) -> dict[str, Any]:
     where, params = filter_sql(f)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     counts = dict(

@@ -65,7 +65,7 @@ def queued_providers(conn: sqlite3.Connection) -> list[str]:
         found.append(row[0])
 
 
-def next_due(provider: str, conn: sqlite3.Connection) -> str | None:
+def next_due(conn: sqlite3.Connection, provider: str) -> str | None:
     row = conn.execute(
         "SELECT min(next_poll_at) FROM messages WHERE provider = ? AND next_poll_at IS NOT NULL",
         (provider,),
@@ -73,7 +73,7 @@ def next_due(provider: str, conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
-def due_count(provider: str, now: str, conn: sqlite3.Connection) -> int:
+def due_count(conn: sqlite3.Connection, provider: str, now: str) -> int:
     row = conn.execute(
         "SELECT count(*) FROM messages "
         "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?",

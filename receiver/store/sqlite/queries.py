@@ -17,25 +17,25 @@ def filter_sql(f: MessageFilter) -> tuple[list[str], list[Any]]:
 
 
 def get_messages(
-    message_id: str, provider: str | None, conn: sqlite3.Connection
+    conn: sqlite3.Connection, message_id: str, provider: str | None
 ) -> list[dict[str, Any]]:
     sql, params = answers.messages_sql(message_id, provider)
     return [answers.message_dict(r) for r in conn.execute(sql, params)]
 
 
-def get_events(provider: str, message_id: str, conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def get_events(conn: sqlite3.Connection, provider: str, message_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(answers.events_sql(), (provider, message_id))
     return [answers.event_dict(r) for r in rows]
 
 
 def list_messages(
-    f: MessageFilter, conn: sqlite3.Connection
+    conn: sqlite3.Connection, f: MessageFilter
 ) -> tuple[list[dict[str, Any]], int | None]:
     sql, params = answers.page_sql(f)
     return answers.page(conn.execute(sql, params).fetchall(), f)
 
 
-def stats(f: MessageFilter, conn: sqlite3.Connection) -> dict[str, Any]:
+def stats(conn: sqlite3.Connection, f: MessageFilter) -> dict[str, Any]:
     # One read transaction, so counts and percentiles describe the same snapshot.
     conn.execute("BEGIN")
     try:
@@ -76,7 +76,7 @@ def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 def export_chunk(
-    where: list[str], params: list[Any], before: int | None, size: int, conn: sqlite3.Connection
+    conn: sqlite3.Connection, where: list[str], params: list[Any], before: int | None, size: int
 ) -> list[tuple[Any, ...]]:
     """Up to `size` rows older than id `before`: (id, *EXPORT_COLUMNS values)."""
     sql, params = answers.export_sql(where, params, before, size)
