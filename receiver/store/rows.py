@@ -28,6 +28,41 @@ def queued(row: Sequence[Any]) -> Queued:
     return Queued(DueMessage(*tuple(row)[:9]), row[9], row[10])
 
 
+def select_due(
+    conn: Any, provider: str, now: str, limit: int, *, mark: str = "?", lock: str = ""
+) -> list[Queued]:
+    """Up to `limit` of the provider's queued messages due at `now`, soonest first; `lock`
+    ends the SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    rows = conn.execute(
+        marked(
+            f"SELECT {QUEUED_COLUMNS} FROM messages "
+            "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?" + lock,
+            mark,
+        ),
+        (provider, now, limit),
+    ).fetchall()
+    return [queued(row) for row in rows]
+
+
+def select_group(
+    conn: Any, provider: str, prefix: str, *, mark: str = "?", lock: str = ""
+) -> list[Queued]:
+    """The provider's queued messages whose id starts with `prefix`; `lock` ends the SELECT."""
+    # The prefix range is a range of the (provider, message_id) index:
+    # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
+    rows = conn.execute(
+        marked(
+            f"SELECT {QUEUED_COLUMNS} FROM messages "
+            "WHERE provider = ? AND message_id >= ? AND message_id < ? "
+            "AND next_poll_at IS NOT NULL" + lock,
+            mark,
+        ),
+        (provider, prefix, prefix + "\U0010ffff"),
+    ).fetchall()
+    return [queued(row) for row in rows]
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
     "status, previous_status, outcome, error_code, account, to_number, from_number, "
@@ -49,7 +84,7 @@ _ADOPT_EVENTS = (
 )
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def marked(sql: str, mark: str) -> str:
     """The statement with the dialect's placeholder (the SQL here has no literal "?")."""
     return sql if mark == "?" else sql.replace("?", mark)

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from receiver.store.rows import QUEUED_COLUMNS, queued
+from receiver.store.rows import select_due, select_group
 from receiver.store.rules import Queued
 
 Conn = psycopg.Connection[Any]
@@ -22,13 +22,7 @@ AsyncConn = psycopg.AsyncConnection[Any]
 
 
 def due(conn: Conn, provider: str, now: str, limit: int) -> list[Queued]:
-    rows = conn.execute(
-        f"SELECT {QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s "
-        "ORDER BY next_poll_at LIMIT %s FOR UPDATE SKIP LOCKED",
-        (provider, now, limit),
-    ).fetchall()
-    return [queued(row) for row in rows]
+    return select_due(conn, provider, now, limit, mark="%s", lock=" FOR UPDATE SKIP LOCKED")
 
 
 def group(conn: Conn, provider: str, prefix: str) -> list[Queued]:
@@ -38,13 +32,7 @@ def group(conn: Conn, provider: str, prefix: str) -> list[Queued]:
     conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
     )
-    rows = conn.execute(
-        f"SELECT {QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = %s AND message_id >= %s AND message_id < %s "
-        "AND next_poll_at IS NOT NULL FOR UPDATE",
-        (provider, prefix, prefix + "\U0010ffff"),
-    ).fetchall()
-    return [queued(row) for row in rows]
+    return select_group(conn, provider, prefix, mark="%s", lock=" FOR UPDATE")
 
 
 def put_off(conn: Conn, until: Sequence[tuple[int, str]]) -> None:

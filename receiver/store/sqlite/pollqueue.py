@@ -10,30 +10,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from receiver.store.rows import QUEUED_COLUMNS, queued
+from receiver.store.rows import select_due, select_group
 from receiver.store.rules import Queued
 
 
 def due(conn: sqlite3.Connection, provider: str, now: str, limit: int) -> list[Queued]:
-    rows = conn.execute(
-        f"SELECT {QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
-        "ORDER BY next_poll_at LIMIT ?",
-        (provider, now, limit),
-    ).fetchall()
-    return [queued(row) for row in rows]
+    return select_due(conn, provider, now, limit)
 
 
 def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
-    # The prefix range is a range of the (provider, message_id) index:
-    # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
-    rows = conn.execute(
-        f"SELECT {QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = ? AND message_id >= ? AND message_id < ? "
-        "AND next_poll_at IS NOT NULL",
-        (provider, prefix, prefix + "\U0010ffff"),
-    ).fetchall()
-    return [queued(row) for row in rows]
+    return select_group(conn, provider, prefix)
 
 
 def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
