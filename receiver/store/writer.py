@@ -301,12 +301,13 @@ class Writer(Generic[C]):
         (_JobFailed)."""
         outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         for job in batch:
+            if not isolated:
+                outcomes.append((job, self._call(conn, job), None))
+                continue
             try:
-                with self._tx.savepoint(conn) if isolated else contextlib.nullcontext():
+                with self._tx.savepoint(conn):
                     result = self._call(conn, job)
             except _JobFailed as failed:  # one bad job must not sink its batch
-                if not isolated:
-                    raise
                 outcomes.append((job, None, failed.error))
             else:
                 outcomes.append((job, result, None))
