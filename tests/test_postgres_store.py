@@ -32,8 +32,9 @@ from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store import MessageFilter, Registration, StoreUnavailable, open_store
 from receiver.store.postgres import PostgresStore, schema
 from receiver.store.postgres.connection import connect, conninfo, describe
-from receiver.store.postgres.writer import Writer
+from receiver.store.postgres.writer import TRANSACTIONS, Transactions
 from receiver.store.sqlite import SQLiteStore
+from receiver.store.writer import Writer
 
 T = TypeVar("T")
 MIGRATIONS = [name for name, _ in schema.STEPS]
@@ -278,7 +279,7 @@ def test_a_deadlock_with_another_instance_is_retried_not_a_failure(
 def test_a_serialization_failure_redoes_the_batch_a_bounded_number_of_times(pg_url: str) -> None:
     """SQLSTATE 40001 (or 40P01) anywhere in a batch: nothing of it is kept, it runs again
     whole; past the last attempt its callers get StoreUnavailable (a 503), never the error."""
-    writer = Writer(lambda: connect(pg_url), attempts=3)
+    writer = Writer(lambda: connect(pg_url), transactions=Transactions(attempts=3))
     writer.start()
     calls: list[int] = []
 
@@ -309,7 +310,7 @@ def test_a_failing_statement_fails_its_own_job_alone_though_its_error_comes_late
 ) -> None:
     """In pipeline mode a statement's error surfaces at a later statement, maybe another
     job's: the batch is redone with each job isolated, so only the job that wrote it fails."""
-    writer = Writer(lambda: connect(pg_url))
+    writer = Writer(lambda: connect(pg_url), transactions=TRANSACTIONS)
     writer.start()
     gate = threading.Event()
     try:

@@ -7,8 +7,9 @@ job that raises fails alone: the batch is rolled back and run again with each jo
 savepoint (so a job must be a function of the database only: it may run twice). A batch whose
 BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
 
-Dialect-free: the store says how its connection begins a batch (`Transactions`); savepoints,
-COMMIT and ROLLBACK are standard SQL.
+Dialect-free: a store says through its `Transactions` how its connection takes a batch; the
+defaults are plain SQL (SQLite's), and PostgreSQL's override what differs (message locks
+first, a batch redone on deadlock, pipeline mode, reconnecting).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -50,18 +52,72 @@ class Connection(Protocol):
 C = TypeVar("C", bound=Connection)
 
 
-@dataclass(frozen=True)
-class Transactions:
-    """How a dialect's connection takes a write batch."""
+class _JobFailed(Exception):
+    """A job raised (`error`): in a shared transaction the batch is redone with each job
+    isolated; in its own savepoint the job fails alone."""
 
-    begin: str  # the statement that opens a batch (SQLite: "BEGIN IMMEDIATE", the write lock)
-    error: type[Exception]  # the driver's base database error (sqlite3.Error)
-    in_transaction: Callable[[Any], bool]  # whether the connection has a transaction open
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Transactions:
+    """How a dialect's connection takes a write batch. The defaults are plain SQL on a
+    connection in autocommit mode, SQLite's; a dialect overrides what differs."""
+
+    attempts = 1  # runs of a batch whose failure is retryable() before its jobs fail
+    # Whether a statement's error may surface at a later statement (pipeline mode): any
+    # database error but a fatal one then redoes the batch with each job isolated.
+    deferred_errors = False
+
+    def __init__(self, *, begin: str = "BEGIN", error: type[Exception] = Exception) -> None:
+        self.begin = begin  # the statement that opens a batch (SQLite: "BEGIN IMMEDIATE")
+        self.error = error  # the driver's base database error (sqlite3.Error)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any, *, first: bool) -> Iterator[None]:
+        """One run of a batch, committed at the end of the block; `first` is False when the
+        batch is redone with each job isolated."""
+        conn.execute(self.begin)
+        try:
+            yield
+        except _JobFailed:
+            conn.execute("ROLLBACK")  # to be redone; any other error leaves it to the writer
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self, conn: Any) -> Iterator[None]:
+        """One job of an isolated run: its writes go if it raises."""
+        conn.execute("SAVEPOINT job")
+        try:
+            yield
+        except Exception:
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            raise
+        conn.execute("RELEASE job")
+
+    def before_batch(self, conn: Any, locks: Sequence[str]) -> None:
+        """Run first in each run of a batch, with the lock keys its jobs named (sorted)."""
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether the batch may succeed if run again whole (nothing of it was kept)."""
+        return False
+
+    def broken(self, conn: Any) -> bool:
+        """Whether the connection is lost: its batch fails, and it is replaced for the next."""
+        return False
 
 
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[Any], T]
+    # Keys the batch locks before any job runs (PostgreSQL: the messages the job decides).
+    locks: Sequence[str] = ()
     future: Future[T] = field(default_factory=Future)
     # For run(): the event loop awaiting the job, and what wakes it there.
     loop: asyncio.AbstractEventLoop | None = None
@@ -115,28 +171,26 @@ class Writer(Generic[C]):
         self._conn: C | None = None
         self.batches = 0  # counters for tests; metrics hear of each batch through on_commit
         self.jobs = 0
+        self.retries = 0  # batches run again after a retryable failure (a deadlock)
 
     def start(self) -> None:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("the writer is already running")
-            conn = self._connect()
-            self._conn = conn
-            self._thread = threading.Thread(
-                target=self._run, args=(conn,), name="receiver-writer", daemon=True
-            )
+            self._conn = self._connect()
+            self._thread = threading.Thread(target=self._run, name="receiver-writer", daemon=True)
             self._closed = False
             self._thread.start()
 
-    def submit(self, fn: Callable[[C], T]) -> Future[T]:
-        job: _Job[T] = _Job(fn)
+    def submit(self, fn: Callable[[C], T], locks: Sequence[str] = ()) -> Future[T]:
+        job: _Job[T] = _Job(fn, locks)
         self._enqueue(job)
         return job.future
 
-    async def run(self, fn: Callable[[C], T]) -> T:
+    async def run(self, fn: Callable[[C], T], locks: Sequence[str] = ()) -> T:
         """Submit from an event loop and await the job's committed result."""
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, loop=loop, waiter=loop.create_future())
+        job: _Job[T] = _Job(fn, locks, loop=loop, waiter=loop.create_future())
         self._enqueue(job)
         assert job.waiter is not None
         try:
@@ -203,7 +257,7 @@ class Writer(Generic[C]):
                 batch.append(job)
         return batch, stopping
 
-    def _run(self, conn: C) -> None:
+    def _run(self) -> None:
         try:
             stopping = False
             while not stopping:
@@ -211,9 +265,9 @@ class Writer(Generic[C]):
                 if not batch:
                     continue
                 try:
-                    self._commit_batch(conn, batch)
+                    self._commit_batch(batch)
                 except BaseException as exc:  # keep serving: one batch must not end the thread
-                    self._recover(conn, batch, exc)
+                    self._recover(batch, exc)
         finally:
             # Only reached early if recovery itself failed: refuse new jobs and answer the
             # waiting ones rather than leave them hanging on a dead thread.
@@ -221,33 +275,73 @@ class Writer(Generic[C]):
                 self._closed = True
             self._fail_queued()
 
-    @staticmethod
+    def _connection(self) -> C:
+        """The connection, replaced first if the last one was lost."""
+        conn = self._conn
+        if conn is None or self._tx.broken(conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._conn = None
+            conn = self._conn = self._connect()
+        return conn
+
+    def _call(self, conn: C, job: _Job[Any]) -> Any:
+        try:
+            return job.fn(conn)
+        except Exception as exc:
+            if self._tx.retryable(exc) or self._tx.broken(conn):
+                raise  # the batch is lost, not only this job
+            raise _JobFailed(exc) from exc
+
     def _run_jobs(
-        conn: C, batch: list[_Job[Any]], *, isolated: bool
-    ) -> list[tuple[_Job[Any], Any, Exception | None]] | None:
-        """Each job's (result, error); None when not isolated and a job raised."""
+        self, conn: C, batch: list[_Job[Any]], *, isolated: bool
+    ) -> list[tuple[_Job[Any], Any, Exception | None]]:
+        """Each job's (result, error); not isolated, the first job that raises stops the run
+        (_JobFailed)."""
         outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         for job in batch:
-            if isolated:
-                conn.execute("SAVEPOINT job")
+            if not isolated:
+                outcomes.append((job, self._call(conn, job), None))
+                continue
             try:
-                result = job.fn(conn)
-            except Exception as exc:  # one bad job must not sink its batch
-                if not isolated:
-                    return None
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                outcomes.append((job, None, exc))
+                with self._tx.savepoint(conn):
+                    result = self._call(conn, job)
+            except _JobFailed as failed:  # one bad job must not sink its batch
+                outcomes.append((job, None, failed.error))
             else:
-                if isolated:
-                    conn.execute("RELEASE job")
                 outcomes.append((job, result, None))
         return outcomes
 
-    def _recover(self, conn: C, batch: list[_Job[Any]], exc: BaseException) -> None:
-        # A transaction left open would make every later BEGIN fail: 503s until restart.
+    def _attempt(
+        self, conn: C, batch: list[_Job[Any]]
+    ) -> list[tuple[_Job[Any], Any, Exception | None]]:
+        """Run the batch in one transaction and commit it.
+
+        If a job raised, the batch is redone with each job in its own savepoint, so it fails
+        alone. Savepoints cost two statements a job, and each statement hands the GIL to the
+        event loop and waits to get it back, so the common case goes without.
+        """
+        locks = sorted({key for job in batch for key in job.locks})
         try:
-            if self._tx.in_transaction(conn):
+            with self._tx.transaction(conn, first=True):
+                self._tx.before_batch(conn, locks)
+                return self._run_jobs(conn, batch, isolated=False)
+        except _JobFailed:
+            pass
+        except self._tx.error as exc:
+            if not self._tx.deferred_errors or self._tx.retryable(exc) or self._tx.broken(conn):
+                raise
+            # A deferred statement of some job failed: which one, the isolated run tells.
+        with self._tx.transaction(conn, first=False):
+            self._tx.before_batch(conn, locks)
+            return self._run_jobs(conn, batch, isolated=True)
+
+    def _recover(self, batch: list[_Job[Any]], exc: BaseException) -> None:
+        # A transaction left open would make every later BEGIN fail: 503s until restart.
+        conn = self._conn
+        try:
+            if conn is not None and self._tx.in_transaction(conn):
                 conn.execute("ROLLBACK")
         except self._tx.error as rollback_exc:
             exc.add_note(f"rollback failed too: {rollback_exc}")
@@ -260,32 +354,39 @@ class Writer(Generic[C]):
         # Logged last, so nothing here can leave a caller unanswered.
         _log("error", "writer_error", jobs=len(batch), exc_info=exc)
 
-    def _commit_batch(self, conn: C, batch: list[_Job[Any]]) -> None:
+    def _commit_batch(self, batch: list[_Job[Any]]) -> None:
         started = time.perf_counter()
-        try:
-            conn.execute(self._tx.begin)
-            outcomes = self._run_jobs(conn, batch, isolated=False)
-            if outcomes is None:
-                # A job raised: redo the batch with each job in its own savepoint, so it fails
-                # alone. Savepoints cost two statements a job, and each statement hands the GIL
-                # to the event loop and waits to get it back, so the common case goes without.
-                conn.execute("ROLLBACK")
-                conn.execute(self._tx.begin)
-                outcomes = self._run_jobs(conn, batch, isolated=True)
-                assert outcomes is not None  # isolated jobs fail alone
-            conn.execute("COMMIT")
-        except self._tx.error as exc:
-            if self._tx.in_transaction(conn):
-                conn.execute("ROLLBACK")
-            _log("error", "write_batch_failed", jobs=len(batch), error=str(exc))
-            for job in batch:
-                # One exception per future: a shared one would have its traceback rewritten
-                # by every thread that raises it.
-                failure = StoreUnavailable(f"database write failed: {exc}")
-                failure.__cause__ = exc
-                job.future.set_exception(failure)
-            _wake(batch)
-            return
+        attempt = 1
+        while True:
+            try:
+                outcomes = self._attempt(self._connection(), batch)
+                break
+            except self._tx.error as exc:
+                if self._tx.retryable(exc) and attempt < self._tx.attempts:
+                    self.retries += 1
+                    _log(
+                        "info",
+                        "write_batch_retried",
+                        jobs=len(batch),
+                        attempt=attempt,
+                        error=str(exc),
+                    )
+                    # The other side of a deadlock is retrying too: part before trying again.
+                    time.sleep(random.uniform(0, 0.01 * attempt))
+                    attempt += 1
+                    continue
+                conn = self._conn
+                if conn is not None and self._tx.in_transaction(conn):
+                    conn.execute("ROLLBACK")
+                _log("error", "write_batch_failed", jobs=len(batch), error=str(exc))
+                for job in batch:
+                    # One exception per future: a shared one would have its traceback
+                    # rewritten by every thread that raises it.
+                    failure = StoreUnavailable(f"database write failed: {exc}")
+                    failure.__cause__ = exc
+                    job.future.set_exception(failure)
+                _wake(batch)
+                return
         elapsed = time.perf_counter() - started
         # Counted before the futures resolve, so a caller that has its result sees its batch.
         self.batches += 1

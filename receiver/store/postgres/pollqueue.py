@@ -14,30 +14,15 @@ from typing import Any
 
 import psycopg
 
-from receiver.store.base import DueMessage
+from receiver.store.rows import select_due, select_group
 from receiver.store.rules import Queued
 
 Conn = psycopg.Connection[Any]
 AsyncConn = psycopg.AsyncConnection[Any]
 
-_QUEUED_COLUMNS = (
-    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
-    "sent_at, poll_lease, next_poll_at"
-)
-
-
-def _queued(row: Sequence[Any]) -> Queued:
-    return Queued(DueMessage(*row[:9]), row[9], row[10])
-
 
 def due(conn: Conn, provider: str, now: str, limit: int) -> list[Queued]:
-    rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = %s AND next_poll_at IS NOT NULL AND next_poll_at <= %s "
-        "ORDER BY next_poll_at LIMIT %s FOR UPDATE SKIP LOCKED",
-        (provider, now, limit),
-    ).fetchall()
-    return [_queued(row) for row in rows]
+    return select_due(conn, provider, now, limit, mark="%s", lock=" FOR UPDATE SKIP LOCKED")
 
 
 def group(conn: Conn, provider: str, prefix: str) -> list[Queued]:
@@ -47,13 +32,7 @@ def group(conn: Conn, provider: str, prefix: str) -> list[Queued]:
     conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
     )
-    rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = %s AND message_id >= %s AND message_id < %s "
-        "AND next_poll_at IS NOT NULL FOR UPDATE",
-        (provider, prefix, prefix + "\U0010ffff"),
-    ).fetchall()
-    return [_queued(row) for row in rows]
+    return select_group(conn, provider, prefix, mark="%s", lock=" FOR UPDATE")
 
 
 def put_off(conn: Conn, until: Sequence[tuple[int, str]]) -> None:

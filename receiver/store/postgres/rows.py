@@ -16,9 +16,10 @@ from typing import Any
 
 import psycopg
 
-from receiver.engine import MessageState, Outcome, Status, StatusEvent
+from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store.postgres import pollqueue
-from receiver.store.rules import MESSAGE_COLUMNS, Current, Queued
+from receiver.store.rows import SqlRows
+from receiver.store.rules import MESSAGE_COLUMNS, Current
 
 Conn = psycopg.Connection[Any]
 
@@ -77,11 +78,12 @@ def _checked(row: Mapping[str, Any]) -> tuple[str, ...]:
     return columns
 
 
-class PgRows:
+class PgRows(SqlRows):
     """RowAccess for the transaction open on `conn` (the writer thread's)."""
 
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
+    mark = "%s"
+    queue = pollqueue
+    conn: Conn
 
     def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:
         row = self.conn.execute(
@@ -111,100 +113,3 @@ class PgRows:
         columns = _checked(changes)
         values = [_column_value(c, changes[c]) for c in columns]
         self.conn.execute(_update_sql(columns), [*values, pk])
-
-    def insert_event(
-        self,
-        ev: StatusEvent,
-        *,
-        message_pk: int | None,
-        previous_status: str | None,
-        outcome: Outcome,
-        received_at: str,
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
-            "status, previous_status, outcome, error_code, account, to_number, from_number, "
-            "event_time, received_at, dedupe_key, headers, body) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                ev.provider,
-                ev.message_id,
-                message_pk,
-                ev.source,
-                ev.provider_status,
-                ev.status.value if ev.status else None,
-                previous_status,
-                outcome.value,
-                ev.error_code,
-                ev.account,
-                ev.to_number,
-                ev.from_number,
-                ev.event_time,
-                received_at,
-                ev.dedupe_key,
-                json.dumps(dict(ev.headers)) if ev.headers else None,
-                ev.body,
-            ),
-        )
-
-    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
-        rows = self.conn.execute(
-            "SELECT id, provider, message_id, provider_status, status, source, account, "
-            "to_number, from_number, error_code, event_time FROM events "
-            "WHERE provider = %s AND message_id = %s AND message_pk IS NULL "
-            "AND outcome = 'pending_unknown' ORDER BY id",
-            (provider, message_id),
-        ).fetchall()
-        return [
-            (
-                row[0],
-                StatusEvent(
-                    provider=row[1],
-                    message_id=row[2],
-                    provider_status=row[3],
-                    status=Status(row[4]) if row[4] else None,
-                    source=row[5],
-                    account=row[6],
-                    to_number=row[7],
-                    from_number=row[8],
-                    error_code=row[9],
-                    event_time=row[10],
-                ),
-            )
-            for row in rows
-        ]
-
-    def resolve_held(
-        self,
-        event_id: int,
-        *,
-        message_pk: int,
-        outcome: Outcome,
-        previous_status: str,
-        resolved_at: str,
-    ) -> None:
-        self.conn.execute(
-            "UPDATE events SET outcome = %s, message_pk = %s, previous_status = %s, "
-            "resolved_at = %s WHERE id = %s",
-            (outcome.value, message_pk, previous_status, resolved_at, event_id),
-        )
-
-    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
-        self.conn.execute(
-            "UPDATE events SET message_pk = %s WHERE provider = %s AND message_id = %s "
-            "AND message_pk IS NULL",
-            (message_pk, provider, message_id),
-        )
-
-    # The poll queue's statements are in pollqueue.py, with its reads.
-    def due(self, provider: str, now: str, limit: int) -> list[Queued]:
-        return pollqueue.due(self.conn, provider, now, limit)
-
-    def group(self, provider: str, prefix: str) -> list[Queued]:
-        return pollqueue.group(self.conn, provider, prefix)
-
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
-        pollqueue.put_off(self.conn, until)
-
-    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
-        pollqueue.lease(self.conn, pks, owner, until)

@@ -44,12 +44,6 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
         return
 
 
-def _in_transaction(conn: sqlite3.Connection) -> bool:
-    return conn.in_transaction
-
-
 # A write batch takes the database's write lock at BEGIN, so its reads decide on rows no one
 # else can change before the COMMIT.
-TRANSACTIONS = Transactions(
-    begin="BEGIN IMMEDIATE", error=sqlite3.Error, in_transaction=_in_transaction
-)
+TRANSACTIONS = Transactions(begin="BEGIN IMMEDIATE", error=sqlite3.Error)

@@ -14,7 +14,7 @@ _PRUNABLE = "is_final = 1 AND coalesce(final_at, updated_at) < ?"
 
 
 def prunable_ids(
-    after: tuple[str, int], older_than: str, batch_size: int, conn: sqlite3.Connection
+    conn: sqlite3.Connection, after: tuple[str, int], older_than: str, batch_size: int
 ) -> list[tuple[str, int]]:
     """The next prunable messages' (final time, id) after `after`, oldest first, on
     idx_messages_prunable (the expression and the WHERE match the index's exactly)."""
@@ -30,7 +30,7 @@ def prunable_ids(
     ]
 
 
-def delete_messages(ids: list[int], older_than: str, conn: sqlite3.Connection) -> tuple[int, int]:
+def delete_messages(conn: sqlite3.Connection, ids: list[int], older_than: str) -> tuple[int, int]:
     """Delete those of `ids` still prunable (a late callback may have moved one), with their
     events; (messages, events) deleted."""
     marks = ",".join("?" * len(ids))

@@ -10,39 +10,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from receiver.store.base import DueMessage
+from receiver.store.rows import select_due, select_group
 from receiver.store.rules import Queued
-
-_QUEUED_COLUMNS = (
-    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
-    "sent_at, poll_lease, next_poll_at"
-)
-
-
-def _queued(row: sqlite3.Row) -> Queued:
-    return Queued(DueMessage(*tuple(row)[:9]), row["poll_lease"], row["next_poll_at"])
 
 
 def due(conn: sqlite3.Connection, provider: str, now: str, limit: int) -> list[Queued]:
-    rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
-        "ORDER BY next_poll_at LIMIT ?",
-        (provider, now, limit),
-    ).fetchall()
-    return [_queued(row) for row in rows]
+    return select_due(conn, provider, now, limit)
 
 
 def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
-    # The prefix range is a range of the (provider, message_id) index:
-    # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
-    rows = conn.execute(
-        f"SELECT {_QUEUED_COLUMNS} FROM messages "
-        "WHERE provider = ? AND message_id >= ? AND message_id < ? "
-        "AND next_poll_at IS NOT NULL",
-        (provider, prefix, prefix + "\U0010ffff"),
-    ).fetchall()
-    return [_queued(row) for row in rows]
+    return select_group(conn, provider, prefix)
 
 
 def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
@@ -74,7 +51,7 @@ def queued_providers(conn: sqlite3.Connection) -> list[str]:
         found.append(row[0])
 
 
-def next_due(provider: str, conn: sqlite3.Connection) -> str | None:
+def next_due(conn: sqlite3.Connection, provider: str) -> str | None:
     row = conn.execute(
         "SELECT min(next_poll_at) FROM messages WHERE provider = ? AND next_poll_at IS NOT NULL",
         (provider,),
@@ -82,7 +59,7 @@ def next_due(provider: str, conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
-def due_count(provider: str, now: str, conn: sqlite3.Connection) -> int:
+def due_count(conn: sqlite3.Connection, provider: str, now: str) -> int:
     row = conn.execute(
         "SELECT count(*) FROM messages "
         "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ?",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from receiver.engine import MessageState, Outcome, Status, StatusEvent
+from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store import rules
+from receiver.store.rows import SqlRows
 from receiver.store.sqlite import pollqueue
 
 _CURRENT_COLUMNS = (
@@ -74,12 +75,12 @@ def _values(row: Mapping[str, Any]) -> list[Any]:
     return values
 
 
-class SQLiteRows:
+class SQLiteRows(SqlRows):
     """rules.RowAccess on the writer's connection, inside its BEGIN IMMEDIATE batch: SQLite
     has one writer at a time, so a row read here holds until the commit without a lock."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    queue = pollqueue
+    conn: sqlite3.Connection
 
     def message_for_event(self, ev: StatusEvent) -> tuple[rules.Current | None, bool]:
         row = self.conn.execute(
@@ -103,97 +104,3 @@ class SQLiteRows:
 
     def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
         self.conn.execute(_update_sql(tuple(changes)), [*_values(changes), pk])
-
-    def insert_event(
-        self,
-        ev: StatusEvent,
-        *,
-        message_pk: int | None,
-        previous_status: str | None,
-        outcome: Outcome,
-        received_at: str,
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
-            "status, previous_status, outcome, error_code, account, to_number, from_number, "
-            "event_time, received_at, dedupe_key, headers, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                ev.provider,
-                ev.message_id,
-                message_pk,
-                ev.source,
-                ev.provider_status,
-                ev.status.value if ev.status else None,
-                previous_status,
-                outcome.value,
-                ev.error_code,
-                ev.account,
-                ev.to_number,
-                ev.from_number,
-                ev.event_time,
-                received_at,
-                ev.dedupe_key,
-                json.dumps(dict(ev.headers)) if ev.headers else None,
-                ev.body,
-            ),
-        )
-
-    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
-        rows = self.conn.execute(
-            "SELECT * FROM events WHERE provider = ? AND message_id = ? "
-            "AND message_pk IS NULL AND outcome = 'pending_unknown' ORDER BY id",
-            (provider, message_id),
-        ).fetchall()
-        return [(row["id"], _event_from_row(row)) for row in rows]
-
-    def resolve_held(
-        self,
-        event_id: int,
-        *,
-        message_pk: int,
-        outcome: Outcome,
-        previous_status: str,
-        resolved_at: str,
-    ) -> None:
-        self.conn.execute(
-            "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
-            "resolved_at = ? WHERE id = ?",
-            (outcome.value, message_pk, previous_status, resolved_at, event_id),
-        )
-
-    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
-        self.conn.execute(
-            "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? "
-            "AND message_pk IS NULL",
-            (message_pk, provider, message_id),
-        )
-
-    # The poll queue's statements are in pollqueue.py, with its reads.
-    def due(self, provider: str, now: str, limit: int) -> list[rules.Queued]:
-        return pollqueue.due(self.conn, provider, now, limit)
-
-    def group(self, provider: str, prefix: str) -> list[rules.Queued]:
-        return pollqueue.group(self.conn, provider, prefix)
-
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
-        pollqueue.put_off(self.conn, until)
-
-    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
-        pollqueue.lease(self.conn, pks, owner, until)
-
-
-def _event_from_row(row: sqlite3.Row) -> StatusEvent:
-    """A held event, rebuilt from its row to be decided now."""
-    return StatusEvent(
-        provider=row["provider"],
-        message_id=row["message_id"],
-        provider_status=row["provider_status"],
-        status=Status(row["status"]) if row["status"] else None,
-        source=row["source"],
-        account=row["account"],
-        to_number=row["to_number"],
-        from_number=row["from_number"],
-        error_code=row["error_code"],
-        event_time=row["event_time"],
-    )

@@ -1,0 +1,204 @@
+"""What both dialects' rules.RowAccess share: the events' statements, the poll queue's
+columns, and the delegation to the dialect's pollqueue module. The SQL is written with
+SQLite's placeholder ("?"); a dialect whose placeholder differs sets `mark`.
+
+A dialect subclasses SqlRows with the reads that differ (how a message is read, and locked)
+and how it writes message rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, ClassVar, Protocol
+
+from receiver.engine import Outcome, Status, StatusEvent
+from receiver.store.base import DueMessage
+from receiver.store.rules import Current, Queued
+
+QUEUED_COLUMNS = (
+    "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
+    "sent_at, poll_lease, next_poll_at"
+)
+
+
+def queued(row: Sequence[Any]) -> Queued:
+    """A queued message from a row of QUEUED_COLUMNS."""
+    return Queued(DueMessage(*tuple(row)[:9]), row[9], row[10])
+
+
+def select_due(
+    conn: Any, provider: str, now: str, limit: int, *, mark: str = "?", lock: str = ""
+) -> list[Queued]:
+    """Up to `limit` of the provider's queued messages due at `now`, soonest first; `lock`
+    ends the SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    rows = conn.execute(
+        marked(
+            f"SELECT {QUEUED_COLUMNS} FROM messages "
+            "WHERE provider = ? AND next_poll_at IS NOT NULL AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?" + lock,
+            mark,
+        ),
+        (provider, now, limit),
+    ).fetchall()
+    return [queued(row) for row in rows]
+
+
+def select_group(
+    conn: Any, provider: str, prefix: str, *, mark: str = "?", lock: str = ""
+) -> list[Queued]:
+    """The provider's queued messages whose id starts with `prefix`; `lock` ends the SELECT."""
+    # The prefix range is a range of the (provider, message_id) index:
+    # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
+    rows = conn.execute(
+        marked(
+            f"SELECT {QUEUED_COLUMNS} FROM messages "
+            "WHERE provider = ? AND message_id >= ? AND message_id < ? "
+            "AND next_poll_at IS NOT NULL" + lock,
+            mark,
+        ),
+        (provider, prefix, prefix + "\U0010ffff"),
+    ).fetchall()
+    return [queued(row) for row in rows]
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (provider, message_id, message_pk, source, provider_status, "
+    "status, previous_status, outcome, error_code, account, to_number, from_number, "
+    "event_time, received_at, dedupe_key, headers, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_HELD_EVENTS = (
+    "SELECT id, provider, message_id, provider_status, status, source, account, "
+    "to_number, from_number, error_code, event_time FROM events "
+    "WHERE provider = ? AND message_id = ? AND message_pk IS NULL "
+    "AND outcome = 'pending_unknown' ORDER BY id"
+)
+_RESOLVE_HELD = (
+    "UPDATE events SET outcome = ?, message_pk = ?, previous_status = ?, "
+    "resolved_at = ? WHERE id = ?"
+)
+_ADOPT_EVENTS = (
+    "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? AND message_pk IS NULL"
+)
+
+
+@lru_cache(maxsize=64)
+def marked(sql: str, mark: str) -> str:
+    """The statement with the dialect's placeholder (the SQL here has no literal "?")."""
+    return sql if mark == "?" else sql.replace("?", mark)
+
+
+class QueueStatements(Protocol):
+    """A dialect's pollqueue module: the statements of a claim, on the writer's connection."""
+
+    def due(self, conn: Any, provider: str, now: str, limit: int) -> list[Queued]: ...
+    def group(self, conn: Any, provider: str, prefix: str) -> list[Queued]: ...
+    def put_off(self, conn: Any, until: Sequence[tuple[int, str]]) -> None: ...
+    def lease(self, conn: Any, pks: Sequence[int], owner: str, until: str) -> None: ...
+
+
+class SqlRows:
+    """The statements of rules.RowAccess that are the same SQL in every dialect."""
+
+    mark: ClassVar[str] = "?"
+    queue: QueueStatements  # the dialect's pollqueue module
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    # The message reads and writes differ (how a read locks, how values are stored).
+    def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:
+        raise NotImplementedError
+
+    def message(self, provider: str, message_id: str) -> Current | None:
+        raise NotImplementedError
+
+    def insert_message(self, row: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def insert_event(
+        self,
+        ev: StatusEvent,
+        *,
+        message_pk: int | None,
+        previous_status: str | None,
+        outcome: Outcome,
+        received_at: str,
+    ) -> None:
+        self.conn.execute(
+            marked(_INSERT_EVENT, self.mark),
+            (
+                ev.provider,
+                ev.message_id,
+                message_pk,
+                ev.source,
+                ev.provider_status,
+                ev.status.value if ev.status else None,
+                previous_status,
+                outcome.value,
+                ev.error_code,
+                ev.account,
+                ev.to_number,
+                ev.from_number,
+                ev.event_time,
+                received_at,
+                ev.dedupe_key,
+                json.dumps(dict(ev.headers)) if ev.headers else None,
+                ev.body,
+            ),
+        )
+
+    def held_events(self, provider: str, message_id: str) -> list[tuple[int, StatusEvent]]:
+        rows = self.conn.execute(marked(_HELD_EVENTS, self.mark), (provider, message_id)).fetchall()
+        return [(row[0], _held_event(row)) for row in rows]
+
+    def resolve_held(
+        self,
+        event_id: int,
+        *,
+        message_pk: int,
+        outcome: Outcome,
+        previous_status: str,
+        resolved_at: str,
+    ) -> None:
+        self.conn.execute(
+            marked(_RESOLVE_HELD, self.mark),
+            (outcome.value, message_pk, previous_status, resolved_at, event_id),
+        )
+
+    def adopt_events(self, provider: str, message_id: str, message_pk: int) -> None:
+        self.conn.execute(marked(_ADOPT_EVENTS, self.mark), (message_pk, provider, message_id))
+
+    # The poll queue's statements are in the dialect's pollqueue.py, with its reads.
+    def due(self, provider: str, now: str, limit: int) -> list[Queued]:
+        return self.queue.due(self.conn, provider, now, limit)
+
+    def group(self, provider: str, prefix: str) -> list[Queued]:
+        return self.queue.group(self.conn, provider, prefix)
+
+    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+        self.queue.put_off(self.conn, until)
+
+    def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
+        self.queue.lease(self.conn, pks, owner, until)
+
+
+def _held_event(row: Sequence[Any]) -> StatusEvent:
+    """A held event, rebuilt from its row (_HELD_EVENTS) to be decided now."""
+    return StatusEvent(
+        provider=row[1],
+        message_id=row[2],
+        provider_status=row[3],
+        status=Status(row[4]) if row[4] else None,
+        source=row[5],
+        account=row[6],
+        to_number=row[7],
+        from_number=row[8],
+        error_code=row[9],
+        event_time=row[10],
+    )
