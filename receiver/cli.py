@@ -10,7 +10,7 @@ import gc
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -69,42 +69,6 @@ def _run_server(app: Any, settings: Settings, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]  # the real port, when PORT=0 let the system pick
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     log = structlog.get_logger("receiver")
-    stopped_by: list[str] = []
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, ended by SIGINT or SIGTERM as a service should be.
-
-        uvicorn stops gracefully on either signal (requests in flight answered, then the
-        lifespan shutdown, which commits the last write batch and closes the store), then
-        raises the signal again: a KeyboardInterrupt traceback and exit code 130 for Ctrl-C,
-        death by signal for SIGTERM. Being asked to stop is a normal end, so this one returns.
-        A second Ctrl-C still stops waiting for slow clients, as uvicorn's does.
-        """
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # The same handlers as uvicorn's, without the signal raised again afterwards.
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Only noted here: the line is logged from the event loop, not a signal handler.
-            stopped_by.append(signal.Signals(sig).name)
-            super().handle_exit(sig, frame)
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                log.info("listening", url=url, loop=loop, http=http)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            log.info("stopping", signal=stopped_by[0] if stopped_by else None)
-            await super().shutdown(sockets)
-
     config = uvicorn.Config(
         app,
         host=settings.host,  # the socket is bound already; these only describe it
@@ -119,6 +83,59 @@ def _run_server(app: Any, settings: Settings, sock: socket.socket) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+    _serve_until_stopped(
+        config,
+        sock,
+        listening=lambda: log.info("listening", url=url, loop=loop, http=http),
+        stopping=lambda by: log.info("stopping", signal=by),
+    )
+
+
+def _serve_until_stopped(
+    config: Any,
+    sock: socket.socket,
+    *,
+    listening: Callable[[], None] = lambda: None,
+    stopping: Callable[[str | None], None] = lambda by: None,
+) -> None:
+    """Run uvicorn with `config` on the bound socket until SIGINT or SIGTERM, then return.
+
+    uvicorn stops gracefully on either signal (requests in flight answered, then the lifespan
+    shutdown, which commits the last write batch and closes the store), then raises the signal
+    again: a KeyboardInterrupt traceback and exit code 130 for Ctrl-C, death by signal for
+    SIGTERM. Being asked to stop is a normal end, so this returns. A second Ctrl-C still stops
+    waiting for slow clients, as uvicorn's does. `listening` is called once the server
+    serves, `stopping` with the signal's name when it starts to stop (both on the event loop).
+    """
+    import uvicorn
+
+    stopped_by: list[str] = []
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # The same handlers as uvicorn's, without the signal raised again afterwards.
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Only noted here: `stopping` runs on the event loop, not in a signal handler.
+            stopped_by.append(signal.Signals(sig).name)
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                listening()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            stopping(stopped_by[0] if stopped_by else None)
+            await super().shutdown(sockets)
+
     Server(config).run(sockets=[sock])
 
 
@@ -469,17 +486,19 @@ def simulate(args: argparse.Namespace) -> int:
     }
     accounts = Accounts(**{k: v for k, v in given.items() if v is not None})
     config = SimConfig(seed=args.seed, speed=args.speed, accounts=accounts)
-    # Bind first, so --port 0 works and the line below names the real port.
-    sock = _listen_or_exit(args.host, args.port)
-    sock.listen(2048)  # connections made from now on wait for the server, not fail
-    host, port = sock.getsockname()[:2]
-    print(f"provider simulator on http://{host}:{port} (control API: /_sim/)", flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_simulator(config), log_level="warning", access_log=False, server_header=False
-        )
-    )
-    server.run(sockets=[sock])
+    # Until the server takes the signals over, SIGTERM stops the start as Ctrl-C does: quietly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        # Bind first, so --port 0 works and the line below names the real port.
+        sock = _listen_or_exit(args.host, args.port)
+        sock.listen(2048)  # connections made from now on wait for the server, not fail
+        host, port = sock.getsockname()[:2]
+        print(f"provider simulator on http://{host}:{port} (control API: /_sim/)", flush=True)
+        app = create_simulator(config)
+        server = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+        _serve_until_stopped(server, sock)
+    except KeyboardInterrupt:
+        pass  # stopped before the server ran: a normal end, as for serve
     return 0
 
 

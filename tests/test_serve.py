@@ -153,5 +153,46 @@ def test_callbacks_acknowledged_before_ctrl_c_are_all_in_the_database(tmp_path: 
     assert [sid for sid in acked if sid not in stored] == []
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_simulator_stops_as_quietly_as_the_service(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """`receiver simulate`, stopped with Ctrl-C as the docs say: no traceback, exit 0."""
+    output = tmp_path / "simulate.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECEIVER_", "TWILIO_"))}
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "simulate", "--port", "0"],
+            cwd=ROOT,
+            env=env | {"PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: proc.poll() is not None or "provider simulator on" in output.read_text(),
+                what="the simulator's first line",
+            )
+            url = output.read_text().split("provider simulator on ", 1)[1].split()[0]
+            wait_until(lambda: proc.poll() is not None or _answers(url + "/_sim/stats"), what="200")
+            assert proc.poll() is None, output.read_text()
+            proc.send_signal(signum)
+            code = proc.wait(timeout=WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=WAIT)
+    text = output.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert code == 0, text
