@@ -32,6 +32,7 @@ class FakeRows:
 
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    locked_elsewhere: set[str] = field(default_factory=set)  # groups another claimer holds
 
     def _pk(self, provider: str, message_id: str) -> int | None:
         for pk, row in self.messages.items():
@@ -164,7 +165,9 @@ class FakeRows:
         )
         return [self._queued(pk) for pk in pks[:limit]]
 
-    def group(self, provider: str, prefix: str) -> list[rules.Queued]:
+    def group(self, provider: str, prefix: str) -> list[rules.Queued] | None:
+        if prefix in self.locked_elsewhere:
+            return None
         return [
             self._queued(pk)
             for pk, row in self.messages.items()
@@ -443,6 +446,21 @@ def test_a_send_is_claimed_whole_or_put_off_while_another_holds_part_of_it() -> 
     got = claim(rows, provider="mesms", now=at(100), owner="y", group_of=group_of)
     assert got == []  # s:1 and s:2 are still x's
     assert rows.row("s:0", "mesms")["next_poll_at"] == at(1000)  # put off until x's lease ends
+
+
+def test_a_send_another_claimer_is_claiming_now_is_left_to_it_untouched() -> None:
+    """Its due members are neither leased nor put off: the other claimer takes it whole."""
+    group_of = lambda message_id: message_id.split(":")[0] + ":"  # noqa: E731
+    rows = FakeRows(locked_elsewhere={"s:"})
+    rules.register(rows, POLICY, Registration("mesms", "s:0", sent_at=at(0)))
+    rules.register(rows, POLICY, Registration("twilio", "t"))
+    before = rows.row("s:0", "mesms")["next_poll_at"]
+    got = claim(rows, provider="mesms", now=at(500), group_of=group_of)
+    assert got == []
+    assert (rows.row("s:0", "mesms")["poll_lease"], rows.row("s:0", "mesms")["next_poll_at"]) == (
+        None,
+        before,
+    )
 
 
 def test_a_polled_status_is_decided_against_the_row_as_it_is_now() -> None:

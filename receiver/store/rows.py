@@ -94,7 +94,7 @@ class QueueStatements(Protocol):
     """A dialect's pollqueue module: the statements of a claim, on the writer's connection."""
 
     def due(self, conn: Any, provider: str, now: str, limit: int) -> list[Queued]: ...
-    def group(self, conn: Any, provider: str, prefix: str) -> list[Queued]: ...
+    def group(self, conn: Any, provider: str, prefix: str) -> list[Queued] | None: ...
     def put_off(self, conn: Any, until: Sequence[tuple[int, str]]) -> None: ...
     def lease(self, conn: Any, pks: Sequence[int], owner: str, until: str) -> None: ...
 
@@ -178,7 +178,7 @@ class SqlRows:
     def due(self, provider: str, now: str, limit: int) -> list[Queued]:
         return self.queue.due(self.conn, provider, now, limit)
 
-    def group(self, provider: str, prefix: str) -> list[Queued]:
+    def group(self, provider: str, prefix: str) -> list[Queued] | None:
         return self.queue.group(self.conn, provider, prefix)
 
     def put_off(self, until: Sequence[tuple[int, str]]) -> None:

@@ -144,10 +144,11 @@ class RowAccess(Protocol):
         (a store with concurrent claimers skips rows another claimer has locked)."""
         ...
 
-    def group(self, provider: str, prefix: str) -> list[Queued]:
+    def group(self, provider: str, prefix: str) -> list[Queued] | None:
         """Every queued message (next_poll_at not NULL) of the provider whose message_id
-        starts with `prefix` (a store with concurrent claimers takes a lock on the group
-        first, so two never decide one group at once)."""
+        starts with `prefix`. A store with concurrent claimers takes a lock on the group
+        first, so two never decide one group at once; None when another claimer holds that
+        lock now (it claims the group whole, so this claim leaves the group alone)."""
         ...
 
     def put_off(self, until: Sequence[tuple[int, str]]) -> None:
@@ -547,6 +548,8 @@ def claim_due(
             claimed[queued.message.pk] = queued.message
     for prefix, due in groups.items():
         members = rows.group(provider, prefix)
+        if members is None:  # being claimed by another claimer right now: theirs
+            continue
         busy = [
             m.next_poll_at
             for m in members

@@ -25,13 +25,17 @@ def due(conn: Conn, provider: str, now: str, limit: int) -> list[Queued]:
     return select_due(conn, provider, now, limit, mark="%s", lock=" FOR UPDATE SKIP LOCKED")
 
 
-def group(conn: Conn, provider: str, prefix: str) -> list[Queued]:
-    # The send's lock, held to the commit, then every member's row: a second claimer reads
-    # the members as the first left them (leased to it) and leaves the send alone. Only
-    # queued members (next_poll_at set): a final one is never leased again.
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
-    )
+def group(conn: Conn, provider: str, prefix: str) -> list[Queued] | None:
+    # The send's lock, held to the commit, then every member's row: a later claimer reads the
+    # members as the first left them (leased to it) and leaves the send alone. Only queued
+    # members (next_poll_at set): a final one is never leased again. The lock is only tried:
+    # a claimer holding it may be waiting for a due member this claim has locked, and waiting
+    # here too would be a deadlock (a 1 s stall and a retried batch); None leaves it theirs.
+    locked = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 1))", (provider + "\n" + prefix,)
+    ).fetchone()
+    if not (locked and locked[0]):
+        return None
     return select_group(conn, provider, prefix, mark="%s", lock=" FOR UPDATE")
 
 
