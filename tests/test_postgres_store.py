@@ -31,7 +31,7 @@ from twilio.request_validator import RequestValidator
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store import MessageFilter, Registration, StoreUnavailable, open_store
 from receiver.store.postgres import PostgresStore, schema
-from receiver.store.postgres.connection import connect, conninfo, describe
+from receiver.store.postgres.connection import connect, describe
 from receiver.store.postgres.writer import TRANSACTIONS, Transactions
 from receiver.store.sqlite import SQLiteStore
 from receiver.store.writer import Writer
@@ -420,25 +420,6 @@ def test_database_url_selects_postgresql(tmp_path: Path, scheme: str) -> None:
     assert open_store(settings).kind == "sqlite"
     store = open_store(settings.replace(database_url=f"{scheme}://u:p@db.example.com/app"))
     assert store.kind == "postgresql"
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        (
-            "postgres://u:p@db.example.com:5432/app",
-            "postgresql://u:p@db.example.com:5432/app?sslmode=require",
-        ),
-        (
-            "postgresql://u@db.example.com/app?sslmode=disable",
-            "postgresql://u@db.example.com/app?sslmode=disable",
-        ),
-        ("postgresql://u@localhost/app", "postgresql://u@localhost/app"),
-        ("postgresql://u@127.0.0.1:5433/app", "postgresql://u@127.0.0.1:5433/app"),
-    ],
-)
-def test_a_remote_host_gets_tls_unless_the_url_says_otherwise(url: str, expected: str) -> None:
-    assert conninfo(url) == expected
 
 
 def test_the_password_is_hidden_when_the_url_is_shown() -> None:

@@ -9,40 +9,21 @@ SQLite; only a raw SQL look at the table shows the escape.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.string import StrDumperUnknown
 
+from receiver.settings import read_database_url, redact_database_url
+
 ESCAPE = "\ue000"
-_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
-
-def is_postgres_url(url: str | None) -> bool:
-    return bool(url) and str(url).startswith(("postgres://", "postgresql://"))
-
-
-def conninfo(url: str) -> str:
-    """The URL psycopg is given: `postgres://` (Heroku's spelling) as `postgresql://`, and
-    TLS required for a host other than this machine unless the URL says otherwise."""
-    parts = urlsplit(url)
-    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    host = parts.hostname or ""
-    if "sslmode" not in query and host not in _LOCAL_HOSTS and not host.startswith("/"):
-        query["sslmode"] = "require"
-    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
-
-
-def describe(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+# The URL as the settings read it (TLS required for a host elsewhere, unless it says
+# otherwise), and as logs show it (no password): one reading for the service and its stores.
+conninfo = partial(read_database_url, name="the database URL")
+describe = redact_database_url
 
 
 def escape(text: str) -> str:
