@@ -24,14 +24,14 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings name, not yet opened: PostgreSQL when DATABASE_URL is a
-    postgres:// or postgresql:// URL, else the SQLite file RECEIVER_DATABASE."""
-    url = settings.database_url
-    if url and url.startswith(("postgres://", "postgresql://")):
+    """The store the settings name, not yet opened: PostgreSQL when DATABASE_URL is set (the
+    settings accept only a postgres:// or postgresql:// URL), else the SQLite file
+    RECEIVER_DATABASE."""
+    if settings.database_url is not None:
         from receiver.store.postgres import PostgresStore
 
         return PostgresStore(
-            url,
+            settings.database_url,
             unknown_messages=settings.unknown_messages,
             pool_size=settings.pg_pool_size,
             dlr_grace=settings.dlr_grace,

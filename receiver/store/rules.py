@@ -246,9 +246,7 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
         _event(rows, ev, pk, None, outcome, now)
         return Recorded(ev, outcome, None, new_status, created=True)
 
-    outcome, after = apply(rows, current, ev, now, due)
-    _event(rows, ev, current.pk, status, outcome, now)
-    return Recorded(ev, outcome, status, after.state.status.value)
+    return _decide(rows, current, ev, now, due)
 
 
 def apply(
@@ -364,6 +362,14 @@ def _event(
     rows.insert_event(ev, message_pk=pk, previous_status=previous, outcome=outcome, received_at=now)
 
 
+def _decide(rows: RowAccess, current: Current, ev: StatusEvent, now: str, due: str) -> Recorded:
+    """Apply `ev` to the stored message as it is now and keep the event with its outcome."""
+    before = current.state.status.value
+    outcome, after = apply(rows, current, ev, now, due)
+    _event(rows, ev, current.pk, before, outcome, now)
+    return Recorded(ev, outcome, before, after.state.status.value)
+
+
 # -- registration ---------------------------------------------------------------------------
 
 
@@ -463,9 +469,7 @@ def record_polled(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded 
         return None  # nothing new: a poll repeats what the last report said
     # Decided against the status as it is now, inside the write: a callback committed while
     # the request was in flight is seen here, and an older polled status cannot undo it.
-    outcome, after = apply(rows, current, ev, now, due)
-    _event(rows, ev, current.pk, status, outcome, now)
-    return Recorded(ev, outcome, status, after.state.status.value)
+    return _decide(rows, current, ev, now, due)
 
 
 def finish_polls(
