@@ -46,4 +46,6 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
 
 # A write batch takes the database's write lock at BEGIN, so its reads decide on rows no one
 # else can change before the COMMIT.
-TRANSACTIONS = Transactions(begin="BEGIN IMMEDIATE", error=sqlite3.Error)
+# Its statements are short CPU work, run on the event loop awaiting them: the writer
+# thread keeps BEGIN and COMMIT (receiver.store.writer.Writer._on_loops).
+TRANSACTIONS = Transactions(begin="BEGIN IMMEDIATE", error=sqlite3.Error, on_loop=True)
