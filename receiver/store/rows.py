@@ -46,14 +46,15 @@ def select_due(
 
 
 def select_group(
-    conn: Any, provider: str, prefix: str, *, mark: str = "?", lock: str = ""
+    conn: Any, provider: str, prefix: str, *, mark: str = "?", lock: str = "", table: str = ""
 ) -> list[Queued]:
-    """The provider's queued messages whose id starts with `prefix`; `lock` ends the SELECT."""
-    # The prefix range is a range of the (provider, message_id) index:
+    """The provider's queued messages whose id starts with `prefix`; `lock` ends the SELECT,
+    `table` replaces `messages` (SQLite names the index to use)."""
+    # The prefix range is a range of the (message_id, provider) index:
     # "<prefix>" .. "<prefix>\U0010ffff" holds exactly the ids starting with it.
     rows = conn.execute(
         marked(
-            f"SELECT {QUEUED_COLUMNS} FROM messages "
+            f"SELECT {QUEUED_COLUMNS} FROM {table or 'messages'} "
             "WHERE provider = ? AND message_id >= ? AND message_id < ? "
             "AND next_poll_at IS NOT NULL" + lock,
             mark,

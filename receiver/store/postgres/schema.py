@@ -220,6 +220,17 @@ def _locked_reads(conn: psycopg.Connection) -> None:
     )
 
 
+@step("0006_messages_one_id_index")
+def _one_id_index(conn: psycopg.Connection) -> None:
+    # As on SQLite: the pair's uniqueness keyed by message_id first answers a lookup by the
+    # pair and one by message_id alone, so the (message_id) index only cost every insert.
+    conn.execute(
+        "CREATE UNIQUE INDEX idx_messages_message_id_provider ON messages (message_id, provider)"
+    )
+    conn.execute("DROP INDEX idx_messages_provider_message_id")
+    conn.execute("DROP INDEX idx_messages_message_id")
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

@@ -19,7 +19,11 @@ def due(conn: sqlite3.Connection, provider: str, now: str, limit: int) -> list[Q
 
 
 def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
-    return select_group(conn, provider, prefix)
+    # Without statistics SQLite would rather walk the provider's whole due queue
+    # (idx_messages_due) than the prefix's range of the message id index.
+    return select_group(
+        conn, provider, prefix, table="messages INDEXED BY idx_messages_message_id_provider"
+    )
 
 
 def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
