@@ -185,9 +185,11 @@ class Store(Protocol):
         EXPORT_COLUMNS order (`metadata` as JSON text); never all rows in memory at once."""
         ...
 
-    async def prune(self, older_than: str, *, batch_size: int = 500) -> Pruned:
+    async def prune(self, older_than: str, *, batch_size: int = 500, share: float = 1.0) -> Pruned:
         """Delete final messages whose final time (else last update) is before `older_than`,
-        with their events, `batch_size` messages per write so other writes go between."""
+        with their events, at most `batch_size` messages per write so other writes go
+        between; with `share` < 1, pausing so that deleting takes at most that share of the
+        writer's time."""
         ...
 
     def backup(self, target: str) -> BackupInfo:

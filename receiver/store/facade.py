@@ -9,6 +9,8 @@ whose functions take the connection first.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import ModuleType
@@ -33,6 +35,13 @@ from receiver.store.writer import Writer
 
 T = TypeVar("T")
 R = TypeVar("R", bound=SqlRows)
+
+# A paced prune (share < 1): its first batch's size, the size it never goes under, and the
+# time one batch of deletes should take (callbacks committed after it wait that long).
+PRUNE_FIRST_BATCH = 100
+PRUNE_MIN_BATCH = 10
+PRUNE_BATCH_SECONDS = 0.01
+_pause = asyncio.sleep  # the paced prune's wait (a test records it instead)
 
 _TOUCH = (
     "INSERT INTO _receiver_health (id, checked_at) VALUES (1, ?) "
@@ -82,15 +91,24 @@ class RulesStore(Generic[R]):
         """The lock keys of the (provider, message_id) a write decides; none by default."""
         return ()
 
-    async def _write(self, fn: Callable[[R], T], messages: Iterable[tuple[str, str]] = ()) -> T:
+    async def _write(
+        self,
+        fn: Callable[[R], T],
+        messages: Iterable[tuple[str, str]] = (),
+        *,
+        on_loop: bool = True,
+    ) -> T:
         """Run `fn` over the rows in the writer's next batch; `messages` are the (provider,
-        message_id) it will decide, for a dialect that locks them first."""
+        message_id) it will decide, for a dialect that locks them first; `on_loop=False` for
+        long work (Writer.run)."""
         writer = self._writer
         if writer is None:
             raise StoreUnavailable("the store is not open")
         rows = self.rows
         try:
-            return await writer.run(lambda conn: fn(rows(conn)), self._locks(messages))
+            return await writer.run(
+                lambda conn: fn(rows(conn)), self._locks(messages), on_loop=on_loop
+            )
         except self.job_errors as exc:  # raised inside a job: it wrote nothing; retry later
             raise StoreUnavailable(f"database write failed: {exc}") from exc
 
@@ -229,29 +247,56 @@ class RulesStore(Generic[R]):
             if len(rows) < size:
                 return
 
-    async def prune(self, older_than: str, *, batch_size: int = 500) -> Pruned:
+    async def prune(self, older_than: str, *, batch_size: int = 500, share: float = 1.0) -> Pruned:
         # Candidates are found on a read connection, oldest final first on their own index, so
         # the writer holds its lock for one small batch of deletes at a time, and callbacks
-        # queued meanwhile are committed between batches.
+        # queued meanwhile are committed between batches. With share < 1 (the service's
+        # background prune), each batch is followed, when other writes came meanwhile, by a
+        # pause long enough that deleting takes at most that share of the writer's time, and
+        # the batch size follows the time a batch took, toward PRUNE_BATCH_SECONDS: a backlog
+        # of millions then drains at a bounded cost to callbacks instead of starving them.
         delete_messages = self.maintenance.delete_messages
         messages = events = batches = 0
         after = ("", 0)
+        paced = share < 1.0
+        size = min(batch_size, PRUNE_FIRST_BATCH) if paced else batch_size
+        jobs_seen = self.write_stats[1]  # the writer's jobs when the last batch was committed
         while True:
             found: list[tuple[str, int]] = await self._read(
                 partial(
                     self.maintenance.prunable_ids,
                     after=after,
                     older_than=older_than,
-                    batch_size=batch_size,
+                    batch_size=size,
                 )
             )
             if not found:
                 return Pruned(messages, events, batches)
             after = found[-1]
             ids = [row_id for _, row_id in found]
-            deleted, deleted_events = await self._write(
-                lambda rows, ids=ids: delete_messages(rows.conn, ids, older_than)  # type: ignore[misc]
-            )
+            spent = [0.0]
+
+            def delete(rows: R, ids: list[int] = ids, spent: list[float] = spent) -> Any:
+                started = time.perf_counter()
+                try:
+                    return delete_messages(rows.conn, ids, older_than)
+                finally:
+                    spent[0] += time.perf_counter() - started  # twice if the batch is redone
+
+            # On the writer thread: a DELETE of a few hundred rows gives the GIL away for its
+            # whole work, so the event loop goes on serving requests meanwhile.
+            deleted, deleted_events = await self._write(delete, on_loop=False)
             messages += deleted
             events += deleted_events
             batches += 1
+            if paced:
+                took = spent[0]
+                if took > PRUNE_BATCH_SECONDS and size > PRUNE_MIN_BATCH:
+                    size = max(PRUNE_MIN_BATCH, size // 2)
+                elif took < PRUNE_BATCH_SECONDS / 2 and size < batch_size:
+                    size = min(batch_size, size * 2)
+                # Only other writes are owed the pause: with none since the last batch (no
+                # callbacks, say, at night), the backlog goes at full speed.
+                jobs = self.write_stats[1]
+                others, jobs_seen = jobs - jobs_seen - 1, jobs
+                await _pause(took * (1 - share) / max(share, 0.01) if others > 0 else 0)

@@ -129,6 +129,9 @@ class _Job(Generic[T]):
     # For run(): the event loop awaiting the job, and what wakes it there.
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[None] | None = None
+    # False keeps a run() job on the writer thread (a long one, as a prune batch: its few
+    # statements each give the GIL away for their whole work, and the loop serves meanwhile).
+    on_loop: bool = True
 
 
 def _release(waiters: list[asyncio.Future[None]]) -> None:
@@ -234,10 +237,13 @@ class Writer(Generic[C]):
         self._enqueue(job)
         return job.future
 
-    async def run(self, fn: Callable[[C], T], locks: Sequence[str] = ()) -> T:
-        """Submit from an event loop and await the job's committed result."""
+    async def run(
+        self, fn: Callable[[C], T], locks: Sequence[str] = (), *, on_loop: bool = True
+    ) -> T:
+        """Submit from an event loop and await the job's committed result; `on_loop=False`
+        runs it on the writer thread even where the dialect's jobs run on the loop."""
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, locks, loop=loop, waiter=loop.create_future())
+        job: _Job[T] = _Job(fn, locks, loop=loop, waiter=loop.create_future(), on_loop=on_loop)
         self._enqueue(job)
         assert job.waiter is not None
         try:
@@ -381,9 +387,9 @@ class Writer(Generic[C]):
         outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         start = 0
         while start < len(batch):
-            loop = batch[start].loop
+            loop = batch[start].loop if batch[start].on_loop else None
             end = start + 1
-            while end < len(batch) and batch[end].loop is loop:
+            while end < len(batch) and (batch[end].loop if batch[end].on_loop else None) is loop:
                 end += 1
             segment = batch[start:end]
             if loop is None:
