@@ -132,3 +132,36 @@ def test_a_dialect_without_on_loop_runs_every_job_on_the_writer_thread(path: str
         assert asyncio.run(main()) != ran[0]
     finally:
         writer.stop()
+
+
+def test_a_store_write_of_many_items_runs_on_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk registration does not hold the event loop; a small one runs there."""
+    from receiver.store import facade, rules
+    from receiver.store.base import Registration
+    from receiver.store.sqlite import SQLiteStore
+
+    threads: dict[int, set[int]] = {}
+    register = rules.register
+
+    def noted(rows: Any, policy: Any, reg: Registration) -> Any:
+        threads.setdefault(int(reg.message_id.split("-")[0]), set()).add(threading.get_ident())
+        return register(rows, policy, reg)
+
+    monkeypatch.setattr(rules, "register", noted)
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    many = facade.LOOP_JOB_ITEMS + 1
+
+    async def main() -> int:
+        await store.open()
+        try:
+            await store.register([Registration("twilio", f"1-{n}") for n in range(2)])
+            await store.register([Registration("twilio", f"2-{n}") for n in range(many)])
+            return threading.get_ident()
+        finally:
+            await store.close()
+
+    loop_thread = asyncio.run(main())
+    assert threads[1] == {loop_thread}
+    assert len(threads[2]) == 1 and loop_thread not in threads[2]

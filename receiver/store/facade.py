@@ -36,6 +36,10 @@ from receiver.store.writer import Writer
 T = TypeVar("T")
 R = TypeVar("R", bound=SqlRows)
 
+# A write of more items than this (a bulk registration, a callback carrying many events) runs
+# on the writer thread rather than the event loop (Writer.run): the loop is not held for it.
+LOOP_JOB_ITEMS = 32
+
 # A paced prune (share < 1): its first batch's size, the size it never goes under, and the
 # time one batch of deletes should take (callbacks committed after it wait that long).
 PRUNE_FIRST_BATCH = 100
@@ -123,6 +127,7 @@ class RulesStore(Generic[R]):
         return await self._write(
             lambda rows: [rules.record(rows, policy, ev) for ev in events],
             [(ev.provider, ev.message_id) for ev in events],
+            on_loop=len(events) <= LOOP_JOB_ITEMS,
         )
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
@@ -130,6 +135,7 @@ class RulesStore(Generic[R]):
         return await self._write(
             lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
             [(reg.provider, reg.message_id) for reg in registrations],
+            on_loop=len(registrations) <= LOOP_JOB_ITEMS,
         )
 
     async def check_writable(self) -> None:
@@ -162,7 +168,8 @@ class RulesStore(Generic[R]):
                 lease_until=lease_until,
                 owner=owner,
                 group_of=group_of,
-            )
+            ),
+            on_loop=limit <= LOOP_JOB_ITEMS,
         )
 
     async def finish_polls(
@@ -173,6 +180,7 @@ class RulesStore(Generic[R]):
             lambda rows: rules.finish_polls(rows, policy, owner, events, done),
             [(e.provider, e.message_id) for e in events]
             + [(d.message.provider, d.message.message_id) for d in done],
+            on_loop=len(events) + len(done) <= LOOP_JOB_ITEMS,
         )
 
     async def queued_providers(self) -> list[str]:
