@@ -7,6 +7,13 @@ job that raises fails alone: the batch is rolled back and run again with each jo
 savepoint (so a job must be a function of the database only: it may run twice). A batch whose
 BEGIN or COMMIT fails fails all its jobs, and nothing of it is half-written.
 
+Where a job runs: on this thread, or, when the dialect says so (`Transactions.on_loop`,
+SQLite's) and the job came from `run()`, on the event loop awaiting it: the thread opens the
+transaction, hands the batch's jobs to their loop in one call and sleeps until they ran, then
+commits. Each SQLite statement run on this thread gave the GIL away and had to win it back from
+the busy loop; on the loop nobody contends for it, while the fsync of the COMMIT still runs
+here, with the loop serving requests meanwhile. A redo with each job isolated runs here.
+
 Dialect-free: a store says through its `Transactions` how its connection takes a batch; the
 defaults are plain SQL (SQLite's), and PostgreSQL's override what differs (message locks
 first, a batch redone on deadlock, pipeline mode, reconnecting).
