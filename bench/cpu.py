@@ -43,6 +43,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread: "main" (the event loop's), the others by thread id (Python
+    does not name its threads to the system)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "main" if task.name == str(pid) else f"tid {task.name}"
+        found[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=("receiver", "ceiling"), default="receiver")
@@ -95,8 +110,13 @@ def main() -> int:
                     stderr=subprocess.DEVNULL,
                 )
             before, wall = cpu_seconds(proc.pid), time.monotonic()
+            threads_before = thread_cpu(proc.pid)
             result = run_callbacks(wrk, args.server, port, load_file, host, load, args.duration)
             used, wall = cpu_seconds(proc.pid) - before, time.monotonic() - wall
+            threads = {
+                name: seconds - threads_before.get(name, 0.0)
+                for name, seconds in thread_cpu(proc.pid).items()
+            }
         finally:
             if spy is not None:
                 spy.wait(timeout=60)
@@ -105,6 +125,14 @@ def main() -> int:
         print(
             f"cpu: {used:.2f} s in {wall:.1f} s ({used / wall:.0%} of one core); "
             f"{used / result.requests * 1e6:.0f} us per request"
+        )
+        print(
+            "per thread (us per request): "
+            + ", ".join(
+                f"{name} {seconds / result.requests * 1e6:.0f}"
+                for name, seconds in sorted(threads.items(), key=lambda kv: -kv[1])
+                if seconds > 0
+            )
         )
     return 0
 
