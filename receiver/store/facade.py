@@ -10,18 +10,21 @@ whose functions take the connection first.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
-from receiver.engine import StatusEvent
-from receiver.store import rules
+from receiver.engine import Outcome, StatusEvent, is_final
+from receiver.store import outbox, rules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
     MessageFilter,
     PollDone,
     Pruned,
+    PushAttempt,
+    PushJob,
     Recorded,
     Registered,
     Registration,
@@ -64,6 +67,7 @@ class RulesStore(Generic[R]):
             dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
         )
         self._writer: Writer[Any] | None = None
+        self._pushes_owed: Callable[[], None] | None = None
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         raise NotImplementedError
@@ -102,17 +106,22 @@ class RulesStore(Generic[R]):
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: [rules.record(rows, policy, ev) for ev in events],
             [(ev.provider, ev.message_id) for ev in events],
         )
+        self._woken_by(recorded)  # committed: the pushes it owes can go
+        return recorded
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         policy = self.policy
-        return await self._write(
+        registered = await self._write(
             lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
             [(reg.provider, reg.message_id) for reg in registrations],
         )
+        if self._pushes_owed is not None and any(r.pending_applied for r in registered):
+            self._pushes_owed()  # committed: held events it decided may owe pushes
+        return registered
 
     async def check_writable(self) -> None:
         def touch(rows: R) -> None:
@@ -151,11 +160,13 @@ class RulesStore(Generic[R]):
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
     ) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: rules.finish_polls(rows, policy, owner, events, done),
             [(e.provider, e.message_id) for e in events]
             + [(d.message.provider, d.message.message_id) for d in done],
         )
+        self._woken_by(recorded)
+        return recorded
 
     async def queued_providers(self) -> list[str]:
         found: list[str] = await self._read(self.pollqueue.queued_providers)
@@ -234,7 +245,7 @@ class RulesStore(Generic[R]):
         # the writer holds its lock for one small batch of deletes at a time, and callbacks
         # queued meanwhile are committed between batches.
         delete_messages = self.maintenance.delete_messages
-        messages = events = batches = 0
+        messages = events = batches = pushes = 0
         after = ("", 0)
         while True:
             found: list[tuple[str, int]] = await self._read(
@@ -246,12 +257,127 @@ class RulesStore(Generic[R]):
                 )
             )
             if not found:
-                return Pruned(messages, events, batches)
+                return Pruned(messages, events, batches, pushes)
             after = found[-1]
             ids = [row_id for _, row_id in found]
             deleted, deleted_events = await self._write(
                 lambda rows, ids=ids: delete_messages(rows.conn, ids, older_than)  # type: ignore[misc]
             )
+            pushes += await self._write(
+                lambda rows, ids=ids: outbox.delete_delivered(rows.conn, ids, rows.mark)  # type: ignore[misc]
+            )
             messages += deleted
             events += deleted_events
             batches += 1
+
+    # -- the push outbox (receiver/push/): the rules owe pushes, the dispatcher sends them --
+
+    def configure_push(
+        self, endpoints: Sequence[str], events: str, on_owed: Callable[[], None] | None = None
+    ) -> None:
+        """Owe a push to each of `endpoints` for every change `events` takes ("final" or
+        "all"); `on_owed` is called after each commit that may have owed one (it must be
+        quick: it wakes the dispatcher)."""
+        push = rules.PushPolicy(tuple(endpoints), events) if endpoints else None
+        self.policy = replace(self.policy, push=push)
+        self._pushes_owed = on_owed if push is not None else None
+
+    def _woken_by(self, recorded: Sequence[Recorded]) -> None:
+        push, wake = self.policy.push, self._pushes_owed
+        if push is None or wake is None:
+            return
+        for r in recorded:
+            if r.outcome is not Outcome.APPLIED or r.status is None:
+                continue
+            if push.events == "all" or is_final(r.status):
+                wake()
+                return
+
+    @property
+    def _outbox(self) -> Any:
+        return self.rows.outbox  # the dialect's outbox module
+
+    async def claim_pushes(
+        self,
+        *,
+        owner: str,
+        now: str,
+        lease_until: str,
+        endpoints: Sequence[str],
+        disabled: Sequence[str],
+        limit: int,
+    ) -> list[PushJob]:
+        """Lease up to `limit` due pushes to `endpoints`, each the oldest pending one of its
+        message to its endpoint; first give up those owed to `disabled` endpoints."""
+        claim = self._outbox.claim
+
+        def job(rows: R) -> list[PushJob]:
+            outbox.fail_disabled(rows.conn, disabled, now, rows.mark)
+            found: list[PushJob] = claim(
+                rows.conn,
+                owner=owner,
+                now=now,
+                lease_until=lease_until,
+                endpoints=endpoints,
+                limit=limit,
+            )
+            return found
+
+        return await self._write(job)
+
+    async def finish_push(self, push: PushJob, attempt: PushAttempt) -> None:
+        await self._write(lambda rows: outbox.finish(rows.conn, push, attempt, rows.mark))
+
+    async def disable_push_endpoint(self, url: str, now: str, reason: str) -> None:
+        def job(rows: R) -> None:
+            outbox.disable_endpoint(rows.conn, url, now, reason, rows.mark)
+            outbox.fail_disabled(rows.conn, [url], now, rows.mark)
+
+        await self._write(job)
+
+    async def retry_push(self, webhook_id: str, now: str) -> str | None:
+        """Send one push again; its status before (None: unknown; "pending": left as it is)."""
+        found: str | None = await self._write(
+            lambda rows: outbox.requeue(rows.conn, webhook_id, now, rows.mark)
+        )
+        return found
+
+    async def recover_pushes(self, since: str, now: str) -> int:
+        count: int = await self._write(
+            lambda rows: outbox.recover(rows.conn, since, now, rows.mark)
+        )
+        return count
+
+    async def release_push_leases(self, dead: Callable[[str], bool]) -> int:
+        """At start: free the leases of claimers known dead (see the dialect's outbox)."""
+        release = self._outbox.release
+        count: int = await self._write(lambda rows: release(rows.conn, dead))
+        return count
+
+    async def list_pushes(
+        self, *, status: str | None, since: str | None, before_id: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        found: tuple[list[dict[str, Any]], int | None] = await self._read(
+            partial(
+                self._outbox.list_pushes,
+                status=status,
+                since=since,
+                before_id=before_id,
+                limit=limit,
+            )
+        )
+        return found
+
+    async def get_push(self, webhook_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._read(
+            partial(self._outbox.get_push, webhook_id=webhook_id)
+        )
+        return found
+
+    async def push_stats(self) -> dict[str, Any]:
+        found: dict[str, Any] = await self._read(self._outbox.push_stats)
+        return found
+
+    async def next_push_due(self) -> str | None:
+        found: str | None = await self._read(self._outbox.next_push_due)
+        return found

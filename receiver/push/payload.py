@@ -1,0 +1,54 @@
+"""What a push says: a Standard Webhooks payload `{"type", "timestamp", "data"}`, built here
+and only here for every event type. No SMS body is ever in it (receiver never has one)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+STATUS_CHANGED = "message.status_changed"
+DEADLINE_MISSED = "message.deadline_missed"
+TYPES = (STATUS_CHANGED, DEADLINE_MISSED)
+
+# The fields of `data` for a message, in the order they are sent.
+DATA_FIELDS = (
+    "provider",
+    "message_id",
+    "status",
+    "previous_status",
+    "provider_status",
+    "error_code",
+    "final",
+    "final_via",
+    "to",
+    "account",
+    "metadata",
+    "sent_at",
+    "final_at",
+)
+
+
+def new_webhook_id() -> str:
+    """A push's id: its `webhook-id`, the same for every attempt, so the app dedupes on it."""
+    return "msg_" + secrets.token_hex(16)
+
+
+def message_data(**fields: Any) -> dict[str, Any]:
+    """`data` for an event about one message: every field of DATA_FIELDS (missing ones null),
+    and any extra ones an event type adds after them."""
+    data = {name: fields.pop(name, None) for name in DATA_FIELDS}
+    data.update(fields)
+    return data
+
+
+def body(kind: str, timestamp: str, data: Mapping[str, Any]) -> str:
+    """The JSON body of a push, as kept in the outbox and sent byte for byte at each attempt."""
+    if kind not in TYPES:
+        raise ValueError(f"not a push type: {kind!r}")
+    return json.dumps(
+        {"type": kind, "timestamp": timestamp, "data": dict(data)},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
