@@ -248,7 +248,7 @@ def test_410_disables_the_endpoint_until_a_push_to_it_is_retried(pushing: Starte
         receiver, app = pushing(app=app)
         callback(receiver, new_sid(), "delivered")
         [first] = wait_until(lambda: pushes(receiver, status="failed"), what="the 410")
-    assert [e for e in logs if e["event"] == "push_endpoint_disabled"][0]["log_level"] == "error"
+    assert next(e for e in logs if e["event"] == "push_endpoint_disabled")["log_level"] == "error"
     ready = api(receiver, "GET", "/readyz")
     assert ready.status_code == 200
     [state] = ready.json()["pushes"].values()
