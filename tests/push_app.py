@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,9 @@ from starlette.routing import Route
 # Two secrets, as while one is rotated out (whsec_ and the base64 of 24 bytes each).
 PUSH_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
+
+
+HOLD_MAX = 60.0
 
 
 @dataclass
@@ -35,6 +40,9 @@ class PushApp:
     received: list[Received] = field(default_factory=list)  # verified, answered 2xx
     requests: list[str] = field(default_factory=list)  # every webhook-id, in arrival order
     refused: int = 0  # failed verification
+    # While True, a request is held unanswered (up to HOLD_MAX), then answered 503: pushes
+    # in flight when the receiver is killed.
+    holding: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def asgi(self) -> Starlette:
@@ -47,6 +55,13 @@ class PushApp:
                     self.refused += 1
                 return Response(status_code=401)
             webhook_id = request.headers["webhook-id"]
+            if self.holding:
+                with self.lock:
+                    self.requests.append(webhook_id)
+                deadline = time.monotonic() + HOLD_MAX
+                while self.holding and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                return Response(status_code=503)
             with self.lock:
                 n = len(self.requests)
                 self.requests.append(webhook_id)
