@@ -373,3 +373,26 @@ def test_push_settings_are_read_with_the_specs_schedule_by_default() -> None:
     )
     assert quick.push_retry_schedule == (1.0, 0.5, 120.0)
     assert quick.push_events == "all"
+
+
+def test_the_push_metrics_table_matches_the_registry() -> None:
+    """docs/push.md's table holds every push metric, with its type and labels."""
+    from prometheus_client import CollectorRegistry
+
+    from receiver.push.metrics import PushMetrics
+
+    registry = CollectorRegistry()
+    PushMetrics(registry, ["http://127.0.0.1:8080/push"])
+    exported = {}
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {key for sample in family.samples for key in sample.labels}
+        exported[name] = (family.type, labels)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "push.md").read_text()
+    documented = {
+        name: (kind, set(re.findall(r"`([a-z_]+)`", labels)))
+        for name, kind, labels in re.findall(
+            r"^\| `(receiver_[a-z_]+)` \| ([a-z]+) \|([^|]*)\|", text, re.M
+        )
+    }
+    assert documented == exported
