@@ -41,7 +41,7 @@ def pushing(store: Store, events: str = "final", endpoints: tuple[str, ...] = (A
 async def claim(store: Any, owner: str = "owner-a", limit: int = 100) -> list[PushJob]:
     now = utcnow()
     found: list[PushJob] = await store.claim_pushes(
-        owner=owner, now=now, lease_until=LATER, endpoints=[APP, OTHER], disabled=[], limit=limit
+        owner=owner, now=now, lease_until=LATER, endpoints=[APP, OTHER], limit=limit
     )
     return found
 

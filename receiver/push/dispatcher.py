@@ -105,6 +105,8 @@ class Dispatcher:
         self.count_attempt = count_attempt or (lambda result: None)
         self.owner = _owner()
         self.disabled: dict[str, str] = {}  # endpoint -> why (a 410)
+        # Endpoints that could not be reached, left alone until then (time.monotonic()).
+        self.unreachable: dict[str, float] = {}
         self._transport = transport
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -174,7 +176,7 @@ class Dispatcher:
             self._wake.clear()
             free = self.concurrency - len(self._inflight)
             claimed: list[PushJob] = []
-            if free > 0:
+            if free > 0 and (self._reachable() or self.disabled):
                 try:
                     claimed = await self._claim(free)
                 except StoreUnavailable as exc:
@@ -200,16 +202,29 @@ class Dispatcher:
             owner=self.owner,
             now=format_time(now),
             lease_until=format_time(now + timedelta(seconds=2 * self.timeout + LEASE_MARGIN)),
-            endpoints=[url for url in self.endpoints if url not in self.disabled],
-            disabled=[url for url in self.endpoints if url in self.disabled],
+            endpoints=self._reachable(),
             limit=limit,
         )
         return found
+
+    def _reachable(self) -> list[str]:
+        """The endpoints to send to now: neither disabled nor left alone as unreachable."""
+        now = time.monotonic()
+        return [
+            url
+            for url in self.endpoints
+            if url not in self.disabled and self.unreachable.get(url, 0.0) <= now
+        ]
 
     async def _idle(self, found: bool) -> float:
         """How long to sleep unless woken: until the next push is due, within bounds."""
         if len(self._inflight) >= self.concurrency:
             return IDLE_MAX  # a finishing send wakes the loop
+        if not self._reachable():  # until the first unreachable endpoint is tried again
+            until = [t for url, t in self.unreachable.items() if url not in self.disabled]
+            if not until:
+                return IDLE_MAX  # every endpoint disabled: a retry or recover wakes the loop
+            return min(max(min(until) - time.monotonic(), 0.0), IDLE_MAX)
         try:
             due = await self.store.next_push_due()
         except StoreUnavailable:
@@ -252,6 +267,12 @@ class Dispatcher:
         except httpx.HTTPError:
             error = "network_error"
         duration_ms = round((time.monotonic() - started) * 1000)
+        if error is None:
+            self.unreachable.pop(push.endpoint, None)
+        else:
+            # Down (or too slow): every other push to it would fail the same way. It gets no
+            # more until the first retry's wait is over, then a few pushes try it again.
+            self.unreachable[push.endpoint] = time.monotonic() + self.schedule[0]
         attempt = self._outcome(push, attempted_at, duration_ms, status, error, kept, retry_after)
         self.count_attempt(attempt.result)
         if status == GONE:

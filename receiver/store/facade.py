@@ -304,21 +304,21 @@ class RulesStore(Generic[R]):
         now: str,
         lease_until: str,
         endpoints: Sequence[str],
-        disabled: Sequence[str],
         limit: int,
     ) -> list[PushJob]:
         """Lease up to `limit` due pushes to `endpoints`, each the oldest pending one of its
-        message to its endpoint; first give up those owed to `disabled` endpoints."""
+        message to its endpoint; first give up those owed to endpoints a 410 disabled (as the
+        database says in this transaction, so a retry committed meanwhile is seen)."""
         claim = self._outbox.claim
 
         def job(rows: R) -> list[PushJob]:
-            outbox.fail_disabled(rows.conn, disabled, now, rows.mark)
+            disabled = outbox.fail_disabled(rows.conn, now, rows.mark)
             found: list[PushJob] = claim(
                 rows.conn,
                 owner=owner,
                 now=now,
                 lease_until=lease_until,
-                endpoints=endpoints,
+                endpoints=[url for url in endpoints if url not in disabled],
                 limit=limit,
             )
             return found
@@ -331,7 +331,7 @@ class RulesStore(Generic[R]):
     async def disable_push_endpoint(self, url: str, now: str, reason: str) -> None:
         def job(rows: R) -> None:
             outbox.disable_endpoint(rows.conn, url, now, reason, rows.mark)
-            outbox.fail_disabled(rows.conn, [url], now, rows.mark)
+            outbox.fail_disabled(rows.conn, now, rows.mark)
 
         await self._write(job)
 

@@ -121,8 +121,10 @@ def message_metadata(conn: Any, pk: int, mark: str = "?") -> dict[str, Any] | No
     return value if isinstance(value, dict) else None
 
 
-def fail_disabled(conn: Any, disabled: Sequence[str], now: str, mark: str = "?") -> None:
-    """Give up the pending pushes of endpoints a 410 disabled (kept, to recover later)."""
+def fail_disabled(conn: Any, now: str, mark: str = "?") -> set[str]:
+    """Give up the pending pushes of endpoints a 410 disabled (kept, to recover later); the
+    disabled endpoints."""
+    disabled = [row[0] for row in conn.execute("SELECT url FROM push_endpoints").fetchall()]
     if disabled:
         conn.execute(
             marked(
@@ -133,6 +135,7 @@ def fail_disabled(conn: Any, disabled: Sequence[str], now: str, mark: str = "?")
             ),
             list(disabled),
         )
+    return set(disabled)
 
 
 def finish(conn: Any, push: PushJob, done: PushAttempt, mark: str = "?") -> None:

@@ -264,9 +264,8 @@ def _push_outbox(conn: psycopg.Connection) -> None:
     conn.execute(f"CREATE TABLE push_endpoints (url {T} PRIMARY KEY, disabled_at {T}, reason {T})")
     for sql in (
         "CREATE INDEX idx_pushes_due ON pushes (next_attempt_at, id) WHERE status = 'pending'",
-        "CREATE INDEX idx_pushes_chain ON pushes (message_pk, endpoint, id)",
+        "CREATE INDEX idx_pushes_chain ON pushes (message_pk, endpoint, status, id)",
         "CREATE INDEX idx_pushes_status ON pushes (status, id)",
-        "CREATE INDEX idx_pushes_created_at ON pushes (created_at)",
         "CREATE INDEX idx_push_attempts_push ON push_attempts (push_id, id)",
     ):
         conn.execute(sql)

@@ -176,9 +176,8 @@ CREATE TABLE pushes (
     lease_until TEXT
 );
 CREATE INDEX idx_pushes_due ON pushes (next_attempt_at, id) WHERE status = 'pending';
-CREATE INDEX idx_pushes_chain ON pushes (message_pk, endpoint, id);
+CREATE INDEX idx_pushes_chain ON pushes (message_pk, endpoint, status, id);
 CREATE INDEX idx_pushes_status ON pushes (status, id);
-CREATE INDEX idx_pushes_created_at ON pushes (created_at);
 CREATE TABLE push_attempts (
     id INTEGER PRIMARY KEY,
     push_id INTEGER NOT NULL,
@@ -195,9 +194,9 @@ CREATE TABLE push_endpoints (url TEXT PRIMARY KEY, disabled_at TEXT, reason TEXT
 
 @migrations(name="0007_push_outbox")
 def _push_outbox(db: Database) -> None:
-    # Pending pushes are found by due time on a partial index (only pending rows are in it),
-    # and a message's pushes to one endpoint in order on idx_pushes_chain, which also finds
-    # a pruned message's delivered pushes.
+    # Pending pushes are found by due time on a partial index (only pending rows are in it);
+    # whether an older push of the same message to the same endpoint is still pending is one
+    # seek of idx_pushes_chain, which also finds a pruned message's delivered pushes.
     for statement in PUSH_TABLES.split(";"):
         if statement.strip():
             db.execute(statement)
