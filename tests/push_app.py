@@ -68,7 +68,8 @@ class PushApp:
                 status, headers = self.answer(n)
                 if 200 <= status < 300:
                     self.received.append(Received(webhook_id, payload))
-            return Response(json.dumps({"n": n}), status_code=status, headers=headers)
+            body = b"" if status in (204, 304) else json.dumps({"n": n}).encode()
+            return Response(body, status_code=status, headers=headers)
 
         return Starlette(routes=[Route("/push", push, methods=["POST"])])
 

@@ -34,6 +34,7 @@ def test_two_instances_send_each_push_once_in_order(tmp_path: Path, pg_url: str)
                 for n, sid in enumerate(sids):
                     server = instances[n % 2 if status == "sent" else (n + 1) % 2]
                     body, headers = signed_callback(server.callback_url, sid, status)
+                    headers["I-Twilio-Idempotency-Token"] = f"idem-{sid}-{status}"
                     response = client.post(server.callback_url, content=body, headers=headers)
                     assert response.status_code == 204
         wait_until(lambda: len(app.received) >= 2 * MESSAGES, what="every push")
