@@ -330,7 +330,11 @@ def apply(
     )
     if push is not None:
         status = current.state.status.value
-        _owe_change(rows, push, current.pk, status, new, ev, after.to_number, after.account, now)
+        # Only a registration gives a message metadata: no read for one a callback created.
+        metadata = _READ if current.registered else None
+        _owe_change(
+            rows, push, current.pk, status, new, ev, after.to_number, after.account, now, metadata
+        )
     return outcome, after
 
 
