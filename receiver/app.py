@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import __version__, retention
-from receiver.api import callback_urls, health, messages, openapi, webhooks
+from receiver.api import callback_urls, health, messages, openapi, pushes, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
@@ -27,6 +27,8 @@ from receiver.polling.service import build_scheduler
 from receiver.providers import REGISTRY, build_providers, message_providers
 from receiver.providers.base import Provider
 from receiver.providers.callback_auth import CallbackTokens
+from receiver.push.dispatcher import Dispatcher
+from receiver.push.metrics import PushMetrics
 from receiver.settings import Settings
 from receiver.store import Store, open_store
 
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if poller is not None:
             metrics.start_poll_series(poller.polled_providers())
             await poller.start()
+        dispatcher = await _start_pushes(settings, the_store, metrics)
         pruning = (
             asyncio.create_task(
                 retention.prune_periodically(the_store, settings.retention_days),
@@ -75,10 +78,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "callback_tokens": tokens,
                 "metrics": metrics,
                 "poller": poller,
+                "pusher": dispatcher,
             }
         finally:
             if poller is not None:
                 await poller.stop()
+            if dispatcher is not None:
+                await dispatcher.stop()
             if pruning is not None:
                 pruning.cancel()
                 with suppress(asyncio.CancelledError):
@@ -108,6 +114,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
+        *pushes.routes(),
     ]
     return Starlette(
         routes=routes,
@@ -118,6 +125,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+async def _start_pushes(settings: Settings, store: Store, metrics: Metrics) -> Dispatcher | None:
+    """With RECEIVER_PUSH_URL set: the store owes pushes and wakes the dispatcher on commit."""
+    if not settings.push_url:
+        return None
+    push_metrics = PushMetrics(metrics.registry, settings.push_url)
+    dispatcher = Dispatcher(store, settings, count_attempt=push_metrics.attempt)
+    dispatcher.metrics = push_metrics
+    store.configure_push(settings.push_url, settings.push_events, dispatcher.wake)  # type: ignore[attr-defined]
+    await dispatcher.start()
+    return dispatcher
 
 
 def _route(path: str, **by_method: Endpoint) -> Route:

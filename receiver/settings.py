@@ -273,6 +273,12 @@ def read_networks(
     return tuple(networks)
 
 
+def _push_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    from receiver.push import config  # it reads its values with this module's helpers
+
+    return config.read(env)
+
+
 def _provider_env_names() -> list[str]:
     from receiver.providers import provider_env_names  # the adapters import this module
 
@@ -314,6 +320,13 @@ class Settings:
     poll_timeout: float = 10.0
     secret_key: str | None = field(default=None, repr=False)
     secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
+    # Pushing status changes to the app (receiver/push/; checked by receiver.push.config).
+    push_url: tuple[str, ...] = field(default=(), repr=False)
+    push_secret: tuple[str, ...] = field(default=(), repr=False)
+    push_events: str = "final"
+    push_timeout: float = 15.0
+    push_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    push_concurrency: int = 10
     # The variables each provider adapter declares (its `env_vars`), as found in the
     # environment; the adapter checks and reads them itself (providers/<name>.py).
     provider_env: Mapping[str, str] = field(
@@ -351,6 +364,12 @@ class Settings:
             "poll_timeout": "RECEIVER_POLL_TIMEOUT",
             "secret_key": "RECEIVER_SECRET_KEY",
             "secret_key_fallbacks": "RECEIVER_SECRET_KEY_FALLBACKS",
+            "push_url": "RECEIVER_PUSH_URL",
+            "push_secret": "RECEIVER_PUSH_SECRET",
+            "push_events": "RECEIVER_PUSH_EVENTS",
+            "push_timeout": "RECEIVER_PUSH_TIMEOUT",
+            "push_retry_schedule": "RECEIVER_PUSH_RETRY_SCHEDULE",
+            "push_concurrency": "RECEIVER_PUSH_CONCURRENCY",
         }
     )
 
@@ -417,6 +436,7 @@ class Settings:
             poll_timeout=_duration(env, "RECEIVER_POLL_TIMEOUT", 10.0, minimum=0.1, maximum=300.0),
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
+            **_push_settings(env),
             provider_env=MappingProxyType(
                 {name: env[name] for name in _provider_env_names() if name in env}
             ),

@@ -73,6 +73,12 @@ def test_every_variable_is_read() -> None:
         "MESMS_POLL_RATE": "2",
         "MESMS_POLL_CONCURRENCY": "2",
         "MESMS_DLR_GRACE": "1m",
+        "RECEIVER_PUSH_URL": "http://127.0.0.1:8080/sms-status",
+        "RECEIVER_PUSH_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "RECEIVER_PUSH_EVENTS": "all",
+        "RECEIVER_PUSH_TIMEOUT": "5s",
+        "RECEIVER_PUSH_RETRY_SCHEDULE": "1s,1m",
+        "RECEIVER_PUSH_CONCURRENCY": "4",
     }
     s = Settings.from_env(env)
     assert set(env) == set(s.env_names())

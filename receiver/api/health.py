@@ -29,4 +29,9 @@ async def readyz(request: Request) -> Response:
     # stop taking callbacks: the service stays ready.
     poller = request.state.poller
     body["polling"] = poller.status() if poller is not None else "off"
+    # Each push endpoint's state (a 410 disables one), only when pushes are on; like polling's
+    # trouble, never a reason to be unready.
+    pusher = getattr(request.state, "pusher", None)
+    if pusher is not None:
+        body["pushes"] = pusher.status()
     return JSONResponse(body)

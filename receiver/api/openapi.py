@@ -277,6 +277,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["status", "store", "polling"],
         "additionalProperties": False,
     },
+    # Ready's `pushes` is added below, with the push schemas.
     "CallbackUrl": {
         "type": "object",
         "properties": {
@@ -548,6 +549,7 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             },
         },
         **{("POST", callback_path(name)): _callback_operation(name) for name in webhooks},
+        **_push_operations(),
     }
 
 
@@ -663,3 +665,163 @@ def endpoint(spec: Schema) -> Callable[[Request], Awaitable[Response]]:
         return Response(body, media_type="application/json")
 
     return openapi_json
+
+
+# -- the push outbox (receiver/push/, receiver/api/pushes.py) ----------------------------------
+
+_PUSH_ID = {
+    "name": "push_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+    "description": "the push's id: the webhook-id it is sent with",
+}
+_PUSH_STATUSES = ["pending", "delivered", "failed"]
+_PUSH_PROPERTIES: Schema = {
+    "id": {"type": "string", "description": "the webhook-id, the same at every attempt"},
+    "type": {"type": "string", "description": "message.status_changed, ..."},
+    "endpoint": {"type": "string", "description": "the URL it is pushed to"},
+    "provider": _nullable("string"),
+    "message_id": _nullable("string"),
+    "status": {"enum": _PUSH_STATUSES},
+    "attempt_count": {"type": "integer", "minimum": 0},
+    "created_at": _TIME,
+    "next_attempt_at": _nullable("string", description="when it is tried next (pending)"),
+    "last_attempt_at": _nullable("string"),
+    "last_result": _nullable(
+        "string", description="http_<status>, timeout, network_error or endpoint_disabled"
+    ),
+    "delivered_at": _nullable("string"),
+}
+PUSH_SCHEMAS: dict[str, Schema] = {
+    "Push": {
+        "type": "object",
+        "properties": _PUSH_PROPERTIES,
+        "required": list(_PUSH_PROPERTIES),
+        "additionalProperties": False,
+    },
+    "PushAttempt": {
+        "type": "object",
+        "properties": {
+            "attempted_at": _TIME,
+            "http_status": _nullable("integer"),
+            "error": {"enum": ["timeout", "network_error", None]},
+            "duration_ms": {"type": "integer", "minimum": 0},
+            "response": _nullable("string", description="the first 2 KB of the answer's body"),
+        },
+        "required": ["attempted_at", "http_status", "error", "duration_ms", "response"],
+        "additionalProperties": False,
+    },
+    "PushDetail": {
+        "type": "object",
+        "properties": {
+            **_PUSH_PROPERTIES,
+            "payload": {"type": "string", "description": "the JSON body sent"},
+            "attempts": {"type": "array", "items": _ref("PushAttempt")},
+        },
+        "required": [*_PUSH_PROPERTIES, "payload", "attempts"],
+        "additionalProperties": False,
+    },
+    "PushPage": {
+        "type": "object",
+        "properties": {
+            "pushes": {"type": "array", "items": _ref("Push")},
+            "next_cursor": _nullable("string", description="pass back as `cursor`"),
+        },
+        "required": ["pushes", "next_cursor"],
+        "additionalProperties": False,
+    },
+    "Recovered": {
+        "type": "object",
+        "properties": {"recovered": {"type": "integer", "minimum": 0}},
+        "required": ["recovered"],
+        "additionalProperties": False,
+    },
+}
+SCHEMAS.update(PUSH_SCHEMAS)
+SCHEMAS["Ready"]["properties"]["pushes"] = {
+    "description": "present when RECEIVER_PUSH_URL is set: each endpoint (without its query) "
+    "`enabled`, or `disabled` by a 410 until a push to it is retried or recovered. Never a "
+    "reason to be unready.",
+    "type": "object",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            "state": {"enum": ["enabled", "disabled"]},
+            "detail": _nullable("string"),
+        },
+        "required": ["state", "detail"],
+        "additionalProperties": False,
+    },
+}
+
+
+def _push_operations() -> dict[tuple[str, str], Schema]:
+    not_found = _error("no such push", "push_not_found")
+    return {
+        ("GET", "/v1/pushes"): {
+            "summary": "List pushes to the app, newest first",
+            "tags": ["pushes"],
+            "security": _API_SECURITY,
+            "parameters": [
+                _query("status", {"enum": _PUSH_STATUSES}, "the push's status"),
+                _query("since", {"type": "string"}, "ISO 8601 time or date, on created_at"),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": messages.MAX_LIMIT},
+                    f"page size (default {messages.DEFAULT_LIMIT})",
+                ),
+                _query("cursor", {"type": "string"}, "a next_cursor from an earlier page"),
+            ],
+            "responses": {
+                "200": _json(_ref("PushPage"), "one page"),
+                "400": _error(
+                    "bad query", "invalid_parameter", "unknown_parameter", "invalid_cursor"
+                ),
+                **_GUARDED,
+            },
+        },
+        ("GET", "/v1/pushes/{push_id}"): {
+            "summary": "One push with every attempt at it",
+            "tags": ["pushes"],
+            "security": _API_SECURITY,
+            "parameters": [_PUSH_ID],
+            "responses": {
+                "200": _json(_ref("PushDetail"), "the push"),
+                "400": _BAD_QUERY,
+                "404": not_found,
+                **_GUARDED,
+            },
+        },
+        ("POST", "/v1/pushes/{push_id}/retry"): {
+            "summary": "Send a delivered or failed push again, with its webhook-id",
+            "description": "Enables its endpoint again if a 410 disabled it.",
+            "tags": ["pushes"],
+            "security": _API_SECURITY,
+            "parameters": [_PUSH_ID],
+            "responses": {
+                "202": _json(_ref("PushDetail"), "queued again"),
+                "400": _BAD_QUERY,
+                "404": not_found,
+                "409": _error("still being sent", "push_pending"),
+                **_GUARDED,
+            },
+        },
+        ("POST", "/v1/pushes/recover"): {
+            "summary": "Send again every push that failed since a time, in order",
+            "description": "Enables their endpoints again if a 410 disabled them.",
+            "tags": ["pushes"],
+            "security": _API_SECURITY,
+            "parameters": [
+                {
+                    **_query("since", {"type": "string"}, "ISO 8601 time or date, on created_at"),
+                    "required": True,
+                }
+            ],
+            "responses": {
+                "202": _json(_ref("Recovered"), "how many were queued again"),
+                "400": _BAD_QUERY,
+                **_GUARDED,
+            },
+        },
+    }

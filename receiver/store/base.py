@@ -111,6 +111,7 @@ class Pruned:
     messages: int
     events: int
     batches: int
+    pushes: int = 0  # delivered pushes of the deleted messages, with their attempts
 
 
 @dataclass(frozen=True)
@@ -239,3 +240,40 @@ class Store(Protocol):
     async def count_by_status(self) -> dict[str, int]:
         """Messages per current status (statuses with none left out), for the metrics."""
         ...
+
+
+# -- the push outbox (receiver/push/) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushJob:
+    """A push claimed for an attempt: what the dispatcher sends, and whose lease it is."""
+
+    pk: int
+    webhook_id: str
+    endpoint: str
+    payload: str  # the JSON body, sent byte for byte at every attempt
+    attempts: int  # attempts made before this one
+    retry_step: int  # attempts since it was (re)queued: its place in the retry schedule
+    lease_owner: str
+
+
+@dataclass(frozen=True)
+class PushAttempt:
+    """One attempt's record, and what it leaves the push as."""
+
+    attempted_at: str
+    duration_ms: int
+    http_status: int | None  # None: no answer (error says why)
+    error: str | None  # timeout | network_error | None
+    response: str | None  # the first 2 KB of the answer's body
+    status: str  # the push afterwards: pending (retry at next_attempt_at) | delivered | failed
+    next_attempt_at: str | None = None
+
+    @property
+    def result(self) -> str:
+        """What the attempt got, as /metrics and the push's last_result say it."""
+        return f"http_{self.http_status}" if self.http_status is not None else str(self.error)
+
+
+PUSH_STATUSES = ("pending", "delivered", "failed")

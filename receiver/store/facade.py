@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
-from receiver.engine import StatusEvent
-from receiver.store import rules
+from receiver.engine import Outcome, StatusEvent, is_final
+from receiver.store import outbox, rules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
     MessageFilter,
     PollDone,
     Pruned,
+    PushAttempt,
+    PushJob,
     Recorded,
     Registered,
     Registration,
@@ -77,6 +80,7 @@ class RulesStore(Generic[R]):
             dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
         )
         self._writer: Writer[Any] | None = None
+        self._pushes_owed: Callable[[], None] | None = None
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         raise NotImplementedError
@@ -124,19 +128,24 @@ class RulesStore(Generic[R]):
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: [rules.record(rows, policy, ev) for ev in events],
             [(ev.provider, ev.message_id) for ev in events],
             on_loop=len(events) <= LOOP_JOB_ITEMS,
         )
+        self._woken_by(recorded)  # committed: the pushes it owes can go
+        return recorded
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         policy = self.policy
-        return await self._write(
+        registered = await self._write(
             lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
             [(reg.provider, reg.message_id) for reg in registrations],
             on_loop=len(registrations) <= LOOP_JOB_ITEMS,
         )
+        if self._pushes_owed is not None and any(r.pending_applied for r in registered):
+            self._pushes_owed()  # committed: held events it decided may owe pushes
+        return registered
 
     async def check_writable(self) -> None:
         def touch(rows: R) -> None:
@@ -176,12 +185,14 @@ class RulesStore(Generic[R]):
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
     ) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: rules.finish_polls(rows, policy, owner, events, done),
             [(e.provider, e.message_id) for e in events]
             + [(d.message.provider, d.message.message_id) for d in done],
             on_loop=len(events) + len(done) <= LOOP_JOB_ITEMS,
         )
+        self._woken_by(recorded)
+        return recorded
 
     async def queued_providers(self) -> list[str]:
         found: list[str] = await self._read(self.pollqueue.queued_providers)
@@ -264,7 +275,7 @@ class RulesStore(Generic[R]):
         # the batch size follows the time a batch took, toward PRUNE_BATCH_SECONDS: a backlog
         # of millions then drains at a bounded cost to callbacks instead of starving them.
         delete_messages = self.maintenance.delete_messages
-        messages = events = batches = 0
+        messages = events = batches = pushes = 0
         after = ("", 0)
         paced = share < 1.0
         size = min(batch_size, PRUNE_FIRST_BATCH) if paced else batch_size
@@ -279,22 +290,25 @@ class RulesStore(Generic[R]):
                 )
             )
             if not found:
-                return Pruned(messages, events, batches)
+                return Pruned(messages, events, batches, pushes)
             after = found[-1]
             ids = [row_id for _, row_id in found]
             started = time.perf_counter()
             # On the writer thread: a DELETE of a few hundred rows gives the GIL away for its
             # whole work, so the event loop goes on serving requests meanwhile.
-            deleted, deleted_events = await self._write(
-                lambda rows, ids=ids: delete_messages(rows.conn, ids, older_than),  # type: ignore[misc]
-                on_loop=False,
-            )
+            # One job per batch: its messages, their events and their delivered pushes.
+            def delete(rows: Any, ids: list[int] = ids) -> tuple[int, int, int]:
+                gone, gone_events = delete_messages(rows.conn, ids, older_than)
+                return gone, gone_events, outbox.delete_delivered(rows.conn, ids, rows.mark)
+
+            deleted, deleted_events, deleted_pushes = await self._write(delete, on_loop=False)
             # From submitting to committed: the deletes, and the COMMIT (and any checkpoint)
             # that their pages made longer; a little more (the batch it queued behind), so the
             # share errs on the callbacks' side.
             took = time.perf_counter() - started
             messages += deleted
             events += deleted_events
+            pushes += deleted_pushes
             batches += 1
             if paced:
                 if took > PRUNE_BATCH_SECONDS and size > PRUNE_MIN_BATCH:
@@ -306,3 +320,115 @@ class RulesStore(Generic[R]):
                 jobs = self.write_stats[1]
                 others, jobs_seen = jobs - jobs_seen - 1, jobs
                 await _pause(took * (1 - share) / max(share, 0.01) if others > 0 else 0)
+
+    # -- the push outbox (receiver/push/): the rules owe pushes, the dispatcher sends them --
+
+    def configure_push(
+        self, endpoints: Sequence[str], events: str, on_owed: Callable[[], None] | None = None
+    ) -> None:
+        """Owe a push to each of `endpoints` for every change `events` takes ("final" or
+        "all"); `on_owed` is called after each commit that may have owed one (it must be
+        quick: it wakes the dispatcher)."""
+        push = rules.PushPolicy(tuple(endpoints), events) if endpoints else None
+        self.policy = replace(self.policy, push=push)
+        self._pushes_owed = on_owed if push is not None else None
+
+    def _woken_by(self, recorded: Sequence[Recorded]) -> None:
+        push, wake = self.policy.push, self._pushes_owed
+        if push is None or wake is None:
+            return
+        for r in recorded:
+            if r.outcome is not Outcome.APPLIED or r.status is None:
+                continue
+            if push.events == "all" or is_final(r.status):
+                wake()
+                return
+
+    @property
+    def _outbox(self) -> Any:
+        return self.rows.outbox  # the dialect's outbox module
+
+    async def claim_pushes(
+        self,
+        *,
+        owner: str,
+        now: str,
+        lease_until: str,
+        endpoints: Sequence[str],
+        limit: int,
+    ) -> list[PushJob]:
+        """Lease up to `limit` due pushes to `endpoints`, each the oldest pending one of its
+        message to its endpoint; first give up those owed to endpoints a 410 disabled (as the
+        database says in this transaction, so a retry committed meanwhile is seen)."""
+        claim = self._outbox.claim
+
+        def job(rows: R) -> list[PushJob]:
+            disabled = outbox.fail_disabled(rows.conn, now, rows.mark)
+            found: list[PushJob] = claim(
+                rows.conn,
+                owner=owner,
+                now=now,
+                lease_until=lease_until,
+                endpoints=[url for url in endpoints if url not in disabled],
+                limit=limit,
+            )
+            return found
+
+        return await self._write(job)
+
+    async def finish_push(self, push: PushJob, attempt: PushAttempt) -> None:
+        await self._write(lambda rows: outbox.finish(rows.conn, push, attempt, rows.mark))
+
+    async def disable_push_endpoint(self, url: str, now: str, reason: str) -> None:
+        def job(rows: R) -> None:
+            outbox.disable_endpoint(rows.conn, url, now, reason, rows.mark)
+            outbox.fail_disabled(rows.conn, now, rows.mark)
+
+        await self._write(job)
+
+    async def retry_push(self, webhook_id: str, now: str) -> str | None:
+        """Send one push again; its status before (None: unknown; "pending": left as it is)."""
+        found: str | None = await self._write(
+            lambda rows: outbox.requeue(rows.conn, webhook_id, now, rows.mark)
+        )
+        return found
+
+    async def recover_pushes(self, since: str, now: str) -> int:
+        count: int = await self._write(
+            lambda rows: outbox.recover(rows.conn, since, now, rows.mark)
+        )
+        return count
+
+    async def release_push_leases(self, dead: Callable[[str], bool]) -> int:
+        """At start: free the leases of claimers known dead (see the dialect's outbox)."""
+        release = self._outbox.release
+        count: int = await self._write(lambda rows: release(rows.conn, dead))
+        return count
+
+    async def list_pushes(
+        self, *, status: str | None, since: str | None, before_id: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        found: tuple[list[dict[str, Any]], int | None] = await self._read(
+            partial(
+                self._outbox.list_pushes,
+                status=status,
+                since=since,
+                before_id=before_id,
+                limit=limit,
+            )
+        )
+        return found
+
+    async def get_push(self, webhook_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._read(
+            partial(self._outbox.get_push, webhook_id=webhook_id)
+        )
+        return found
+
+    async def push_stats(self) -> dict[str, Any]:
+        found: dict[str, Any] = await self._read(self._outbox.push_stats)
+        return found
+
+    async def next_push_due(self) -> str | None:
+        found: str | None = await self._read(self._outbox.next_push_due)
+        return found

@@ -100,11 +100,19 @@ class QueueStatements(Protocol):
     def lease(self, conn: Any, pks: Sequence[int], owner: str, until: str) -> None: ...
 
 
+class OutboxStatements(Protocol):
+    """A dialect's outbox module: the push rows the rules write, on the writer's connection."""
+
+    def insert_push(self, conn: Any, row: Mapping[str, Any]) -> None: ...
+    def message_metadata(self, conn: Any, pk: int) -> dict[str, Any] | None: ...
+
+
 class SqlRows:
     """The statements of rules.RowAccess that are the same SQL in every dialect."""
 
     mark: ClassVar[str] = "?"
     queue: QueueStatements  # the dialect's pollqueue module
+    outbox: OutboxStatements  # the dialect's outbox module
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -187,6 +195,13 @@ class SqlRows:
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
         self.queue.lease(self.conn, pks, owner, until)
+
+    # The push outbox's statements are in the dialect's outbox.py.
+    def insert_push(self, row: Mapping[str, Any]) -> None:
+        self.outbox.insert_push(self.conn, row)
+
+    def message_metadata(self, pk: int) -> dict[str, Any] | None:
+        return self.outbox.message_metadata(self.conn, pk)
 
 
 def _held_event(row: Sequence[Any]) -> StatusEvent:

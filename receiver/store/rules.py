@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
+from receiver.push import payload
 from receiver.store.base import DueMessage, PollDone, Recorded, Registered, Registration
 
 # A time later than every kept time: "not due until something says so".
@@ -159,9 +160,26 @@ class RowAccess(Protocol):
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
         ...
 
+    def insert_push(self, row: Mapping[str, Any]) -> None:
+        """Add a push to the outbox (keys: receiver.store.outbox.PUSH_COLUMNS)."""
+        ...
+
+    def message_metadata(self, pk: int) -> dict[str, Any] | None:
+        """The app's metadata of the message `pk` (None: none)."""
+        ...
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PushPolicy:
+    """Which changes owe the app a push, and to which endpoints (RECEIVER_PUSH_*)."""
+
+    endpoints: tuple[str, ...]
+    # "final": changes to a final status (and upgrades after one); "all": every applied one.
+    events: str = "final"
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,7 @@ class Policy:
     dlr_grace: float = 300.0
     dlr_grace_by_provider: Mapping[str, float] = field(default_factory=dict)
     clock: Callable[[], datetime] = _utc_now
+    push: PushPolicy | None = None  # None: pushes are off
 
     def grace(self, provider: str) -> float:
         return self.dlr_grace_by_provider.get(provider, self.dlr_grace)
@@ -244,9 +263,11 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
         )
         new_status = new.status.value if new else Status.REGISTERED.value
         _event(rows, ev, pk, None, outcome, now)
+        if new is not None and policy.push is not None:  # a change from nothing
+            _owe_change(rows, policy.push, pk, None, new, ev, ev.to_number, ev.account, now, None)
         return Recorded(ev, outcome, None, new_status, created=True)
 
-    return _decide(rows, current, ev, now, due)
+    return _decide(rows, current, ev, now, due, policy.push)
 
 
 def apply(
@@ -256,6 +277,7 @@ def apply(
     now: str,
     due: str,
     extra: Mapping[str, Any] | None = None,
+    push: PushPolicy | None = None,
 ) -> tuple[Outcome, Current]:
     """Decide `ev` against the message and write the change if it wins (with `extra` columns);
     the outcome and the message afterwards.
@@ -306,6 +328,13 @@ def apply(
             **(extra or {}),
         },
     )
+    if push is not None:
+        status = current.state.status.value
+        # Only a registration gives a message metadata: no read for one a callback created.
+        metadata = _READ if current.registered else None
+        _owe_change(
+            rows, push, current.pk, status, new, ev, after.to_number, after.account, now, metadata
+        )
     return outcome, after
 
 
@@ -362,10 +391,17 @@ def _event(
     rows.insert_event(ev, message_pk=pk, previous_status=previous, outcome=outcome, received_at=now)
 
 
-def _decide(rows: RowAccess, current: Current, ev: StatusEvent, now: str, due: str) -> Recorded:
+def _decide(
+    rows: RowAccess,
+    current: Current,
+    ev: StatusEvent,
+    now: str,
+    due: str,
+    push: PushPolicy | None = None,
+) -> Recorded:
     """Apply `ev` to the stored message as it is now and keep the event with its outcome."""
     before = current.state.status.value
-    outcome, after = apply(rows, current, ev, now, due)
+    outcome, after = apply(rows, current, ev, now, due, push=push)
     _event(rows, ev, current.pk, before, outcome, now)
     return Recorded(ev, outcome, before, after.state.status.value)
 
@@ -432,7 +468,7 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
     held = rows.held_events(reg.provider, reg.message_id)
     for event_id, ev in held:
         previous = current.state.status.value
-        outcome, current = apply(rows, current, ev, now, due)
+        outcome, current = apply(rows, current, ev, now, due, push=policy.push)
         rows.resolve_held(
             event_id,
             message_pk=current.pk,
@@ -469,7 +505,7 @@ def record_polled(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded 
         return None  # nothing new: a poll repeats what the last report said
     # Decided against the status as it is now, inside the write: a callback committed while
     # the request was in flight is seen here, and an older polled status cannot undo it.
-    return _decide(rows, current, ev, now, due)
+    return _decide(rows, current, ev, now, due, policy.push)
 
 
 def finish_polls(
@@ -488,7 +524,9 @@ def finish_polls(
         if current is None or current.pk != item.message.pk or current.poll_lease != owner:
             continue
         if item.give_up_reason is not None and not current.state.final:
-            gave_up, current = give_up(rows, current, item.message, item.give_up_reason, now)
+            gave_up, current = give_up(
+                rows, current, item.message, item.give_up_reason, now, push=policy.push
+            )
             recorded.append(gave_up)
         changes: dict[str, Any] = {
             "poll_attempts": current.poll_attempts + int(item.attempted),
@@ -504,7 +542,12 @@ def finish_polls(
 
 
 def give_up(
-    rows: RowAccess, current: Current, message: DueMessage, reason: str, now: str
+    rows: RowAccess,
+    current: Current,
+    message: DueMessage,
+    reason: str,
+    now: str,
+    push: PushPolicy | None = None,
 ) -> tuple[Recorded, Current]:
     """No final status within the maximum age: the message becomes unconfirmed (a later report
     of higher rank still moves it on), with the reason kept."""
@@ -517,7 +560,7 @@ def give_up(
         body=json.dumps({"reason": reason}),
     )
     status = current.state.status.value
-    outcome, after = apply(rows, current, ev, now, now, extra={"final_reason": reason})
+    outcome, after = apply(rows, current, ev, now, now, extra={"final_reason": reason}, push=push)
     if after is current:  # not applied (it always is: nothing non-final outranks unconfirmed)
         rows.update_message(current.pk, {"final_reason": reason})
     _event(rows, ev, current.pk, status, outcome, now)
@@ -566,3 +609,80 @@ def claim_due(
     rows.put_off(put_off)
     rows.lease(list(claimed), owner, lease_until)
     return list(claimed.values())
+
+
+# -- the push outbox ------------------------------------------------------------------------
+
+_READ = object()  # the message's metadata: read it from its row
+
+
+def owe_push(
+    rows: RowAccess,
+    push: PushPolicy | None,
+    kind: str,
+    data: Mapping[str, Any],
+    *,
+    message_pk: int | None,
+    now: str,
+) -> None:
+    """Owe the app a push of `kind` (receiver.push.payload.TYPES) with `data` (built with
+    payload.message_data), one per endpoint, in the transaction of the change it reports: it
+    is owed if and only if that change commits. Due at once; the dispatcher is woken after
+    the commit. Nothing when pushes are off."""
+    if push is None or not push.endpoints:
+        return
+    body = payload.body(kind, now, data)
+    for endpoint in push.endpoints:
+        rows.insert_push(
+            {
+                "webhook_id": payload.new_webhook_id(),
+                "endpoint": endpoint,
+                "type": kind,
+                "message_pk": message_pk,
+                "provider": data.get("provider"),
+                "message_id": data.get("message_id"),
+                "payload": body,
+                "status": "pending",
+                "created_at": now,
+                "next_attempt_at": now,
+            }
+        )
+
+
+def _owe_change(
+    rows: RowAccess,
+    push: PushPolicy,
+    pk: int,
+    previous: str | None,
+    new: MessageState,
+    ev: StatusEvent,
+    to_number: str | None,
+    account: str | None,
+    now: str,
+    metadata: Any = _READ,
+) -> None:
+    """A message.status_changed push for an applied change, if the policy's events take it."""
+    if push.events == "final" and not new.final:
+        return
+    owe_push(
+        rows,
+        push,
+        payload.STATUS_CHANGED,
+        payload.message_data(
+            provider=ev.provider,
+            message_id=ev.message_id,
+            status=new.status.value,
+            previous_status=previous,
+            provider_status=ev.provider_status,
+            error_code=ev.error_code,
+            final=new.final,
+            final_via=new.final_via,
+            to=to_number,
+            account=account,
+            metadata=rows.message_metadata(pk) if metadata is _READ else metadata,
+            sent_at=new.sent_at,
+            final_at=new.final_at,
+        ),
+        message_pk=pk,
+        now=now,
+    )

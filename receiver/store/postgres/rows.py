@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from receiver.engine import MessageState, Status, StatusEvent
-from receiver.store.postgres import pollqueue
+from receiver.store.postgres import outbox, pollqueue
 from receiver.store.rows import SqlRows
 from receiver.store.rules import MESSAGE_COLUMNS, Current
 
@@ -83,6 +83,7 @@ class PgRows(SqlRows):
 
     mark = "%s"
     queue = pollqueue
+    outbox = outbox
     conn: Conn
 
     def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:

@@ -11,7 +11,7 @@ from typing import Any
 from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store import rules
 from receiver.store.rows import SqlRows
-from receiver.store.sqlite import pollqueue
+from receiver.store.sqlite import outbox, pollqueue
 
 _CURRENT_COLUMNS = (
     "id, status, sent_at, final_at, final_via, provider_status, account, to_number, "
@@ -80,6 +80,7 @@ class SQLiteRows(SqlRows):
     has one writer at a time, so a row read here holds until the commit without a lock."""
 
     queue = pollqueue
+    outbox = outbox
     conn: sqlite3.Connection
 
     def message_for_event(self, ev: StatusEvent) -> tuple[rules.Current | None, bool]:

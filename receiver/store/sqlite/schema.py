@@ -165,6 +165,56 @@ def _one_id_index(db: Database) -> None:
     db.execute("DROP INDEX idx_messages_message_id")
 
 
+# The outbox (receiver/push/): one row per push owed to one endpoint, written in the
+# transaction of the change it reports; each attempt at it; the endpoints a 410 disabled.
+PUSH_TABLES = """
+CREATE TABLE pushes (
+    id INTEGER PRIMARY KEY,
+    webhook_id TEXT NOT NULL UNIQUE,
+    endpoint TEXT NOT NULL,
+    type TEXT NOT NULL,
+    message_pk INTEGER,
+    provider TEXT,
+    message_id TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_step INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    next_attempt_at TEXT,
+    last_attempt_at TEXT,
+    last_result TEXT,
+    delivered_at TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
+);
+CREATE INDEX idx_pushes_due ON pushes (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX idx_pushes_chain ON pushes (message_pk, endpoint, status, id);
+CREATE INDEX idx_pushes_status ON pushes (status, id);
+CREATE TABLE push_attempts (
+    id INTEGER PRIMARY KEY,
+    push_id INTEGER NOT NULL,
+    attempted_at TEXT NOT NULL,
+    http_status INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    response TEXT
+);
+CREATE INDEX idx_push_attempts_push ON push_attempts (push_id, id);
+CREATE TABLE push_endpoints (url TEXT PRIMARY KEY, disabled_at TEXT, reason TEXT);
+"""
+
+
+@migrations(name="0007_push_outbox")
+def _push_outbox(db: Database) -> None:
+    # Pending pushes are found by due time on a partial index (only pending rows are in it);
+    # whether an older push of the same message to the same endpoint is still pending is one
+    # seek of idx_pushes_chain, which also finds a pruned message's delivered pushes.
+    for statement in PUSH_TABLES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 
