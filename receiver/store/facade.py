@@ -9,13 +9,14 @@ whose functions take the connection first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from receiver.engine import StatusEvent
-from receiver.store import rules
+from receiver.store import changelog, rules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
@@ -48,6 +49,7 @@ class RulesStore(Generic[R]):
     queries: ModuleType
     pollqueue: ModuleType
     maintenance: ModuleType
+    changelog: ModuleType  # the change log's reads (receiver.store.changelog's SQL)
     # What a job may raise when the database failed it (it wrote nothing): a 503, retry later.
     job_errors: tuple[type[Exception], ...]
 
@@ -64,6 +66,9 @@ class RulesStore(Generic[R]):
             dlr_grace_by_provider=dict(dlr_grace_by_provider or {}),
         )
         self._writer: Writer[Any] | None = None
+        # Told the (provider, message_id) of messages a write changed, after its commit, on the
+        # event loop (receiver.realtime's hub wakes those waiting on them): quick, no raising.
+        self.changed: Callable[[list[tuple[str, str]]], None] | None = None
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         raise NotImplementedError
@@ -102,17 +107,68 @@ class RulesStore(Generic[R]):
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: [rules.record(rows, policy, ev) for ev in events],
             [(ev.provider, ev.message_id) for ev in events],
         )
+        self._changed(recorded)
+        return recorded
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         policy = self.policy
-        return await self._write(
+        registered = await self._write(
             lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
             [(reg.provider, reg.message_id) for reg in registrations],
         )
+        if self.changed is not None:
+            self.changed([(r.provider, r.message_id) for r in registered])
+        return registered
+
+    def _changed(self, recorded: Sequence[Recorded]) -> None:
+        """Tell `changed` (after the commit) which messages the recorded events changed."""
+        if self.changed is not None:
+            keys = [
+                (r.event.provider, r.event.message_id)
+                for r in recorded
+                if r.created or r.status != r.previous_status
+            ]
+            if keys:
+                self.changed(keys)
+
+    # -- deadlines and the change log (receiver.realtime) -------------------------------------
+
+    async def decide_deadlines(self, now: str, limit: int = 500) -> list[tuple[str, str]]:
+        """Decide the deadlines due at `now` (rules.decide_deadlines); those missed."""
+        missed = await self._write(partial(rules.decide_deadlines, now=now, limit=limit))
+        if missed and self.changed is not None:
+            self.changed(missed)
+        return missed
+
+    async def next_deadline(self) -> str | None:
+        """The soonest undecided deadline (None: there is none)."""
+        due: str | None = await self._read(self.changelog.next_deadline)
+        return due
+
+    async def changes_after(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to `limit` logged changes with ids above `after`, in id (commit) order."""
+        found: list[dict[str, Any]] = await self._read(
+            partial(self.changelog.changes_after, after=after, limit=limit)
+        )
+        return found
+
+    async def listen(
+        self,
+        changed: Callable[[list[tuple[str, str]]], None],
+        changed_any: Callable[[], None],
+    ) -> None:
+        """Until cancelled, report the changes other processes commit; by default none do
+        (SQLite: this process is the one writer of its file that waits are served from)."""
+        await asyncio.Event().wait()
+
+    async def change_marks(self) -> tuple[int, int]:
+        """(the last change id, the last change id pruned); 0 for none."""
+        marks: tuple[int, int] = await self._read(self.changelog.marks)
+        return marks
 
     async def check_writable(self) -> None:
         def touch(rows: R) -> None:
@@ -151,11 +207,13 @@ class RulesStore(Generic[R]):
         self, owner: str, events: Sequence[StatusEvent], done: Sequence[PollDone]
     ) -> list[Recorded]:
         policy = self.policy
-        return await self._write(
+        recorded = await self._write(
             lambda rows: rules.finish_polls(rows, policy, owner, events, done),
             [(e.provider, e.message_id) for e in events]
             + [(d.message.provider, d.message.message_id) for d in done],
         )
+        self._changed(recorded)
+        return recorded
 
     async def queued_providers(self) -> list[str]:
         found: list[str] = await self._read(self.pollqueue.queued_providers)
@@ -246,6 +304,8 @@ class RulesStore(Generic[R]):
                 )
             )
             if not found:
+                # The change log (the stream's) is kept as long as the messages.
+                await self._write(lambda rows: changelog.prune(rows.conn, older_than, rows.mark))
                 return Pruned(messages, events, batches)
             after = found[-1]
             ids = [row_id for _, row_id in found]

@@ -159,6 +159,21 @@ class RowAccess(Protocol):
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
         ...
 
+    def set_deadline(self, pk: int, deadline_at: str) -> None:
+        """Set the message's deadline, unless its deadline was decided already (met or
+        missed: that is decided once)."""
+        ...
+
+    def due_deadlines(self, now: str, limit: int) -> list[tuple[int, str, str, str]]:
+        """Up to `limit` undecided deadlines at or before `now`, soonest first, as (pk,
+        provider, message_id, status); a store with concurrent deciders skips rows another
+        has locked."""
+        ...
+
+    def decide_deadline(self, pk: int, missed: bool) -> None:
+        """Keep the decision on the message's deadline (a miss is logged as a change)."""
+        ...
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -442,6 +457,8 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
         )
     # Duplicates of held events (same delivery id) belong to the history too.
     rows.adopt_events(reg.provider, reg.message_id, current.pk)
+    if reg.deadline is not None or reg.deadline_after is not None:
+        rows.set_deadline(current.pk, deadline_at(reg, current.state.sent_at, now))
     return Registered(
         reg.provider,
         reg.message_id,
@@ -450,6 +467,34 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
         len(held),
         created_at=current.created_at,
     )
+
+
+def deadline_at(reg: Registration, sent_at: str | None, now: str) -> str:
+    """A registration's deadline as a kept time: the time given, or its duration from when
+    the message was sent (the registration, when that is not known)."""
+    if reg.deadline is not None:
+        return reg.deadline
+    try:
+        return engine.later(sent_at or now, reg.deadline_after or 0.0)
+    except (ValueError, OverflowError):
+        return NEVER
+
+
+# -- deadlines ------------------------------------------------------------------------------
+
+
+def decide_deadlines(rows: RowAccess, now: str, limit: int) -> list[tuple[str, str]]:
+    """Decide every deadline due at `now` (up to `limit`), once each: met when the message is
+    delivered by then, missed otherwise; the (provider, message_id) of those missed."""
+    missed: list[tuple[str, str]] = []
+    for pk, provider, message_id, status in rows.due_deadlines(now, limit):
+        is_missed = status != Status.DELIVERED.value
+        rows.decide_deadline(pk, is_missed)
+        if is_missed:
+            missed.append((provider, message_id))
+            # THE call site of a missed deadline's push (issue 17's outbox): owe the
+            # `message.deadline_missed` push of message `pk` here, in this transaction.
+    return missed
 
 
 # -- the poll queue -------------------------------------------------------------------------
