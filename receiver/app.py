@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # Waiting requests and streams (receiver/realtime/); the app's, so `receiver serve` can
     # end them when it starts to stop (app.state.hub.close()), before its grace period is out.
     hub = Hub(max_waiters=settings.max_waiters, max_streams=settings.max_streams)
+    metrics.watch_waiting(lambda: hub.waiters, lambda: hub.streams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
