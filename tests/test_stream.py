@@ -72,10 +72,13 @@ def test_200_changes_arrive_in_commit_order_and_a_reconnect_gets_exactly_the_res
 def test_the_data_is_the_push_payloads(server: LiveServer) -> None:
     sid = new_sid()
     register(server, sid, to="+15550001111", metadata={"order": 7})
-    with server.client() as client, server.client() as listener:
-        with listener.stream("GET", "/v1/stream") as response:
-            post_status(client, server.callback_url, sid, "delivered")
-            [event] = take(events_only(sse(response)), 1)
+    with (
+        server.client() as client,
+        server.client() as listener,
+        listener.stream("GET", "/v1/stream") as response,
+    ):
+        post_status(client, server.callback_url, sid, "delivered")
+        [event] = take(events_only(sse(response)), 1)
     data = event.json()
     assert list(data) == [
         "provider",
@@ -140,12 +143,15 @@ def test_a_last_event_id_older_than_retention_gets_reset(server: LiveServer) -> 
 
     asyncio.run(prune())
     kept = new_sid()
-    with server.client() as client, server.client() as listener:
-        with listener.stream("GET", "/v1/stream", headers={"Last-Event-ID": "1"}) as response:
-            stream = events_only(sse(response))
-            [reset] = take(stream, 1)
-            post_status(client, server.callback_url, kept, "sent")
-            [after] = take(stream, 1)
+    with (
+        server.client() as client,
+        server.client() as listener,
+        listener.stream("GET", "/v1/stream", headers={"Last-Event-ID": "1"}) as response,
+    ):
+        stream = events_only(sse(response))
+        [reset] = take(stream, 1)
+        post_status(client, server.callback_url, kept, "sent")
+        [after] = take(stream, 1)
     assert reset.event == "reset"
     assert reset.json()["last_event_id"] == 1
     assert int(reset.id or 0) >= 3

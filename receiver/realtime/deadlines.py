@@ -61,18 +61,19 @@ class DeadlineKeeper:
     async def _run(self) -> None:
         while True:
             self._poked.clear()
+            sleep = MAX_SLEEP
             try:
-                await self.run_once()
                 soonest = await self.store.next_deadline()
+                if soonest is not None and soonest <= utcnow():
+                    await self.run_once()
+                    continue
             except StoreUnavailable as exc:
                 log.warning("deadlines_unavailable", error=str(exc))
                 soonest, sleep = None, RETRY_AFTER_ERROR
-            else:
-                sleep = MAX_SLEEP
             if soonest is not None:
                 try:
                     until = (parse_time(soonest) - datetime.now(UTC)).total_seconds()
-                except (ValueError, OverflowError):
+                except (ValueError, OverflowError):  # NEVER, or a time past what it can say
                     until = MAX_SLEEP
                 # A little after it, so "now" is past it when the store decides.
                 sleep = min(sleep, max(until + 0.005, 0.0))

@@ -33,8 +33,8 @@ _NAMES = (
     "final_at",
 )
 MARKS = "SELECT (SELECT max(id) FROM changes), (SELECT through FROM changes_pruned WHERE id = 1)"
-_LAST_OLD = "SELECT max(id) FROM changes WHERE created_at < ?"
-_DELETE_UPTO = "DELETE FROM changes WHERE id <= ?"
+LAST_OLD = "SELECT max(id) FROM changes WHERE created_at < ?"
+DELETE_UPTO = "DELETE FROM changes WHERE id <= ?"
 _MARK_PRUNED = (
     "INSERT INTO changes_pruned (id, through) VALUES (1, ?) "
     "ON CONFLICT (id) DO UPDATE SET through = excluded.through"
@@ -53,13 +53,9 @@ def marks(row: Sequence[Any] | None) -> tuple[int, int]:
     return max(last or 0, pruned or 0), pruned or 0
 
 
-def prune(conn: Any, older_than: str, mark: str = "?") -> int:
-    """Delete the changes logged before `older_than` (with every earlier id, so what is kept
-    is one run of ids), noting the last id deleted; the number deleted. On the writer."""
-    row = conn.execute(marked(_LAST_OLD, mark), (older_than,)).fetchone()
-    through = row[0] if row else None
-    if through is None:
-        return 0
-    deleted = conn.execute(marked(_DELETE_UPTO, mark), (through,)).rowcount
+def prune(conn: Any, through: int, mark: str = "?") -> int:
+    """Delete the changes up to id `through` (found by the dialect's last_old, on a read
+    connection), noting it as the last id pruned; the number deleted. On the writer."""
+    deleted = conn.execute(marked(DELETE_UPTO, mark), (through,)).rowcount
     conn.execute(marked(_MARK_PRUNED, mark), (through,))
     return int(deleted or 0)

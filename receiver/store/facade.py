@@ -305,7 +305,11 @@ class RulesStore(Generic[R]):
             )
             if not found:
                 # The change log (the stream's) is kept as long as the messages.
-                await self._write(lambda rows: changelog.prune(rows.conn, older_than, rows.mark))
+                through = await self._read(partial(self.changelog.last_old, older_than=older_than))
+                if through is not None:
+                    await self._write(
+                        lambda rows, through=through: changelog.prune(rows.conn, through, rows.mark)  # type: ignore[misc]
+                    )
                 return Pruned(messages, events, batches)
             after = found[-1]
             ids = [row_id for _, row_id in found]

@@ -32,3 +32,9 @@ async def next_deadline(conn: Conn) -> str | None:
     cur = await conn.execute(_NEXT_DEADLINE)
     row = await cur.fetchone()
     return row[0] if row else None
+
+
+async def last_old(conn: Conn, older_than: str) -> int | None:
+    cur = await conn.execute(marked(changelog.LAST_OLD, MARK), (older_than,))
+    row = await cur.fetchone()
+    return row[0] if row else None

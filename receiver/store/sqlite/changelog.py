@@ -25,3 +25,9 @@ def marks(conn: sqlite3.Connection) -> tuple[int, int]:
 def next_deadline(conn: sqlite3.Connection) -> str | None:
     row = conn.execute(_NEXT_DEADLINE).fetchone()
     return row[0] if row else None
+
+
+def last_old(conn: sqlite3.Connection, older_than: str) -> int | None:
+    """The last change logged before `older_than` (None: none is)."""
+    row = conn.execute(changelog.LAST_OLD, (older_than,)).fetchone()
+    return row[0] if row else None
