@@ -264,6 +264,8 @@ def _deadlines_and_changes(conn: psycopg.Connection) -> None:
             previous TEXT;
             payload TEXT;
         BEGIN
+            -- receiver copy brings rows that are not changes (and copies the log itself).
+            IF current_setting('receiver.copying', true) = 'on' THEN RETURN NULL; END IF;
             IF TG_OP = 'INSERT' THEN
                 IF NEW.registered <> 0 THEN RETURN NULL; END IF;
             ELSIF kind = 'message.status_changed' THEN
