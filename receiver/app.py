@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import __version__, retention
-from receiver.api import callback_urls, health, messages, openapi, pushes, webhooks
+from receiver.api import callback_urls, health, messages, openapi, pushes, stream, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.metrics import metrics as metrics_endpoint
 from receiver.api.origin import is_loopback as _is_loopback
@@ -29,6 +29,8 @@ from receiver.providers.base import Provider
 from receiver.providers.callback_auth import CallbackTokens
 from receiver.push.dispatcher import Dispatcher
 from receiver.push.metrics import PushMetrics
+from receiver.realtime.deadlines import DeadlineKeeper
+from receiver.realtime.hub import Hub
 from receiver.settings import Settings
 from receiver.store import Store, open_store
 
@@ -41,11 +43,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     providers = build_providers(settings)
     metrics = Metrics(providers)
     tokens = CallbackTokens(settings.secret_keys())
+    # Waiting requests and streams (receiver/realtime/); the app's, so `receiver serve` can
+    # end them when it starts to stop (app.state.hub.close()), before its grace period is out.
+    hub = Hub(max_waiters=settings.max_waiters, max_streams=settings.max_streams)
+    metrics.watch_waiting(lambda: hub.waiters, lambda: hub.streams)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         the_store = store or open_store(settings)
         applied = await the_store.open(on_commit=metrics.batch_committed)
+        the_store.changed = hub.changed
+        hub.closed = False  # a test app may be started again
+        listening = asyncio.create_task(
+            the_store.listen(hub.changed, hub.changed_any), name="receiver-listen"
+        )
+        deadlines = DeadlineKeeper(the_store)
+        deadlines.start()
         poller = (
             build_scheduler(
                 settings,
@@ -79,8 +92,15 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 "metrics": metrics,
                 "poller": poller,
                 "pusher": dispatcher,
+                "hub": hub,
+                "deadlines": deadlines,
             }
         finally:
+            hub.close()  # every waiter answers, every stream ends
+            await deadlines.stop()
+            listening.cancel()
+            with suppress(asyncio.CancelledError):
+                await listening
             if poller is not None:
                 await poller.stop()
             if dispatcher is not None:
@@ -113,15 +133,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         ),
         Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
+        Route("/v1/stream", stream.stream, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
         *pushes.routes(),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.hub = hub
+    return app
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

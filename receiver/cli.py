@@ -87,8 +87,17 @@ def _run_server(app: Any, settings: Settings, sock: socket.socket) -> None:
         config,
         sock,
         listening=lambda: log.info("listening", url=url, loop=loop, http=http),
-        stopping=lambda by: log.info("stopping", signal=by),
+        stopping=lambda by: _stopping(app, by),
     )
+
+
+def _stopping(app: Any, by: str | None) -> None:
+    """Stopping: long polls answer and streams end now, so the requests in flight finish
+    within the grace period rather than hold the stop for up to a minute (or forever)."""
+    structlog.get_logger("receiver").info("stopping", signal=by)
+    hub = getattr(getattr(app, "state", None), "hub", None)
+    if hub is not None:
+        hub.close()
 
 
 def _serve_until_stopped(

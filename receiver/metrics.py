@@ -6,7 +6,7 @@ counting is a dict lookup and an `inc()`, never a label parse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -79,6 +79,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.waiting_requests = Gauge(
+            "receiver_waiting_requests",
+            "Long polls (GET /v1/messages/{id}?wait=) waiting now.",
+            registry=r,
+        )
+        self.streams = Gauge("receiver_streams", "GET /v1/stream connections open now.", registry=r)
         # Children made now: every series is there from the first scrape (rate() needs a
         # zero to start from), and counting skips the label lookup.
         self._callback_children = {
@@ -89,6 +95,11 @@ class Metrics:
             self.body_limit_rejections.labels(provider)
         for status in Status:
             self.messages.labels(status.value)
+
+    def watch_waiting(self, waiters: Callable[[], int], streams: Callable[[], int]) -> None:
+        """Long polls waiting and streams open now (receiver.realtime's hub), at scrape time."""
+        self.waiting_requests.set_function(waiters)
+        self.streams.set_function(streams)
 
     def start_poll_series(self, providers: Iterable[str]) -> None:
         """Every (provider, result) series of the polled providers, at zero."""

@@ -215,6 +215,13 @@ def _duration(
     return value
 
 
+def parse_duration(raw: str) -> float | None:
+    """Seconds from a duration written as the settings write them (30, 30s, 500ms, 5m); None
+    when it is not one."""
+    match = _DURATION.fullmatch(raw.strip().lower())
+    return None if match is None else float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+
+
 def say_duration(seconds: float) -> str:
     """Seconds as a duration setting would be written: 72h, 5m, 1.5s, 500ms."""
     for unit in ("d", "h", "m", "s"):
@@ -308,6 +315,10 @@ class Settings:
     log_format: str = "auto"
     retention_days: int = 90
     export_max_rows: int = 1_000_000
+    # Long polls and streams (receiver/realtime/): how many at once, and the stream's ping.
+    max_waiters: int = 10_000
+    max_streams: int = 100
+    stream_ping: float = 15.0
     # Polling for late DLRs (receiver/polling/); durations in seconds.
     polling: bool = True
     dlr_grace: float = 300.0
@@ -353,6 +364,9 @@ class Settings:
             "log_format": "RECEIVER_LOG_FORMAT",
             "retention_days": "RECEIVER_RETENTION_DAYS",
             "export_max_rows": "RECEIVER_EXPORT_MAX_ROWS",
+            "max_waiters": "RECEIVER_MAX_WAITERS",
+            "max_streams": "RECEIVER_MAX_STREAMS",
+            "stream_ping": "RECEIVER_STREAM_PING",
             "polling": "RECEIVER_POLLING",
             "dlr_grace": "RECEIVER_DLR_GRACE",
             "poll_max_age": "RECEIVER_POLL_MAX_AGE",
@@ -417,6 +431,9 @@ class Settings:
             export_max_rows=_int(
                 env, "RECEIVER_EXPORT_MAX_ROWS", 1_000_000, minimum=1, maximum=100_000_000
             ),
+            max_waiters=_int(env, "RECEIVER_MAX_WAITERS", 10_000, minimum=1, maximum=1_000_000),
+            max_streams=_int(env, "RECEIVER_MAX_STREAMS", 100, minimum=1, maximum=100_000),
+            stream_ping=_duration(env, "RECEIVER_STREAM_PING", 15.0, minimum=1.0, maximum=300.0),
             polling=_bool(env, "RECEIVER_POLLING", True),
             dlr_grace=_duration(env, "RECEIVER_DLR_GRACE", 300.0, minimum=0.01, maximum=_WEEK),
             poll_max_age=_duration(

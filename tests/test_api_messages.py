@@ -57,6 +57,8 @@ MESSAGE_FIELDS = {
     "final_at",
     "final_reason",
     "poll",
+    "deadline",
+    "deadline_missed",
 }
 
 

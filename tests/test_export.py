@@ -228,6 +228,7 @@ def test_each_column_holds_the_field_of_the_same_name_in_the_message_api(
             return json.dumps(value, separators=(",", ":"))
         return "" if value is None else str(value)
 
-    assert set(EXPORT_COLUMNS) == set(message) - {"poll"}  # polling's own object stays out
+    # Polling's own object and the realtime deadline stay out.
+    assert set(EXPORT_COLUMNS) == set(message) - {"poll", "deadline", "deadline_missed"}
     assert row == {column: as_cell(message[column]) for column in EXPORT_COLUMNS}
     assert row["error_code"] == "30003" and row["account"].startswith("AC")

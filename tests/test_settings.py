@@ -39,6 +39,9 @@ def test_every_variable_is_read() -> None:
         "RECEIVER_LOG_FORMAT": "json",
         "RECEIVER_RETENTION_DAYS": "0",
         "RECEIVER_EXPORT_MAX_ROWS": "5000",
+        "RECEIVER_MAX_WAITERS": "2000",
+        "RECEIVER_MAX_STREAMS": "7",
+        "RECEIVER_STREAM_PING": "5s",
         "TWILIO_AUTH_TOKEN": "main",
         "TWILIO_AUTH_TOKEN_SECONDARY": "next",
         "TWILIO_ACCOUNTS": "AC1:one, AC2:two,AC1:one-new",
@@ -99,6 +102,7 @@ def test_every_variable_is_read() -> None:
     assert s.public_url == "https://sms.example.com/prefix"
     assert s.trust_forwarded and s.unknown_messages == "hold"
     assert (s.retention_days, s.export_max_rows) == (0, 5000)
+    assert (s.max_waiters, s.max_streams, s.stream_ping) == (2000, 7, 5.0)
     assert (s.api_token, s.metrics_token) == ("tok", "scrape")
     assert not s.polling
     assert (s.dlr_grace, s.poll_max_age, s.poll_backoff, s.poll_backoff_max) == (

@@ -26,6 +26,7 @@ MIGRATIONS = [
     "0004_poll_queue",
     "0006_messages_one_id_index",
     "0007_push_outbox",
+    "0008_deadlines_and_changes",
 ]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -205,7 +206,12 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
         )
     conn.close()
     s = SQLiteStore(str(path))
-    assert s.migrate() == ["0004_poll_queue", "0006_messages_one_id_index", "0007_push_outbox"]
+    assert s.migrate() == [
+        "0004_poll_queue",
+        "0006_messages_one_id_index",
+        "0007_push_outbox",
+        "0008_deadlines_and_changes",
+    ]
     assert column(s, "waiting", "next_poll_at") == at(10)  # due at once: it waited already
     assert column(s, "done", "next_poll_at") is None
     with sqlite3.connect(path) as conn:

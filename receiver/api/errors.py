@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver.realtime.hub import Busy
 from receiver.store import StoreUnavailable
 
 log = structlog.get_logger("receiver.http")
@@ -75,8 +76,23 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def busy(request: Request, exc: Exception) -> Response:
+    # Past RECEIVER_MAX_WAITERS or RECEIVER_MAX_STREAMS: a waiter ends within a minute.
+    assert isinstance(exc, Busy)
+    return error_response(
+        429,
+        "too_many_waiting",
+        f"{exc}; retry shortly",
+        headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+        limit=exc.limit,
+    )
+
+
+BUSY_RETRY_AFTER = 1
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: api_error,
+    Busy: busy,
     HTTPException: http_error,
     StoreUnavailable: store_unavailable,
     Exception: unexpected_error,

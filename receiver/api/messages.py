@@ -17,6 +17,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from receiver.api import realtime as realtime_api
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
@@ -25,6 +26,7 @@ from receiver.engine import Status, is_final
 from receiver.engine import parse_time as parse_stored_time
 from receiver.polling.policy import give_up_from
 from receiver.polling.twilio import ACCOUNT_SID
+from receiver.realtime.waiters import long_poll
 from receiver.settings import say_duration
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
 from receiver.store.base import EXPORT_COLUMNS, Registered, format_time, utcnow
@@ -212,9 +214,9 @@ async def export_messages(request: Request) -> Response:
     )
 
 
-async def _one_message(request: Request) -> dict[str, Any]:
+async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, Any]:
     store = _store(request)
-    params = query(request, {"provider"})
+    params = query(request, {"provider", *also})
     message_id = request.path_params["message_id"]
     matches = await store.get_messages(message_id, _provider_param(request, params))
     if not matches:
@@ -230,7 +232,18 @@ async def _one_message(request: Request) -> dict[str, Any]:
 
 
 async def get_message(request: Request) -> Response:
-    return JSONResponse(await _one_message(request))
+    if "wait" not in request.query_params and "until" not in request.query_params:
+        return JSONResponse(await _one_message(request))
+    # A long poll (receiver.realtime.waiters): the same answer, once it is worth giving.
+    wait, until = realtime_api.wait_params(request)
+    return JSONResponse(
+        await long_poll(
+            request.state.hub,
+            lambda: _one_message(request, ("wait", "until")),
+            wait,
+            until,
+        )
+    )
 
 
 async def get_message_events(request: Request) -> Response:
@@ -262,7 +275,7 @@ def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> 
 
 # The fields of one registration, as the answer to an unknown one lists them.
 REGISTRATION_FIELDS = sorted(
-    ("provider", "message_id", "to", "from", "sent_at", "metadata", "account")
+    ("provider", "message_id", "to", "from", "sent_at", "metadata", "account", "deadline")
 )
 
 
@@ -341,6 +354,7 @@ def _registration(item: Any, index: int, providers: list[str]) -> Registration:
         sent_at=sent_at,
         metadata=metadata,
         account=_account(item, provider, index),
+        **realtime_api.deadline_field(item, index),
     )
 
 
@@ -418,6 +432,8 @@ async def register_messages(request: Request) -> Response:
         if warnings := _warnings(r, reg.sent_at, max_age):
             result["warnings"] = warnings
         results.append(result)
+    if any(r.deadline is not None or r.deadline_after is not None for r in registrations):
+        request.state.deadlines.poke()  # committed: the deadline keeper looks again
     if single:
         return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
     return JSONResponse(

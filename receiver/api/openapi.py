@@ -84,9 +84,17 @@ SCHEMAS: dict[str, Schema] = {
                 "required": ["attempts", "last_polled_at", "last_result", "next_poll_at"],
                 "additionalProperties": False,
             },
+            "deadline": {
+                **_nullable("string"),
+                "description": "The registration's deadline for delivery (null: none).",
+            },
+            "deadline_missed": {
+                "type": "boolean",
+                "description": "Not delivered by its deadline (decided once, at the deadline).",
+            },
         },
         # A message has the fields an export row has, in the same order, and its polling.
-        "required": [*EXPORT_COLUMNS, "poll"],
+        "required": [*EXPORT_COLUMNS, "poll", "deadline", "deadline_missed"],
         "additionalProperties": False,
     },
     "Event": {
@@ -193,6 +201,13 @@ SCHEMAS: dict[str, Schema] = {
             "metadata": {
                 "type": ["object", "null"],
                 "description": f"at most {messages.MAX_METADATA_BYTES} bytes as JSON",
+            },
+            "deadline": {
+                "type": ["string", "number", "null"],
+                "description": "when it must be delivered by: a duration after sent_at (after "
+                "the registration when there is none), as seconds or text such as 30s, or an "
+                "ISO 8601 time; past it undelivered, the message shows deadline_missed and a "
+                "message.deadline_missed change goes out, once",
             },
             "account": {
                 "type": ["string", "null"],
@@ -468,13 +483,26 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             },
         },
         ("GET", "/v1/messages/{message_id}"): {
-            "summary": "One message's current status",
+            "summary": "One message's current status; with `wait`, once it is final",
             "tags": ["messages"],
             "security": _API_SECURITY,
-            "parameters": [_MESSAGE_ID, _provider_param(providers)],
+            "parameters": [
+                _MESSAGE_ID,
+                _provider_param(providers),
+                _query(
+                    "wait",
+                    {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m)?$"},
+                    "a long poll: answer once the message is final (or changed, with "
+                    "until=change), or when this duration (at most 60s) ends",
+                ),
+                _query("until", {"enum": ["final", "change"]}, "what `wait` waits for"),
+            ],
             "responses": {
                 "200": _json(_ref("Message"), "the message"),
                 "400": _BAD_QUERY,
+                "429": _error(
+                    "RECEIVER_MAX_WAITERS are waiting; see Retry-After", "too_many_waiting"
+                ),
                 "404": _error("not tracked", "message_not_found", "not_found"),
                 "409": _error(
                     "several providers use this id; add ?provider=", "ambiguous_message_id"
@@ -494,6 +522,40 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
                 "409": _error(
                     "several providers use this id; add ?provider=", "ambiguous_message_id"
                 ),
+                **_GUARDED,
+            },
+        },
+        ("GET", "/v1/stream"): {
+            "summary": "Applied changes as Server-Sent Events, resumable with Last-Event-ID",
+            "description": "Events `message.status_changed` and `message.deadline_missed`, "
+            "`id:` the change's increasing id, `data:` the push payload's data; a comment "
+            "every RECEIVER_STREAM_PING; `event: reset` when Last-Event-ID is older than what "
+            "retention kept. See docs/realtime.md.",
+            "tags": ["messages"],
+            "security": _API_SECURITY,
+            "parameters": [
+                _provider_param(providers),
+                _query("message_id", {"type": "string", "minLength": 1}, "one message only"),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "resume after this change id",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "the stream, until the client or the service ends it",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error(
+                    "bad query or Last-Event-ID",
+                    "invalid_parameter",
+                    "unknown_parameter",
+                    "invalid_last_event_id",
+                ),
+                "429": _error("RECEIVER_MAX_STREAMS are open; see Retry-After", "too_many_waiting"),
                 **_GUARDED,
             },
         },

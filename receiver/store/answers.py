@@ -19,7 +19,8 @@ from receiver.store.base import MessageFilter
 MESSAGE_SELECT = (
     "id, provider, message_id, account, status, provider_status, error_code, to_number, "
     "from_number, metadata, registered, is_final, final_via, created_at, updated_at, sent_at, "
-    "final_at, final_reason, poll_attempts, last_polled_at, last_poll_result, next_poll_at"
+    "final_at, final_reason, poll_attempts, last_polled_at, last_poll_result, next_poll_at, "
+    "deadline_at, deadline_missed"
 )
 EXPORT_SELECT = (
     "id, provider, message_id, status, provider_status, error_code, is_final, final_via, "
@@ -61,6 +62,9 @@ def message_dict(row: Row) -> dict[str, Any]:
             "last_result": row["last_poll_result"],
             "next_poll_at": row["next_poll_at"],
         },
+        # A registration's deadline (None: none given), and whether it passed undelivered.
+        "deadline": row["deadline_at"],
+        "deadline_missed": row["deadline_missed"] == 1,
     }
 
 

@@ -53,6 +53,10 @@ class Registration:
     metadata: dict[str, Any] | None = None
     # The account it was sent from (Twilio: the AC... SID); fills or corrects the stored one.
     account: str | None = None
+    # A deadline for its delivery: a kept time, or seconds after sent_at (after the
+    # registration, when that is not known). Decided once (rules.decide_deadlines).
+    deadline: str | None = None
+    deadline_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,37 @@ class Store(Protocol):
 
     async def count_by_status(self) -> dict[str, int]:
         """Messages per current status (statuses with none left out), for the metrics."""
+        ...
+
+    # Wake-ups, the change log and deadlines (receiver.realtime).
+    # Told, after each commit, the (provider, message_id) of the messages it changed.
+    changed: Callable[[list[tuple[str, str]]], None] | None
+
+    async def decide_deadlines(self, now: str, limit: int = 500) -> list[tuple[str, str]]:
+        """Decide every deadline due at `now`, once each (met if delivered by then, else
+        missed, which logs a `message.deadline_missed` change); those missed."""
+        ...
+
+    async def next_deadline(self) -> str | None:
+        """The soonest undecided deadline (None: there is none)."""
+        ...
+
+    async def changes_after(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to `limit` logged changes ({"id", "kind", "data"}) with ids above `after`, in
+        commit order (on PostgreSQL too: ids are taken under a lock held to the commit)."""
+        ...
+
+    async def listen(
+        self,
+        changed: Callable[[list[tuple[str, str]]], None],
+        changed_any: Callable[[], None],
+    ) -> None:
+        """Until cancelled, call `changed` for the changes other processes commit (PostgreSQL:
+        every instance's, through LISTEN), `changed_any` when some may have been missed."""
+        ...
+
+    async def change_marks(self) -> tuple[int, int]:
+        """(the last change id, the last change id pruned by retention); 0 for none."""
         ...
 
 

@@ -19,8 +19,9 @@ from sqlite_utils import Database
 
 from receiver.store.sqlite import schema as sqlite_schema
 
-# In this order: an event names its message by id.
-TABLES = ("messages", "events")
+# In this order: an event names its message by id. The change log (the stream's) goes as it
+# is, ids kept, so a stream resumes across the move.
+TABLES = ("messages", "events", "changes", "changes_pruned")
 # What a reader checks beside the tables' sizes: held callbacks and the polling queue.
 _COUNTS = {
     "messages": "SELECT count(*) FROM messages",
@@ -66,7 +67,7 @@ def open_source(path: Path) -> sqlite3.Connection:
         except sqlite3.DatabaseError as exc:  # not a database at all
             raise CopyRefused(f"{path} is not a SQLite database ({exc})") from None
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        if not set(TABLES) <= tables:
+        if not {"messages", "events"} <= tables:
             raise CopyRefused(f"{path} is not a receiver database (no messages and events tables)")
         if pending:
             raise CopyRefused(
@@ -96,6 +97,8 @@ def copy_database(
     with target.transaction():
         # No writer may slip in between the emptiness check and the copy's commit.
         target.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
+        # Copied rows are not changes: the change log's trigger leaves them alone.
+        target.execute("SET LOCAL receiver.copying = 'on'")
         for table in TABLES:
             if target.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
                 raise CopyRefused(

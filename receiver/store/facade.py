@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from receiver.engine import Outcome, StatusEvent, is_final
-from receiver.store import outbox, rules
+from receiver.store import changelog, outbox, rules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
@@ -64,6 +64,7 @@ class RulesStore(Generic[R]):
     queries: ModuleType
     pollqueue: ModuleType
     maintenance: ModuleType
+    changelog: ModuleType  # the change log's reads (receiver.store.changelog's SQL)
     # What a job may raise when the database failed it (it wrote nothing): a 503, retry later.
     job_errors: tuple[type[Exception], ...]
 
@@ -81,6 +82,9 @@ class RulesStore(Generic[R]):
         )
         self._writer: Writer[Any] | None = None
         self._pushes_owed: Callable[[], None] | None = None
+        # Told the (provider, message_id) of messages a write changed, after its commit, on the
+        # event loop (receiver.realtime's hub wakes those waiting on them): quick, no raising.
+        self.changed: Callable[[list[tuple[str, str]]], None] | None = None
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         raise NotImplementedError
@@ -134,6 +138,7 @@ class RulesStore(Generic[R]):
             on_loop=len(events) <= LOOP_JOB_ITEMS,
         )
         self._woken_by(recorded)  # committed: the pushes it owes can go
+        self._changed(recorded)
         return recorded
 
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
@@ -145,7 +150,59 @@ class RulesStore(Generic[R]):
         )
         if self._pushes_owed is not None and any(r.pending_applied for r in registered):
             self._pushes_owed()  # committed: held events it decided may owe pushes
+        if self.changed is not None:
+            self.changed([(r.provider, r.message_id) for r in registered])
         return registered
+
+    def _changed(self, recorded: Sequence[Recorded]) -> None:
+        """Tell `changed` (after the commit) which messages the recorded events changed."""
+        if self.changed is not None:
+            keys = [
+                (r.event.provider, r.event.message_id)
+                for r in recorded
+                if r.created or r.status != r.previous_status
+            ]
+            if keys:
+                self.changed(keys)
+
+    # -- deadlines and the change log (receiver.realtime) -------------------------------------
+
+    async def decide_deadlines(self, now: str, limit: int = 500) -> list[tuple[str, str]]:
+        """Decide the deadlines due at `now` (rules.decide_deadlines); those missed."""
+        missed = await self._write(
+            partial(rules.decide_deadlines, now=now, limit=limit, push=self.policy.push)
+        )
+        if missed and self.changed is not None:
+            self.changed(missed)
+        if missed and self._pushes_owed is not None:
+            self._pushes_owed()  # committed: each miss owes a message.deadline_missed push
+        return missed
+
+    async def next_deadline(self) -> str | None:
+        """The soonest undecided deadline (None: there is none)."""
+        due: str | None = await self._read(self.changelog.next_deadline)
+        return due
+
+    async def changes_after(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to `limit` logged changes with ids above `after`, in id (commit) order."""
+        found: list[dict[str, Any]] = await self._read(
+            partial(self.changelog.changes_after, after=after, limit=limit)
+        )
+        return found
+
+    async def listen(
+        self,
+        changed: Callable[[list[tuple[str, str]]], None],
+        changed_any: Callable[[], None],
+    ) -> None:
+        """Until cancelled, report the changes other processes commit; by default none do
+        (SQLite: this process is the one writer of its file that waits are served from)."""
+        await asyncio.Event().wait()
+
+    async def change_marks(self) -> tuple[int, int]:
+        """(the last change id, the last change id pruned); 0 for none."""
+        marks: tuple[int, int] = await self._read(self.changelog.marks)
+        return marks
 
     async def check_writable(self) -> None:
         def touch(rows: R) -> None:
@@ -192,6 +249,7 @@ class RulesStore(Generic[R]):
             on_loop=len(events) + len(done) <= LOOP_JOB_ITEMS,
         )
         self._woken_by(recorded)
+        self._changed(recorded)
         return recorded
 
     async def queued_providers(self) -> list[str]:
@@ -290,10 +348,17 @@ class RulesStore(Generic[R]):
                 )
             )
             if not found:
+                # The change log (the stream's) is kept as long as the messages.
+                through = await self._read(partial(self.changelog.last_old, older_than=older_than))
+                if through is not None:
+                    await self._write(
+                        lambda rows, through=through: changelog.prune(rows.conn, through, rows.mark)  # type: ignore[misc]
+                    )
                 return Pruned(messages, events, batches, pushes)
             after = found[-1]
             ids = [row_id for _, row_id in found]
             started = time.perf_counter()
+
             # On the writer thread: a DELETE of a few hundred rows gives the GIL away for its
             # whole work, so the event loop goes on serving requests meanwhile.
             # One job per batch: its messages, their events and their delivered pushes.

@@ -84,6 +84,14 @@ _ADOPT_EVENTS = (
     "UPDATE events SET message_pk = ? WHERE provider = ? AND message_id = ? AND message_pk IS NULL"
 )
 
+_SET_DEADLINE = "UPDATE messages SET deadline_at = ? WHERE id = ? AND deadline_missed IS NULL"
+_DUE_DEADLINES = (
+    "SELECT id, provider, message_id, status FROM messages "
+    "WHERE deadline_at IS NOT NULL AND deadline_missed IS NULL AND deadline_at <= ? "
+    "ORDER BY deadline_at LIMIT ?"
+)
+_DECIDE_DEADLINE = "UPDATE messages SET deadline_missed = ? WHERE id = ?"
+
 
 @lru_cache(maxsize=64)
 def marked(sql: str, mark: str) -> str:
@@ -202,6 +210,24 @@ class SqlRows:
 
     def message_metadata(self, pk: int) -> dict[str, Any] | None:
         return self.outbox.message_metadata(self.conn, pk)
+
+    # Deadlines (migration 0008): undecided ones are in idx_messages_deadline.
+    deadline_lock: ClassVar[str] = ""  # ends the due read (PostgreSQL: FOR UPDATE SKIP LOCKED)
+
+    def set_deadline(self, pk: int, deadline_at: str) -> None:
+        self.conn.execute(
+            marked(_SET_DEADLINE, self.mark),
+            (deadline_at, pk),
+        )
+
+    def due_deadlines(self, now: str, limit: int) -> list[tuple[int, str, str, str]]:
+        rows = self.conn.execute(
+            marked(_DUE_DEADLINES + self.deadline_lock, self.mark), (now, limit)
+        ).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def decide_deadline(self, pk: int, missed: bool) -> None:
+        self.conn.execute(marked(_DECIDE_DEADLINE, self.mark), (int(missed), pk))
 
 
 def _held_event(row: Sequence[Any]) -> StatusEvent:

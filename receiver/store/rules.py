@@ -168,6 +168,21 @@ class RowAccess(Protocol):
         """The app's metadata of the message `pk` (None: none)."""
         ...
 
+    def set_deadline(self, pk: int, deadline_at: str) -> None:
+        """Set the message's deadline, unless its deadline was decided already (met or
+        missed: that is decided once)."""
+        ...
+
+    def due_deadlines(self, now: str, limit: int) -> list[tuple[int, str, str, str]]:
+        """Up to `limit` undecided deadlines at or before `now`, soonest first, as (pk,
+        provider, message_id, status); a store with concurrent deciders skips rows another
+        has locked."""
+        ...
+
+    def decide_deadline(self, pk: int, missed: bool) -> None:
+        """Keep the decision on the message's deadline (a miss is logged as a change)."""
+        ...
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -478,6 +493,8 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
         )
     # Duplicates of held events (same delivery id) belong to the history too.
     rows.adopt_events(reg.provider, reg.message_id, current.pk)
+    if reg.deadline is not None or reg.deadline_after is not None:
+        rows.set_deadline(current.pk, deadline_at(reg, current.state.sent_at, now))
     return Registered(
         reg.provider,
         reg.message_id,
@@ -485,6 +502,66 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
         current.state.status.value,
         len(held),
         created_at=current.created_at,
+    )
+
+
+def deadline_at(reg: Registration, sent_at: str | None, now: str) -> str:
+    """A registration's deadline as a kept time: the time given, or its duration from when
+    the message was sent (the registration, when that is not known)."""
+    if reg.deadline is not None:
+        return reg.deadline
+    try:
+        return engine.later(sent_at or now, reg.deadline_after or 0.0)
+    except (ValueError, OverflowError):
+        return NEVER
+
+
+# -- deadlines ------------------------------------------------------------------------------
+
+
+def decide_deadlines(
+    rows: RowAccess, now: str, limit: int, push: PushPolicy | None = None
+) -> list[tuple[str, str]]:
+    """Decide every deadline due at `now` (up to `limit`), once each: met when the message is
+    delivered by then, missed otherwise; the (provider, message_id) of those missed. A miss
+    owes the app a `message.deadline_missed` push, in this same transaction."""
+    missed: list[tuple[str, str]] = []
+    for pk, provider, message_id, status in rows.due_deadlines(now, limit):
+        is_missed = status != Status.DELIVERED.value
+        rows.decide_deadline(pk, is_missed)
+        if is_missed:
+            missed.append((provider, message_id))
+            if push is not None:
+                _owe_deadline_missed(rows, push, provider, message_id, now)
+    return missed
+
+
+def _owe_deadline_missed(
+    rows: RowAccess, push: PushPolicy, provider: str, message_id: str, now: str
+) -> None:
+    current = rows.message(provider, message_id)
+    if current is None:  # deleted by retention meanwhile: nothing left to tell
+        return
+    state = current.state
+    owe_push(
+        rows,
+        push,
+        payload.DEADLINE_MISSED,
+        payload.message_data(
+            provider=provider,
+            message_id=message_id,
+            status=state.status.value,
+            provider_status=current.provider_status,
+            final=state.final,
+            final_via=state.final_via,
+            to=current.to_number,
+            account=current.account,
+            metadata=rows.message_metadata(current.pk),
+            sent_at=state.sent_at,
+            final_at=state.final_at,
+        ),
+        message_pk=current.pk,
+        now=now,
     )
 
 

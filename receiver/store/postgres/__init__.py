@@ -26,7 +26,7 @@ import psycopg_pool
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.postgres import maintenance, pollqueue, queries, schema
+from receiver.store.postgres import changelog, maintenance, notify, pollqueue, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import TRANSACTIONS
@@ -51,6 +51,7 @@ class PostgresStore(RulesStore[PgRows]):
     queries = queries
     pollqueue = pollqueue
     maintenance = maintenance
+    changelog = changelog
     job_errors = (psycopg.Error,)
 
     def __init__(
@@ -155,6 +156,14 @@ class PostgresStore(RulesStore[PgRows]):
         except psycopg.Error as exc:  # PoolTimeout included: every connection busy or gone
             raise StoreUnavailable(f"database read failed: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def listen(
+        self,
+        changed: Callable[[list[tuple[str, str]]], None],
+        changed_any: Callable[[], None],
+    ) -> None:
+        """Every instance's commits, through LISTEN (receiver.store.postgres.notify)."""
+        await notify.listen(self.url, changed, changed_any)
 
     # -- operations: backup (the rest is RulesStore's) ----------------------------------------
 

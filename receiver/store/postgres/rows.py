@@ -84,6 +84,7 @@ class PgRows(SqlRows):
     mark = "%s"
     queue = pollqueue
     outbox = outbox
+    deadline_lock = " FOR UPDATE SKIP LOCKED"  # another instance deciding them keeps them
     conn: Conn
 
     def message_for_event(self, ev: StatusEvent) -> tuple[Current | None, bool]:

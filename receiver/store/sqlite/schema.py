@@ -215,6 +215,56 @@ def _push_outbox(db: Database) -> None:
             db.execute(statement)
 
 
+@migrations(name="0008_deadlines_and_changes")
+def _deadlines_and_changes(db: Database) -> None:
+    # A registration's deadline, and whether it was missed: NULL until decided (0 met, 1
+    # missed), so it is decided once. The index holds only the undecided ones, by due time.
+    db.execute("ALTER TABLE messages ADD COLUMN deadline_at TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN deadline_missed INTEGER")
+    db.execute(
+        "CREATE INDEX idx_messages_deadline ON messages (deadline_at) "
+        "WHERE deadline_at IS NOT NULL AND deadline_missed IS NULL"
+    )
+    # The change log the stream serves and resumes from (receiver.realtime): one row per
+    # applied change, its id the stream's event id. Written by triggers in the transaction of
+    # the change itself; SQLite has one writer at a time, so ids are committed in order.
+    db.execute(
+        "CREATE TABLE changes (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+        "message_pk INTEGER NOT NULL, provider TEXT NOT NULL, message_id TEXT NOT NULL, "
+        "previous_status TEXT, status TEXT NOT NULL, provider_status TEXT, error_code TEXT, "
+        "created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_changes_created ON changes (created_at)")
+    # The last change id pruned: a stream resuming from before it gets `event: reset`.
+    db.execute(
+        "CREATE TABLE changes_pruned (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "through INTEGER NOT NULL)"
+    )
+    log = (
+        "INSERT INTO changes (kind, message_pk, provider, message_id, previous_status, status, "
+        "provider_status, error_code, created_at) VALUES ('{kind}', NEW.id, NEW.provider, "
+        "NEW.message_id, {previous}, NEW.status, NEW.provider_status, NEW.error_code, {at});"
+    )
+    status_changed = "message.status_changed"
+    # A message created by a callback is a change; one registered is not (yet).
+    db.execute(
+        "CREATE TRIGGER messages_change_created AFTER INSERT ON messages "
+        f"WHEN NEW.registered = 0 BEGIN "
+        f"{log.format(kind=status_changed, previous='NULL', at='NEW.updated_at')} END"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_change_status AFTER UPDATE OF status ON messages "
+        f"WHEN OLD.status IS NOT NEW.status BEGIN "
+        f"{log.format(kind=status_changed, previous='OLD.status', at='NEW.updated_at')} END"
+    )
+    now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    db.execute(
+        "CREATE TRIGGER messages_change_deadline AFTER UPDATE OF deadline_missed ON messages "
+        "WHEN NEW.deadline_missed = 1 AND OLD.deadline_missed IS NULL BEGIN "
+        f"{log.format(kind='message.deadline_missed', previous='NEW.status', at=now)} END"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 
