@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from receiver.engine import StatusEvent
+from receiver.ledger import LedgerEvent, LedgerRow, Mismatch, repair
 from receiver.store import rules
 from receiver.store.base import (
     CommitObserver,
@@ -48,6 +49,7 @@ class RulesStore(Generic[R]):
     queries: ModuleType
     pollqueue: ModuleType
     maintenance: ModuleType
+    ledger: ModuleType  # the SQL of `receiver verify`: pages, and a repair's locked read
     # What a job may raise when the database failed it (it wrote nothing): a 503, retry later.
     job_errors: tuple[type[Exception], ...]
 
@@ -255,3 +257,20 @@ class RulesStore(Generic[R]):
             messages += deleted
             events += deleted_events
             batches += 1
+
+    # -- the ledger: `receiver verify` (receiver.ledger) -----------------------------------
+
+    async def ledger_page(self, after: int, size: int) -> list[tuple[LedgerRow, list[LedgerEvent]]]:
+        """Up to `size` messages with id > `after`, with their events, in one snapshot."""
+        page: list[tuple[LedgerRow, list[LedgerEvent]]] = await self._read(
+            partial(self.ledger.page, after=after, size=size)
+        )
+        return page
+
+    async def repair_ledger(self, mismatches: Sequence[Mismatch]) -> list[Mismatch]:
+        """Rewrite the messages that still mismatch from their events, in the writer."""
+        read = self.ledger.locked
+        return await self._write(
+            lambda rows: repair(rows, read, mismatches, utcnow()),
+            [(m.row.provider, m.row.message_id) for m in mismatches],
+        )

@@ -26,7 +26,7 @@ import psycopg_pool
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.postgres import maintenance, pollqueue, queries, schema
+from receiver.store.postgres import ledger, maintenance, pollqueue, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import TRANSACTIONS
@@ -51,6 +51,7 @@ class PostgresStore(RulesStore[PgRows]):
     queries = queries
     pollqueue = pollqueue
     maintenance = maintenance
+    ledger = ledger
     job_errors = (psycopg.Error,)
 
     def __init__(

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.sqlite import maintenance, pollqueue, queries, schema
+from receiver.store.sqlite import ledger, maintenance, pollqueue, queries, schema
 from receiver.store.sqlite.connection import TRANSACTIONS, connect
 from receiver.store.sqlite.rows import SQLiteRows
 from receiver.store.writer import Writer
@@ -42,6 +42,7 @@ class SQLiteStore(RulesStore[SQLiteRows]):
     queries = queries
     pollqueue = pollqueue
     maintenance = maintenance
+    ledger = ledger
     job_errors = (sqlite3.OperationalError,)  # disk full, I/O error
 
     def __init__(
