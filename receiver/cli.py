@@ -314,10 +314,12 @@ def poll(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     from receiver import ledger
+    from receiver.logging import configure_logging
     from receiver.store import StoreUnavailable, open_store
 
     settings = _settings()
-    _warn_unknown_settings(to_log=False)
+    configure_logging(settings.log_level, settings.log_format)
+    _warn_unknown_settings()
     if not _existing_store_or_exit(settings):
         return 1
 

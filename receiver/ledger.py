@@ -18,6 +18,8 @@ What the replay reproduces of receiver.store.rules:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ class LedgerRow(NamedTuple):
     message_id: str
     status: str
     provider_status: str | None
-    final: bool
+    final: bool | int  # is_final as the dialect stores it (SQLite: 0 or 1)
     final_via: str | None
     sent_at: str | None
     final_at: str | None
@@ -300,17 +302,27 @@ async def walk(
     """Each page of messages, in id order: how many were checked and those that mismatch.
 
     A page (its messages and their events) is one statement, so one snapshot: a message
-    written meanwhile by a live service is seen with all of that write or none of it.
+    written meanwhile by a live service is seen with all of that write or none of it. The
+    next page is read while this one is replayed (one page ahead: memory stays bounded).
     """
-    while True:
-        page: list[tuple[LedgerRow, list[LedgerEvent]]] = await store.ledger_page(after, page_size)
-        if not page:
-            return
-        after = page[-1][0].pk
-        found = [m for row, events in page if (m := check(row, events)) is not None]
-        yield len(page), found
-        if len(page) < page_size:
-            return
+    ahead = asyncio.ensure_future(store.ledger_page(after, page_size))
+    try:
+        while True:
+            page: list[tuple[LedgerRow, list[LedgerEvent]]] = await ahead
+            if not page:
+                return
+            more = len(page) == page_size
+            if more:
+                ahead = asyncio.ensure_future(store.ledger_page(page[-1][0].pk, page_size))
+            found = [m for row, events in page if (m := check(row, events)) is not None]
+            yield len(page), found
+            if not more:
+                return
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead
 
 
 async def verify(
