@@ -7,6 +7,7 @@
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
   maintenance.py  prune; backups are pg_dump's
+  ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules. Writes go
 through this instance's group-commit writer (receiver.store.writer with writer.py's hooks: a

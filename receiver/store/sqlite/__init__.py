@@ -7,6 +7,7 @@ running the rules (receiver.store.rules) over rows.SQLiteRows, reads on their ow
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims and leases, and its reads
   maintenance.py  prune and backup
+  ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules; what is left
 here is the file's lifecycle and the pool of read connections.
