@@ -65,6 +65,7 @@ class LedgerRow(NamedTuple):
     sent_at: str | None
     final_at: str | None
     registered_sent_at: str | None
+    created_at: str | None = None  # when the message was first known
 
     def fields(self) -> tuple[Any, ...]:
         return (
@@ -113,24 +114,29 @@ class Mismatch:
         return f"{self.row.provider}/{self.row.message_id} (id {self.row.pk}): {diffs}"
 
 
-def decision_order(events: Sequence[LedgerEvent]) -> list[LedgerEvent]:
+def decision_order(
+    events: Sequence[LedgerEvent], created_at: str | None = None
+) -> list[LedgerEvent]:
     """The events in the order the store decided them.
 
     Events are recorded in the order they are decided, each message's writes serialised (one
     SQLite writer; a PostgreSQL lock per message), so ids give the order, except for held
-    events: recorded before the message was known, decided when the registration came. Those
-    go before the first event recorded at or after that time (in the usual case, every one of
-    them: a held event's message only exists from that registration on).
+    events: recorded before the message was known, decided when the registration came.
+    When that registration created the message (its created_at is their resolved_at), they
+    come before every other event. Otherwise (the message was created by a callback after
+    RECEIVER_UNKNOWN_MESSAGES changed from hold to create) they go before the first event
+    recorded at or after the time they were decided.
     """
     held = sorted((e for e in events if e.resolved_at is not None), key=_resolved)
     if not held:
         return list(events)
+    direct = [e for e in events if e.resolved_at is None]
+    if created_at is not None and all(e.resolved_at == created_at for e in held):
+        return held + direct
     ordered: list[LedgerEvent] = []
     waiting = iter(held)
     pending = next(waiting, None)
-    for ev in events:
-        if ev.resolved_at is not None:
-            continue
+    for ev in direct:
         while pending is not None and _resolved(pending) <= (ev.received_at, ev.id):
             ordered.append(pending)
             pending = next(waiting, None)
@@ -151,6 +157,7 @@ def replay(
     message_id: str,
     events: Sequence[LedgerEvent],
     registered_sent_at: str | None = None,
+    created_at: str | None = None,
 ) -> Folded:
     """The message's state from its events (by id), as the store's rules would have left it."""
     seen: set[str] = set()
@@ -165,7 +172,7 @@ def replay(
     # As rules.record creates a message from its first event, and rules.register: registered.
     state = MessageState(Status.REGISTERED)
     provider_status: str | None = None
-    for ev in decision_order(events):
+    for ev in decision_order(events, created_at):
         if ev.id in repeats or ev.source == REPAIR_SOURCE:
             continue
         status = _STATUSES[ev.status] if ev.status is not None else None
@@ -186,7 +193,7 @@ def replay(
 
 def check(row: LedgerRow, events: Sequence[LedgerEvent]) -> Mismatch | None:
     """None when the row is the fold of its events; else what differs."""
-    folded = replay(row.provider, row.message_id, events, row.registered_sent_at)
+    folded = replay(row.provider, row.message_id, events, row.registered_sent_at, row.created_at)
     if row.fields() == tuple(folded):
         return None
     return Mismatch(row, folded, len(events))

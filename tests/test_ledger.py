@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,28 @@ def test_verify_finds_nothing_wrong_after_every_kind_of_recording(
     # The give-up and the polled status are in the fold as the rules made them.
     (p2,) = run(s.get_messages("P2"))
     assert (p2["status"], p2["final_via"]) == ("delivered", "callback")
+
+
+def test_events_held_before_a_switch_to_create_are_replayed_where_the_registration_decided_them(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    """Held (hold), then the message created by a callback (create), then registered: the
+    held events are decided last, and the replay puts them there."""
+    holding = store_factory("switch", unknown_messages="hold")
+    creating = store_factory("switch", unknown_messages="create")
+    clock = iter([T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)])
+    for s in (holding, creating):  # each write a second after the last, whatever the machine
+        s.policy = replace(s.policy, clock=lambda: next(clock))  # type: ignore[attr-defined]
+    run(holding.record([event("S1", Status.FAILED)]))
+    run(creating.record([event("S1", Status.UNDELIVERED)]))
+    run(creating.register([Registration("twilio", "S1")]))
+    history = run(creating.get_events("twilio", "S1"))
+    assert [(e["status"], e["outcome"]) for e in history] == [
+        ("failed", "conflict"),
+        ("undelivered", "applied"),
+    ]
+    report, found = verify(creating, run)
+    assert found == [] and report.checked == 1
 
 
 def test_verify_finds_exactly_the_rows_changed_by_hand(
@@ -223,11 +246,12 @@ def ev(
 
 
 def test_held_events_are_decided_when_their_registration_came() -> None:
-    """Held before the message existed; a later callback, even one whose clock said an
-    instant earlier than the registration's, comes after them."""
-    events = [ev(1, "undelivered", 0, resolved=10), ev(2, "failed", 10)]
-    assert [e.id for e in ledger.decision_order(events)] == [1, 2]
-    assert ledger.replay("twilio", "M", events).status == "undelivered"
+    """Held before the message existed, decided by the registration that created it: before
+    every later callback, even one recorded by an instance whose clock is behind."""
+    events = [ev(1, "undelivered", 0, resolved=10), ev(2, "failed", 10), ev(3, "expired", 9)]
+    assert [e.id for e in ledger.decision_order(events, created_at=at(10))] == [1, 2, 3]
+    folded = ledger.replay("twilio", "M", events, created_at=at(10))
+    assert (folded.status, folded.final_at) == ("undelivered", at(10))
 
 
 def test_held_events_resolved_after_callbacks_that_created_the_message_come_after_them() -> None:

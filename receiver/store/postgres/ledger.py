@@ -12,7 +12,7 @@ from receiver.ledger import LedgerEvent, LedgerRow, Locked, page_from_rows
 # In the order of receiver.ledger.LedgerRow and LedgerEvent.
 MESSAGE_COLUMNS = (
     "id, provider, message_id, status, provider_status, is_final <> 0 AS final, final_via, "
-    "sent_at, final_at, registered_sent_at"
+    "sent_at, final_at, registered_sent_at, created_at"
 )
 EVENT_COLUMNS = "id, source, provider_status, status, dedupe_key, received_at, resolved_at"
 
@@ -45,4 +45,4 @@ def locked(conn: psycopg.Connection[Any], pk: int) -> Locked | None:
     events = conn.execute(
         f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = %s ORDER BY id", (pk,)
     ).fetchall()
-    return Locked(LedgerRow(*row[:10]), [LedgerEvent(*e) for e in events], row[10])
+    return Locked(LedgerRow(*row[:11]), [LedgerEvent(*e) for e in events], row[11])
