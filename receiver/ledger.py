@@ -8,7 +8,8 @@ repairs (RulesStore.ledger_page, RulesStore.repair_ledger).
 What the replay reproduces of receiver.store.rules:
 - events are decided in the order they were recorded (their ids), except events held while
   the message was unknown (`pending_unknown`, RECEIVER_UNKNOWN_MESSAGES=hold): those were
-  decided when the registration came (their resolved_at), before any event recorded after it;
+  decided when the registration came (their resolved_at), before any event recorded after it
+  (decision_order);
 - a callback whose delivery id (dedupe_key) an earlier event of the message carried is the
   same delivery again and decides nothing (polled and timeout events are never deduplicated);
 - a registration is not an event: it never changes the status, but its sent_at (kept as
