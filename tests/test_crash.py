@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -73,6 +76,16 @@ def test_kill_9_under_load_keeps_every_acknowledged_callback_exactly_once(
                 history = client.get(f"{restarted.base_url}/v1/messages/{sid}/events").json()
                 assert [e["outcome"] for e in history["events"]] == ["applied", "duplicate"]
                 assert history["message"]["status"] == "delivered"
+        # Every stored status is the fold of its events, checked while the service runs.
+        ledger = subprocess.run(
+            [str(Path(sys.executable).parent / "receiver"), "verify"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env={**os.environ, "RECEIVER_DATABASE": str(database)},
+        )
+        assert ledger.returncode == 0, ledger.stdout + ledger.stderr
+        assert f"{len(counts)} message(s) checked" in ledger.stdout
     finally:
         assert restarted.terminate() in (0, -15)
     assert integrity(database) == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import subprocess
@@ -66,6 +67,16 @@ def test_the_demo_ends_with_every_message_final_and_as_the_simulator_says(
             "SELECT count(*), sum(is_final), sum(final_via = 'poll') FROM messages"
         ).fetchone()
     assert rows == (60, 60, poll)
+    # Every stored status is the fold of its events (callbacks, polls, duplicates, late DLRs).
+    ledger = subprocess.run(
+        [str(BIN), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RECEIVER_DATABASE": str(database)},
+    )
+    assert ledger.returncode == 0, ledger.stdout + ledger.stderr
+    assert "60 message(s) checked against their events, 0 mismatch(es)" in ledger.stdout
 
 
 @pytest.mark.parametrize(

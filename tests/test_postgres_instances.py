@@ -8,7 +8,10 @@ one instance is killed with SIGKILL in the middle. Its schedulers share one poll
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -215,6 +218,16 @@ def test_two_instances_record_split_callbacks_once_and_survive_a_kill_9(
         for raw in m["delivered"]:
             assert (message_id, raw) in kept, (message_id, raw)
     assert query(pg_url, "SELECT count(*) FROM events WHERE message_pk IS NULL") == [(0,)]
+    # Every stored status is the fold of its events, whichever instance recorded them.
+    ledger = subprocess.run(
+        [str(Path(sys.executable).parent / "receiver"), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 4,
+        env={**os.environ, "DATABASE_URL": pg_url},
+    )
+    assert ledger.returncode == 0, ledger.stdout + ledger.stderr
+    assert f"{MESSAGES} message(s) checked against their events, 0 mismatch" in ledger.stdout
     print(
         f"\n{MESSAGES} messages, {len(events)} callbacks over two instances "
         f"({dict(lb.routed)}), one killed: {elapsed:.1f} s"

@@ -101,7 +101,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "id": {"type": "integer"},
-            "source": {"enum": ["callback", "poll", "timeout"]},
+            "source": {"enum": ["callback", "poll", "timeout", "repair"]},
             "provider_status": {"type": "string"},
             "status": {"enum": [*_STATUSES, None]},
             "previous_status": {"enum": [*_STATUSES, None]},

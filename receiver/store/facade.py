@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from receiver.engine import Outcome, StatusEvent, is_final
+from receiver.ledger import LedgerEvent, LedgerRow, Mismatch, repair
 from receiver.store import changelog, outbox, rules
 from receiver.store.base import (
     CommitObserver,
@@ -65,6 +66,7 @@ class RulesStore(Generic[R]):
     pollqueue: ModuleType
     maintenance: ModuleType
     changelog: ModuleType  # the change log's reads (receiver.store.changelog's SQL)
+    ledger: ModuleType  # the SQL of `receiver verify`: pages, and a repair's locked read
     # What a job may raise when the database failed it (it wrote nothing): a 503, retry later.
     job_errors: tuple[type[Exception], ...]
 
@@ -497,3 +499,20 @@ class RulesStore(Generic[R]):
     async def next_push_due(self) -> str | None:
         found: str | None = await self._read(self._outbox.next_push_due)
         return found
+
+    # -- the ledger: `receiver verify` (receiver.ledger) -----------------------------------
+
+    async def ledger_page(self, after: int, size: int) -> list[tuple[LedgerRow, list[LedgerEvent]]]:
+        """Up to `size` messages with id > `after`, with their events, in one snapshot."""
+        page: list[tuple[LedgerRow, list[LedgerEvent]]] = await self._read(
+            partial(self.ledger.page, after=after, size=size)
+        )
+        return page
+
+    async def repair_ledger(self, mismatches: Sequence[Mismatch]) -> list[Mismatch]:
+        """Rewrite the messages that still mismatch from their events, in the writer."""
+        read = self.ledger.locked
+        return await self._write(
+            lambda rows: repair(rows, read, mismatches, utcnow()),
+            [(m.row.provider, m.row.message_id) for m in mismatches],
+        )

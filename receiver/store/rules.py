@@ -72,6 +72,7 @@ MESSAGE_COLUMNS = frozenset(
         "sent_at",
         "final_at",
         "final_reason",
+        "registered_sent_at",  # the sent_at a registration gave (receiver verify reads it)
         "poll_attempts",
         "last_polled_at",
         "last_poll_result",
@@ -391,6 +392,7 @@ def _insert(
             "sent_at": state.sent_at,
             "final_at": state.final_at,
             "next_poll_at": None if state.final else next_poll_at,
+            **({"registered_sent_at": sent_at} if registered and sent_at else {}),
         }
     )
 
@@ -471,6 +473,8 @@ def register(rows: RowAccess, policy: Policy, reg: Registration) -> Registered:
         }
         if reg.metadata:
             changes["metadata"] = reg.metadata
+        if reg.sent_at is not None:
+            changes["registered_sent_at"] = reg.sent_at
         rows.update_message(current.pk, changes)
         current = current._replace(
             state=replace(current.state, sent_at=changes["sent_at"]),

@@ -7,6 +7,7 @@
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
   maintenance.py  prune; backups are pg_dump's
+  ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules. Writes go
 through this instance's group-commit writer (receiver.store.writer with writer.py's hooks: a
@@ -26,7 +27,15 @@ import psycopg_pool
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.postgres import changelog, maintenance, notify, pollqueue, queries, schema
+from receiver.store.postgres import (
+    changelog,
+    ledger,
+    maintenance,
+    notify,
+    pollqueue,
+    queries,
+    schema,
+)
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import TRANSACTIONS
@@ -52,6 +61,7 @@ class PostgresStore(RulesStore[PgRows]):
     pollqueue = pollqueue
     maintenance = maintenance
     changelog = changelog
+    ledger = ledger
     job_errors = (psycopg.Error,)
 
     def __init__(

@@ -370,6 +370,16 @@ def _deadlines_and_changes(conn: psycopg.Connection) -> None:
     )
 
 
+@step("0009_registered_sent_at")
+def _registered_sent_at(conn: psycopg.Connection) -> None:
+    # As on SQLite: the sent time the app's registration gave, for `receiver verify`.
+    conn.execute(f"ALTER TABLE messages ADD COLUMN registered_sent_at {T}")
+    conn.execute(
+        "UPDATE messages SET registered_sent_at = sent_at "
+        "WHERE registered = 1 AND sent_at IS NOT NULL"
+    )
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

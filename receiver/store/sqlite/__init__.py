@@ -7,6 +7,7 @@ running the rules (receiver.store.rules) over rows.SQLiteRows, reads on their ow
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims and leases, and its reads
   maintenance.py  prune and backup
+  ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules; what is left
 here is the file's lifecycle and the pool of read connections.
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.sqlite import changelog, maintenance, pollqueue, queries, schema
+from receiver.store.sqlite import changelog, ledger, maintenance, pollqueue, queries, schema
 from receiver.store.sqlite.connection import TRANSACTIONS, connect
 from receiver.store.sqlite.rows import SQLiteRows
 from receiver.store.writer import Writer
@@ -43,6 +44,7 @@ class SQLiteStore(RulesStore[SQLiteRows]):
     pollqueue = pollqueue
     maintenance = maintenance
     changelog = changelog
+    ledger = ledger
     job_errors = (sqlite3.OperationalError,)  # disk full, I/O error
 
     def __init__(

@@ -265,6 +265,18 @@ def _deadlines_and_changes(db: Database) -> None:
     )
 
 
+@migrations(name="0009_registered_sent_at")
+def _registered_sent_at(db: Database) -> None:
+    # The sent time the app's registration gave, kept apart from sent_at (which an event may
+    # fill): `receiver verify` re-derives sent_at from the events and this. A message
+    # registered before this step is taken to have been given the sent_at it has.
+    db.execute("ALTER TABLE messages ADD COLUMN registered_sent_at TEXT")
+    db.execute(
+        "UPDATE messages SET registered_sent_at = sent_at "
+        "WHERE registered = 1 AND sent_at IS NOT NULL"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 
