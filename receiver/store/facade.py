@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from receiver.engine import StatusEvent
 from receiver.store import rules
+from receiver.store import sends as sendrules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
@@ -255,3 +256,59 @@ class RulesStore(Generic[R]):
             messages += deleted
             events += deleted_events
             batches += 1
+
+    # -- sends registered whole (receiver.store.sends; the dialect's sends module) -----------
+
+    sends: ModuleType
+
+    def _sends(self, rows: R) -> sendrules.SendAccess:
+        access: sendrules.SendAccess = self.sends.Access(rows, rows.conn)
+        return access
+
+    async def register_sends(self, registrations: Sequence[Registration]) -> list[Registered]:
+        policy = self.policy
+        return await self._write(
+            lambda rows: [
+                sendrules.register_send(self._sends(rows), policy, reg) for reg in registrations
+            ]
+        )
+
+    async def claim_sends(
+        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+    ) -> list[sendrules.SendClaim]:
+        return await self._write(
+            lambda rows: sendrules.claim_sends(
+                self._sends(rows),
+                provider,
+                now=now,
+                limit=limit,
+                lease_until=lease_until,
+                owner=owner,
+            )
+        )
+
+    async def record_send_page(
+        self, owner: str, page: sendrules.SendPage
+    ) -> sendrules.PageWritten | None:
+        policy = self.policy
+        return await self._write(
+            lambda rows: sendrules.record_page(self._sends(rows), policy, owner, page),
+            [(ev.provider, ev.message_id) for ev in page.events],
+        )
+
+    async def release_send(
+        self, provider: str, uuid: str, owner: str, *, next_sweep_at: str, result: str
+    ) -> bool:
+        return await self._write(
+            lambda rows: sendrules.release_send(
+                self._sends(rows), provider, uuid, owner, next_sweep_at=next_sweep_at, result=result
+            )
+        )
+
+    async def send_summary(self, uuid: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._read(partial(self.sends.send_summary, uuid=uuid))
+        return found
+
+    async def next_send_due(self, provider: str) -> str | None:
+        due: str | None = await self._read(partial(self.sends.next_due, provider=provider))
+        return due

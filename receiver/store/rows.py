@@ -95,7 +95,7 @@ class QueueStatements(Protocol):
 
     def due(self, conn: Any, provider: str, now: str, limit: int) -> list[Queued]: ...
     def group(self, conn: Any, provider: str, prefix: str) -> list[Queued] | None: ...
-    def put_off(self, conn: Any, until: Sequence[tuple[int, str]]) -> None: ...
+    def put_off(self, conn: Any, until: Sequence[tuple[int, str | None]]) -> None: ...
     def lease(self, conn: Any, pks: Sequence[int], owner: str, until: str) -> None: ...
 
 
@@ -181,11 +181,19 @@ class SqlRows:
     def group(self, provider: str, prefix: str) -> list[Queued] | None:
         return self.queue.group(self.conn, provider, prefix)
 
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+    def put_off(self, until: Sequence[tuple[int, str | None]]) -> None:
         self.queue.put_off(self.conn, until)
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
         self.queue.lease(self.conn, pks, owner, until)
+
+    def tracked_send(self, provider: str, prefix: str) -> bool:
+        # A group registered whole (receiver.store.sends) is kept under its prefix's id.
+        row = self.conn.execute(
+            marked("SELECT 1 FROM sends WHERE provider = ? AND uuid = ?", self.mark),
+            (provider, prefix.removesuffix(":")),
+        ).fetchone()
+        return row is not None
 
 
 def _held_event(row: Sequence[Any]) -> StatusEvent:

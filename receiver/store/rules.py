@@ -151,12 +151,17 @@ class RowAccess(Protocol):
         lock now (it claims the group whole, so this claim leaves the group alone)."""
         ...
 
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
-        """Set next_poll_at of each (pk, next_poll_at)."""
+    def put_off(self, until: Sequence[tuple[int, str | None]]) -> None:
+        """Set next_poll_at of each (pk, next_poll_at); None takes it out of the queue."""
         ...
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
+        ...
+
+    def tracked_send(self, provider: str, prefix: str) -> bool:
+        """Whether the group of `prefix` is a send registered whole (receiver.store.sends),
+        whose own resumable sweeps answer for its members."""
         ...
 
 
@@ -542,7 +547,7 @@ def claim_due(
     leased to someone else is left to them, its due members put off until that lease ends.
     """
     claimed: dict[int, DueMessage] = {}
-    put_off: list[tuple[int, str]] = []
+    put_off: list[tuple[int, str | None]] = []
     groups: dict[str, list[Queued]] = {}
     for queued in rows.due(provider, now, limit):
         prefix = group_of(queued.message.message_id) if group_of else None
@@ -551,6 +556,11 @@ def claim_due(
         else:
             claimed[queued.message.pk] = queued.message
     for prefix, due in groups.items():
+        if rows.tracked_send(provider, prefix):
+            # A send registered whole: its sweeps answer for these (a callback put them in
+            # the queue); they leave it rather than start a sweep of the send in memory.
+            put_off += [(queued.message.pk, None) for queued in due]
+            continue
         members = rows.group(provider, prefix)
         if members is None:  # being claimed by another claimer right now: theirs
             continue
