@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from mesms_fake import API_KEY, FakeMeSms, FakeSend, msisdn
-from support import AppServer, LiveServer, assert_error, make_settings, query, wait_until
+from mesms_fake import API_KEY, FakeMeSms, FakeSend
+from support import AppServer, LiveServer, make_settings, query, wait_until
 
 SIZE = 50_000
 

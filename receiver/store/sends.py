@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from receiver import engine
-from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
+from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import rules
 from receiver.store.base import DueMessage, Registered, Registration
 
@@ -191,10 +191,10 @@ def record_page(
     row = acc.get(page.provider, page.uuid)
     if row is None or row["lease_owner"] != owner or int(row["cursor"]) != page.after:
         return None
-    now = format_time(policy.clock())
+    now, due = policy.now_and_due(page.provider)  # once a page: a page is one moment
     tally: Counter[str] = Counter(json.loads(row["sweep_tally"] or "{}"))
     for ev in page.events:
-        tally[record_swept(acc.rows, policy, ev, page.give_up_reason)] += 1
+        tally[record_swept(acc.rows, policy, ev, page.give_up_reason, now=now, due=due)] += 1
     tally["malformed"] += len(page.malformed)
     changes: dict[str, Any] = {
         "pages": int(row["pages"]) + 1,
@@ -216,7 +216,7 @@ def record_page(
     counts = acc.counts(page.uuid)
     total = sum(counts.values())
     final = sum(n for status, n in counts.items() if engine.is_final(status))
-    settled = total > 0 and final == total or page.give_up_reason is not None
+    settled = (total > 0 and final == total) or page.give_up_reason is not None
     summary = {
         "started_at": row["sweep_started_at"],
         "finished_at": now,
@@ -258,7 +258,13 @@ def release_send(
 
 
 def record_swept(
-    rows: rules.RowAccess, policy: rules.Policy, ev: StatusEvent, give_up_reason: str | None
+    rows: rules.RowAccess,
+    policy: rules.Policy,
+    ev: StatusEvent,
+    give_up_reason: str | None,
+    *,
+    now: str,
+    due: str,
 ) -> str:
     """Decide one recipient's status from a sweep of a send registered whole; what it did
     (the key it is counted under in the sweep's tally).
@@ -269,10 +275,9 @@ def record_swept(
     only counted: a sweep repeats every recipient, and a final one answered differently
     every sweep must not grow the history once per sweep.
     """
-    now, due = policy.now_and_due(ev.provider)
     current = rows.message(ev.provider, ev.message_id)
     if current is None:
-        current = _learn(rows, policy, ev, now)
+        current = _learn(rows, policy, ev, now, due)
         key = "created"
     else:
         status = current.state.status.value
@@ -306,7 +311,9 @@ def record_swept(
     return key
 
 
-def _learn(rows: rules.RowAccess, policy: rules.Policy, ev: StatusEvent, now: str) -> rules.Current:
+def _learn(
+    rows: rules.RowAccess, policy: rules.Policy, ev: StatusEvent, now: str, due: str
+) -> rules.Current:
     """A recipient first seen in its send's sweep: registered (the app registered its send),
     out of the poll queue (the send's sweeps answer for it), in the state the event gives it,
     with the event kept. Events held for it (pushed before it was known, with
@@ -320,7 +327,6 @@ def _learn(rows: rules.RowAccess, policy: rules.Policy, ev: StatusEvent, now: st
         found = rows.message(ev.provider, ev.message_id)
         assert found is not None
         before = found.state.status.value
-        _, due = policy.now_and_due(ev.provider)
         outcome, after = rules.apply(rows, found, ev, now, due, extra={"next_poll_at": None})
         rules._event(rows, ev, found.pk, before, outcome, now)
         rows.update_message(found.pk, {"next_poll_at": None})
