@@ -111,7 +111,7 @@ class RulesStore(Generic[R]):
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         policy = self.policy
         return await self._write(
-            lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
+            lambda rows: rules.register_batch(rows, policy, registrations),
             [(reg.provider, reg.message_id) for reg in registrations],
         )
 
