@@ -27,7 +27,6 @@ import threading
 import time
 import uuid as uuids
 from pathlib import Path
-from typing import Any
 
 import httpx
 import uvicorn

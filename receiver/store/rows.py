@@ -84,6 +84,10 @@ _ADOPT_EVENTS = (
 )
 
 
+# Ids per read of SqlRows.unseen (twice each in the statement: well under SQLite's limit).
+UNSEEN_CHUNK = 1000
+
+
 @lru_cache(maxsize=64)
 def marked(sql: str, mark: str) -> str:
     """The statement with the dialect's placeholder (the SQL here has no literal "?")."""
@@ -186,6 +190,21 @@ class SqlRows:
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
         self.queue.lease(self.conn, pks, owner, until)
+
+    def unseen(self, provider: str, message_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(message_ids), UNSEEN_CHUNK):
+            chunk = list(message_ids[i : i + UNSEEN_CHUNK])
+            marks = ", ".join([self.mark] * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT message_id FROM messages WHERE provider = {self.mark} "
+                f"AND message_id IN ({marks}) UNION ALL "
+                f"SELECT message_id FROM events WHERE provider = {self.mark} "
+                f"AND message_id IN ({marks}) AND message_pk IS NULL",
+                [provider, *chunk, provider, *chunk],
+            ).fetchall()
+            found.update(row[0] for row in rows)
+        return set(message_ids) - found
 
     def tracked_send(self, provider: str, prefix: str) -> bool:
         # A group registered whole (receiver.store.sends) is kept under its prefix's id.

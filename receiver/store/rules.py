@@ -159,6 +159,11 @@ class RowAccess(Protocol):
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
         ...
 
+    def unseen(self, provider: str, message_ids: Sequence[str]) -> set[str]:
+        """Those of `message_ids` (distinct) with no message and no event without a message
+        (held, or a duplicate of a held one): nothing is known of them yet."""
+        ...
+
     def tracked_send(self, provider: str, prefix: str) -> bool:
         """Whether the group of `prefix` is a send registered whole (receiver.store.sends),
         whose own resumable sweeps answer for its members."""
@@ -388,33 +393,7 @@ def register(
     current = rows.message(reg.provider, reg.message_id)
     created = current is None
     if current is None:
-        # Due the grace after it was sent, when the app says it was sent earlier.
-        next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
-        state = MessageState(Status.REGISTERED, sent_at=reg.sent_at)
-        pk = _insert(
-            rows,
-            reg.provider,
-            reg.message_id,
-            now,
-            registered=True,
-            to_number=reg.to_number,
-            from_number=reg.from_number,
-            account=reg.account,
-            sent_at=reg.sent_at,
-            metadata=reg.metadata or None,
-            next_poll_at=next_poll_at,
-        )
-        current = Current(
-            pk,
-            state,
-            account=reg.account,
-            to_number=reg.to_number,
-            from_number=reg.from_number,
-            registered=True,
-            created_at=now,
-            updated_at=now,
-            next_poll_at=next_poll_at,
-        )
+        current = _insert_registered(rows, policy, reg, now, due)
     else:
         # The app's account corrects a callback's (which only fills an empty one); the first
         # registration of a message created from a callback counts as an update.
@@ -462,18 +441,75 @@ def register(
     )
 
 
+def _insert_registered(
+    rows: RowAccess, policy: Policy, reg: Registration, now: str, due: str
+) -> Current:
+    """Insert a registered message nothing was known of."""
+    # Due the grace after it was sent, when the app says it was sent earlier.
+    next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
+    pk = _insert(
+        rows,
+        reg.provider,
+        reg.message_id,
+        now,
+        registered=True,
+        to_number=reg.to_number,
+        from_number=reg.from_number,
+        account=reg.account,
+        sent_at=reg.sent_at,
+        metadata=reg.metadata or None,
+        next_poll_at=next_poll_at,
+    )
+    return Current(
+        pk,
+        MessageState(Status.REGISTERED, sent_at=reg.sent_at),
+        account=reg.account,
+        to_number=reg.to_number,
+        from_number=reg.from_number,
+        registered=True,
+        created_at=now,
+        updated_at=now,
+        next_poll_at=next_poll_at,
+    )
+
+
 def register_batch(
     rows: RowAccess, policy: Policy, registrations: Sequence[Registration]
 ) -> list[Registered]:
     """register() for each, with one `now` (and due time per provider) for the batch: one
-    write transaction is one moment, and a batch of 1,000 then reads the clock once."""
+    write transaction is one moment, and a batch of 1,000 then reads the clock once.
+
+    The ids nothing is known of (no message, no held event: rows.unseen, one read for the
+    batch) are inserted straight away, as register() would insert them, without a read each.
+    """
     at: dict[str, tuple[str, str]] = {}
+    fresh: dict[str, set[str]] = {}
+    for reg in registrations:
+        fresh.setdefault(reg.provider, set()).add(reg.message_id)
+    for provider, ids in fresh.items():
+        fresh[provider] = rows.unseen(provider, sorted(ids))
     results = []
     for reg in registrations:
         when = at.get(reg.provider)
         if when is None:
             when = at[reg.provider] = policy.now_and_due(reg.provider)
-        results.append(register(rows, policy, reg, when))
+        unseen = fresh[reg.provider]
+        if reg.message_id in unseen:
+            unseen.discard(reg.message_id)  # a second registration in the batch finds it
+            now = when[0]
+            current = _insert_registered(rows, policy, reg, now, when[1])
+            results.append(
+                Registered(
+                    reg.provider,
+                    reg.message_id,
+                    True,
+                    current.state.status.value,
+                    0,
+                    created_at=now,
+                )
+            )
+        else:
+            results.append(register(rows, policy, reg, when))
     return results
 
 
