@@ -125,6 +125,7 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> list[str]:
     finally:
         stop(proc)
         fake_server.should_exit = True
+    size = sum(f.stat().st_size for f in tmp.glob("campaign.db*"))
     pages = fake.pages(uuid)
     expected = args.recipients / PAGE
     final = found.get("final", 0)
@@ -134,6 +135,7 @@ def bench_send(args: argparse.Namespace, tmp: Path) -> list[str]:
         f"send of {args.recipients:,} recipients at MESMS_POLL_RATE={args.rate}/s "
         f"(the rate alone allows {floor:.0f} s): settled in {elapsed:.0f} s",
         verdict(final == args.recipients, f"{final:,} of {args.recipients:,} recipients final"),
+        f"database: {size / 1e6:.0f} MB ({size / max(final, 1):.0f} bytes per recipient)",
         verdict(
             abs(pages - expected) <= 0.05 * expected,
             f"{pages} page requests (one per {PAGE:,}: {expected:.0f}; cursor 0 asked "

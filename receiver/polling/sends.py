@@ -10,6 +10,7 @@ send next. Requests share the provider's pace, pause and stop with its message p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,12 +120,22 @@ class SendSweeper:
         for claim in again:
             await self._release(claim, datetime.now(UTC), HANDED_BACK)
         outcomes = await asyncio.gather(
-            *(self._sweep(c, result) for c in claims if c.uuid not in skip)
+            *(self._sweep_or_hand_back(c, result) for c in claims if c.uuid not in skip)
         )
         for outcome in outcomes:
             result.outcomes[outcome] = result.outcomes.get(outcome, 0) + 1
         result.uuids = [c.uuid for c in claims]
         return result
+
+    async def _sweep_or_hand_back(self, claim: SendClaim, result: SendsResult) -> str:
+        try:
+            return await self._sweep(claim, result)
+        except asyncio.CancelledError:
+            # The service is stopping: the send is handed back with its cursor, so a restart
+            # continues at once rather than after the lease.
+            with contextlib.suppress(Exception):
+                await self._release(claim, datetime.now(UTC), HANDED_BACK)
+            raise
 
     async def _sweep(self, claim: SendClaim, result: SendsResult) -> str:
         """Read and write the send's pages from its cursor, until its last page or the end of
