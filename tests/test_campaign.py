@@ -13,6 +13,7 @@ import uuid as uuids
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -30,6 +31,9 @@ from support import (
 )
 
 from receiver.engine import format_time
+from receiver.polling.base import DueMessage
+from receiver.polling.mesms import MeSmsStatusClient
+from receiver.settings import Settings
 
 SIZE = 50_000
 
@@ -278,3 +282,35 @@ def test_a_poll_once_job_and_the_service_on_one_file_take_turns_and_continue_eac
     assert {after: n for (u, after), n in api.requests.items() if u == uuid} == {
         after: 1 for after in range(0, size, 1000)
     }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("66812345670", id="recipient-text"),
+        pytest.param({"msisdn": "66812345670"}, id="no-status"),
+        pytest.param({"msisdn": "66812345670", "status": 1}, id="status-int"),
+        pytest.param({"msisdn": None, "status": "success"}, id="no-msisdn"),
+    ],
+)
+async def test_a_sweep_of_recipients_registered_one_by_one_reads_past_a_malformed_one(
+    bad: object,
+) -> None:
+    """The sweep of a send whose recipients were registered one by one tolerates it too."""
+    good = {"msisdn": "66812345678", "status": "success"}
+    send = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [bad, good], "hasMore": False})
+
+    settings = Settings(provider_env=MappingProxyType({"MESMS_API_KEY": "k"}))
+    message = DueMessage(
+        1, "mesms", f"{send}:66812345678", None, "queued", "pending", 0, "2026", None
+    )
+    observed: list[str] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        answers = await MeSmsStatusClient(settings).poll(http, [message], observed.append)
+    (answer,) = answers
+    assert answer.event is not None and answer.event.provider_status == "success"
+    assert observed == ["ok"]
