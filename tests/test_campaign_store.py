@@ -3,16 +3,20 @@ instances, a sweep resumed from its stored cursor, no junk events, and the summa
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 from stores import StoreFactory
 
 from receiver.engine import Status, StatusEvent, format_time
 from receiver.providers.mesms import STATUS_MAP
 from receiver.store import Registration, Store
 from receiver.store.sends import SendPage
+from receiver.store.sqlite import SQLiteStore, schema
 
 Run = Callable[[Awaitable[Any]], Any]
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -213,3 +217,28 @@ def test_a_sweep_past_the_sends_age_gives_up_what_is_not_final(store: Store, run
     assert summary["state"] == "settled"
     assert summary["counts"] == {"delivered": 1, "unconfirmed": 1}
     assert format_time  # the stored times are kept strings throughout
+
+
+def test_the_upgrade_counts_the_recipients_already_stored(tmp_path: Path, run: Run) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.migrations.apply(Database(conn), stop_before="0010_sends")
+    for message_id, status in [
+        (f"{UUID}:1", "delivered"),
+        (f"{UUID}:2", "queued"),
+        ("SM1", "sent"),
+    ]:
+        conn.execute(
+            "INSERT INTO messages (provider, message_id, status, registered, is_final, "
+            "created_at, updated_at) VALUES (?, ?, ?, 1, 0, ?, ?)",
+            ("twilio" if message_id == "SM1" else "mesms", message_id, status, NOW, NOW),
+        )
+    conn.close()
+    store = SQLiteStore(str(path))
+    assert store.migrate() == ["0010_sends"]
+    run(store.open())
+    try:
+        found = run(store.send_summary(UUID))
+        assert found["counts"] == {"delivered": 1, "queued": 1} and not found["tracked"]
+    finally:
+        run(store.close())
