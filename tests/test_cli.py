@@ -43,7 +43,7 @@ def test_migrate_creates_the_database_and_is_repeatable(tmp_path: Path) -> None:
     )
     assert second.returncode == 0 and "up to date" in second.stdout
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 5
 
 
 def test_a_bad_setting_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
