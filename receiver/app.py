@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/stream", stream.stream, methods=["GET"]),
+        Route("/v1/sends/{uuid}", messages.get_send, methods=["GET"]),
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
         *pushes.routes(),
     ]

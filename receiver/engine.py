@@ -93,8 +93,15 @@ def parse_status(value: str) -> Status | None:
         return None
 
 
+# By value: a StrEnum member hashes as its text, so one set lookup answers for either.
+_FINAL_VALUES: Final = frozenset(s.value for s in FINAL_STATUSES)
+_STATUS_VALUES: Final = frozenset(s.value for s in Status)
+
+
 def is_final(status: Status | str) -> bool:
-    return RANK[Status(status)] >= FINAL_RANK
+    if status in _STATUS_VALUES:  # without building a Status: on every registration's path
+        return status in _FINAL_VALUES
+    return RANK[Status(status)] >= FINAL_RANK  # raises ValueError, as it always did
 
 
 def decide(current: Status | str | None, new: Status | str | None) -> Outcome:

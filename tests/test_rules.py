@@ -176,13 +176,27 @@ class FakeRows:
             and row["next_poll_at"] is not None
         ]
 
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+    def put_off(self, until: Sequence[tuple[int, str | None]]) -> None:
         for pk, next_poll_at in until:
             self.messages[pk]["next_poll_at"] = next_poll_at
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
         for pk in pks:
             self.messages[pk].update(poll_lease=owner, next_poll_at=until)
+
+    def unseen(self, provider: str, message_ids: Sequence[str]) -> set[str]:
+        return {
+            mid
+            for mid in message_ids
+            if self._pk(provider, mid) is None
+            and not any(
+                e["provider"] == provider and e["message_id"] == mid and e["message_pk"] is None
+                for e in self.events
+            )
+        }
+
+    def tracked_send(self, provider: str, prefix: str) -> bool:
+        return False  # sends registered whole: tests/test_campaign_store.py
 
     # -- for the assertions --------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from receiver.engine import Status, is_final
 from receiver.engine import parse_time as parse_stored_time
 from receiver.polling.policy import give_up_from
 from receiver.polling.twilio import ACCOUNT_SID
+from receiver.providers.mesms import UUID_PATTERN
 from receiver.realtime.waiters import long_poll
 from receiver.settings import say_duration
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
@@ -415,12 +416,11 @@ async def register_messages(request: Request) -> Response:
         raise ApiError(
             400, "batch_too_large", f"at most {MAX_BATCH} messages per request", limit=MAX_BATCH
         )
-    registrations = [
-        _registration(item, i, request.state.provider_names) for i, item in enumerate(items)
-    ]
+    providers: list[str] = request.state.provider_names  # once: a batch holds up to 1,000
+    registrations = [_registration(item, i, providers) for i, item in enumerate(items)]
     max_age: float = request.state.settings.poll_max_age
     results: list[dict[str, Any]] = []
-    for reg, r in zip(registrations, await store.register(registrations), strict=True):
+    for reg, r in zip(registrations, await _register(store, registrations), strict=True):
         result: dict[str, Any] = {
             "provider": r.provider,
             "message_id": r.message_id,
@@ -442,3 +442,42 @@ async def register_messages(request: Request) -> Response:
             "created": sum(1 for r in results if r["created"]),
         }
     )
+
+
+# -- sends registered whole (me-sms by its uuid alone) ------------------------------------------
+
+
+def is_whole_send(reg: Registration) -> bool:
+    """A me-sms registration by the send's uuid alone (no ":<msisdn>"): the whole send."""
+    return (
+        reg.provider == "mesms"
+        and ":" not in reg.message_id
+        and bool(UUID_PATTERN.fullmatch(reg.message_id))
+    )
+
+
+async def _register(store: Store, registrations: list[Registration]) -> list[Registered]:
+    """Messages through store.register, sends registered whole through register_sends, the
+    answers in the batch's order."""
+    sends = [reg for reg in registrations if is_whole_send(reg)]
+    if not sends:
+        return await store.register(registrations)
+    messages = [reg for reg in registrations if not is_whole_send(reg)]
+    by_send = iter(await store.register_sends(sends))
+    by_message = iter(await store.register(messages) if messages else [])
+    return [next(by_send) if is_whole_send(reg) else next(by_message) for reg in registrations]
+
+
+async def get_send(request: Request) -> Response:
+    """A me-sms send's summary: recipients per status, how many are final, and its sweeps."""
+    store = _store(request)
+    query(request, set())
+    uuid = request.path_params["uuid"]
+    if not UUID_PATTERN.fullmatch(uuid):
+        raise ApiError(
+            400, "invalid_parameter", "uuid must be a me-sms send's uuid", parameter="uuid"
+        )
+    found = await store.send_summary(uuid)
+    if found is None:
+        raise ApiError(404, "send_not_found", f"no send {uuid!r} is tracked")
+    return JSONResponse(found)

@@ -293,6 +293,55 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
     },
     # Ready's `pushes` is added below, with the push schemas.
+    "Send": {
+        "type": "object",
+        "description": "A me-sms send: its recipients per status (kept as counts), and, when it "
+        "was registered by its uuid alone (`tracked`), its sweeps. The sweep fields are absent "
+        "for a send whose recipients were registered one by one.",
+        "properties": {
+            "provider": {"type": "string"},
+            "uuid": {"type": "string"},
+            "tracked": {"type": "boolean"},
+            "recipients": {"type": "integer", "minimum": 0},
+            "final": {"type": "integer", "minimum": 0},
+            "counts": {
+                "type": "object",
+                "properties": {s: {"type": "integer", "minimum": 1} for s in _STATUSES},
+                "additionalProperties": False,
+            },
+            "account": _nullable("string"),
+            "created_at": _TIME,
+            "sent_at": _nullable("string"),
+            "metadata": {"type": ["object", "null"]},
+            "state": {"enum": ["waiting", "sweeping", "settled"]},
+            "sweep": {
+                "type": ["object", "null"],
+                "description": "the sweep under way: its cursor and progress",
+                "properties": {
+                    "started_at": _TIME,
+                    "cursor": {"type": "integer", "minimum": 0},
+                    "pages": {"type": "integer", "minimum": 0},
+                    "recipients_seen": {"type": "integer", "minimum": 0},
+                },
+            },
+            "sweeps": {"type": "integer", "minimum": 0},
+            "page_requests": {"type": "integer", "minimum": 0},
+            "last_sweep_at": _nullable("string"),
+            "last_sweep": {
+                "type": ["object", "null"],
+                "description": "the last finished sweep: pages, recipients, and what each "
+                "recipient's answer did (created, applied, unchanged, regression, conflict, "
+                "duplicate, unmapped, gave_up, malformed)",
+                "additionalProperties": {"type": ["integer", "string", "null"]},
+            },
+            "last_result": _nullable("string"),
+            "next_sweep_at": _nullable("string"),
+            "malformed": {"type": "integer", "minimum": 0},
+            "malformed_sample": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["provider", "uuid", "tracked", "recipients", "final", "counts"],
+        "additionalProperties": False,
+    },
     "CallbackUrl": {
         "type": "object",
         "properties": {
@@ -565,6 +614,32 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             "security": _API_SECURITY,
             "parameters": [_SINCE, _UNTIL, _provider_param(providers)],
             "responses": {"200": _json(_ref("Stats"), "statistics"), "400": _BAD_QUERY, **_GUARDED},
+        },
+        ("GET", "/v1/sends/{uuid}"): {
+            "summary": "A me-sms send's recipients per status and its sweeps",
+            "tags": ["messages"],
+            "security": _API_SECURITY,
+            "parameters": [
+                {
+                    "name": "uuid",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9A-Fa-f-]{8,64}$"},
+                    "description": "the send's uuid, as me-sms answered /send",
+                }
+            ],
+            "responses": {
+                "200": _json(_ref("Send"), "the send"),
+                "400": _error(
+                    "not a send's uuid, or a query parameter",
+                    "invalid_parameter",
+                    "unknown_parameter",
+                ),
+                "404": _error(
+                    "neither the send nor any recipient of it is known", "send_not_found"
+                ),
+                **_GUARDED,
+            },
         },
         ("GET", "/v1/messages/export"): {
             "summary": "The filtered list as a CSV download (UTF-8 with BOM), newest first",

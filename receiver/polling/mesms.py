@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
 import httpx
+import structlog
 
 from receiver.engine import StatusEvent
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver, Unavailable
 from receiver.polling.clients import WrongShape, api_base, get_answer, required_text
 from receiver.providers import fields
+from receiver.providers.base import CallbackRejected
 from receiver.providers.mesms import STATUS_MAP, message_id, split_message_id
 from receiver.settings import Settings, read_str
+
+log = structlog.get_logger("receiver.polling")
 
 DEFAULT_API_BASE: Final = "https://api.me-sms.com"
 PAGE_LIMIT: Final = 1000  # the most one page holds
@@ -61,36 +67,69 @@ class MeSmsStatusClient:
     async def _sweep(
         self, http: httpx.AsyncClient, uuid: str, account: str | None, observe: RequestObserver
     ) -> list[StatusEvent]:
-        """Every recipient of the send, page by page; [] when me-sms does not know the send."""
-        url = f"{self.base}/api/v2/sms/{uuid}/recipients"  # a uuid is hex and dashes
+        """Every recipient of the send, page by page; [] when me-sms does not know the send.
+        (A send registered whole is swept page by page instead: receiver.polling.sends.)"""
         events: list[StatusEvent] = []
         cursor = 0
         for _ in range(MAX_PAGES):
-            page = await get_answer(
-                http,
-                url,
-                observe,
-                partial(read_page, uuid=uuid, account=account, after=cursor),
-                params={"after": cursor, "limit": PAGE_LIMIT},
-                headers={"x-api-key": self._key},
-            )
+            page = await self.fetch_page(http, uuid, account, cursor, observe)
             if page is None:
                 return []
-            page_events, next_cursor = page
-            events.extend(page_events)
-            if next_cursor is None:
+            events.extend(page.events)
+            if page.next_cursor is None:
                 return events
-            cursor = next_cursor
+            cursor = page.next_cursor
         raise Unavailable(f"send {uuid} still had more recipients after {MAX_PAGES} pages")
 
+    async def fetch_page(
+        self,
+        http: httpx.AsyncClient,
+        uuid: str,
+        account: str | None,
+        after: int,
+        observe: RequestObserver,
+    ) -> RecipientsPage | None:
+        """One page of the send's recipients after the cursor `after`; None when me-sms does
+        not know the send. A recipient that cannot be read is logged and kept raw in the page's
+        `malformed`; the others are read all the same."""
+        url = f"{self.base}/api/v2/sms/{uuid}/recipients"  # a uuid is hex and dashes
+        page = await get_answer(
+            http,
+            url,
+            observe,
+            partial(read_page, uuid=uuid, account=account, after=after),
+            params={"after": after, "limit": PAGE_LIMIT},
+            headers={"x-api-key": self._key},
+        )
+        if page is not None and page.malformed:
+            log.warning(
+                "malformed_recipients",
+                provider="mesms",
+                send=uuid,
+                after=after,
+                count=len(page.malformed),
+                first=page.malformed[0][:200],
+            )
+        return page
 
-def read_page(
-    data: dict[str, Any], uuid: str, account: str | None, after: int
-) -> tuple[list[StatusEvent], int | None]:
-    """A recipients page's events, and the cursor of the next page (None on the last).
+
+@dataclass(frozen=True)
+class RecipientsPage:
+    """A recipients page as read: its events, the recipients that could not be read (raw
+    JSON text), and the cursor of the next page (None on the last)."""
+
+    events: list[StatusEvent]
+    malformed: list[str]
+    next_cursor: int | None
+
+
+def read_page(data: dict[str, Any], uuid: str, account: str | None, after: int) -> RecipientsPage:
+    """A recipients page: its events, its malformed recipients, and the next page's cursor.
 
     The documents name the cursor fields but not the list's key: it is read under
-    `recipients` (the name of what it holds) when that is a list, else under `data`.
+    `recipients` (the name of what it holds) when that is a list, else under `data`. A page
+    whose own shape is wrong is WrongShape (the provider is not answering as documented); one
+    recipient that is wrong is only that recipient's problem.
     """
     items = data.get("recipients")
     if not isinstance(items, list):
@@ -103,8 +142,14 @@ def read_page(
     if more and (isinstance(cursor, bool) or not isinstance(cursor, int) or cursor <= after):
         # Asking again with the same cursor would get the same page, for ever.
         raise WrongShape(f"hasMore with a nextCursor ({cursor!r}) that does not pass {after}")
-    events = [recipient_event(item, uuid, account) for item in items]
-    return events, cursor if more else None
+    events: list[StatusEvent] = []
+    malformed: list[str] = []
+    for item in items:
+        try:
+            events.append(recipient_event(item, uuid, account))
+        except (WrongShape, CallbackRejected):
+            malformed.append(json.dumps(item, ensure_ascii=False, default=str))
+    return RecipientsPage(events, malformed, cursor if more else None)
 
 
 def recipient_event(item: object, uuid: str, account: str | None) -> StatusEvent:

@@ -39,6 +39,7 @@ from receiver.polling.base import (
     Unavailable,
 )
 from receiver.polling.policy import Backoff, Pacer, give_up_from
+from receiver.polling.sends import SendSweeper
 from receiver.settings import Settings, say_duration
 from receiver.store import Store, StoreUnavailable
 from receiver.store.base import DueMessage, PollDone, Recorded
@@ -145,6 +146,9 @@ class ProviderPoller:
         self._slots = asyncio.Semaphore(concurrency)
         self._count = count_request or (lambda provider, result: None)
         self._http: httpx.AsyncClient | None = None
+        self.concurrency = concurrency
+        # The sweeps of sends registered whole, when the client reads a send page by page.
+        self.sends = SendSweeper(self, client) if hasattr(client, "fetch_page") else None  # type: ignore[arg-type]
 
     # -- the HTTP client, paced per request ----------------------------------------------------
 
@@ -178,6 +182,25 @@ class ProviderPoller:
 
     def _observe(self, result: str) -> None:
         self._count(self.provider, result)
+
+    # -- what the sweeps of sends share with the message polls (receiver.polling.sends) ---------
+
+    observe = _observe
+
+    def pace(self, now: float) -> float:
+        """The wait before the next request may go (its slot booked): one rate for both."""
+        return self._pacer.wait(now)
+
+    def failed(self, exc: PollError) -> None:
+        """A failure of the provider during a send's sweep: paused or stopped as for polls."""
+        self._failed([], exc)
+
+    def recovered(self) -> None:
+        self._recovered()
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -469,13 +492,35 @@ class Scheduler:
             results[poller.provider] = total
 
         await asyncio.gather(*(drain(p) for p in self.pollers.values()))
+        for poller in self.pollers.values():
+            if poller.sends is not None:
+                await self._sweep_sends_once(poller.sends, results[poller.provider])
         return results
+
+    async def _sweep_sends_once(self, sweeper: SendSweeper, total: SweepResult) -> None:
+        """Each due send once, for up to its lease (`receiver poll --once`): one that is not
+        swept to its end is handed back, its cursor kept for the service or the next run."""
+        swept: list[str] = []
+        for _ in range(10_000):  # bounded: each round claims sends not swept yet
+            batch = await sweeper.run(skip=swept)
+            fresh = [u for u in batch.uuids if u not in swept]
+            swept += fresh
+            total.claimed += len(fresh)
+            total.asked += batch.pages
+            total.deferred += batch.outcomes.get("deferred", 0)
+            if not fresh or batch.outcomes.get("deferred"):
+                return
 
     async def start(self) -> None:
         await self.adopt_queued()
         self._tasks = [
             asyncio.create_task(self._run(p), name=f"receiver-poll-{p.provider}")
             for p in self.pollers.values()
+        ]
+        self._tasks += [
+            asyncio.create_task(self._run_sends(p.sends), name=f"receiver-sweep-{p.provider}")
+            for p in self.pollers.values()
+            if p.sends is not None
         ]
 
     async def stop(self) -> None:
@@ -486,6 +531,8 @@ class Scheduler:
         self._tasks = []
         for poller in self.pollers.values():
             await poller.aclose()
+            if poller.sends is not None:
+                await poller.sends.aclose()
 
     async def _run(self, poller: ProviderPoller) -> None:
         while not self._stopping.is_set():
@@ -512,6 +559,32 @@ class Scheduler:
                 await asyncio.sleep(self.settings.poll_interval)
             except Exception as exc:  # the loop must live on; the next pass retries
                 log.error("poll_failed", provider=poller.provider, error=str(exc), exc_info=exc)
+                await asyncio.sleep(self.settings.poll_interval)
+
+    async def _run_sends(self, sweeper: SendSweeper) -> None:
+        """The sweeps of sends registered whole, beside the provider's message polls."""
+        provider = sweeper.poller.provider
+        while not self._stopping.is_set():
+            try:
+                batch = await sweeper.run()
+                if batch.claimed:
+                    await asyncio.sleep(0)  # a send handed back is due again at once
+                    continue
+                wait = self.settings.poll_interval
+                held = sweeper.held()
+                due = await self.store.next_send_due(provider)
+                if held is not None:  # paused or stopped: not before the pause ends
+                    wait = min(wait, held)
+                elif due is not None:
+                    wait = min(wait, (parse_time(due) - datetime.now(UTC)).total_seconds())
+                await asyncio.sleep(max(wait, MIN_IDLE))
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                log.warning("sweep_store_unavailable", provider=provider, error=str(exc))
+                await asyncio.sleep(self.settings.poll_interval)
+            except Exception as exc:  # the loop must live on; the next pass retries
+                log.error("sweep_failed", provider=provider, error=str(exc), exc_info=exc)
                 await asyncio.sleep(self.settings.poll_interval)
 
     async def _idle(self, poller: ProviderPoller) -> None:

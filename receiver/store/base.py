@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from receiver.engine import Outcome, StatusEvent, format_time
+
+if TYPE_CHECKING:  # the records of sends registered whole (that module imports this one)
+    from receiver.store.sends import PageWritten, SendClaim, SendPage
 
 __all__ = ["format_time", "utcnow"]  # with the records and the Store interface below
 
@@ -274,6 +277,39 @@ class Store(Protocol):
 
     async def change_marks(self) -> tuple[int, int]:
         """(the last change id, the last change id pruned by retention); 0 for none."""
+        ...
+
+    # -- sends registered whole (a me-sms send by its uuid alone; receiver.store.sends) ------
+
+    async def register_sends(self, registrations: Sequence[Registration]) -> list[Registered]:
+        """Track each send whole (message_id: the send's id); idempotent as register()."""
+        ...
+
+    async def claim_sends(
+        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+    ) -> list[SendClaim]:
+        """Lease up to `limit` due sends to `owner` until `lease_until`; each claim says where
+        its sweep stands (the stored cursor), so the sweep continues from there."""
+        ...
+
+    async def record_send_page(self, owner: str, page: SendPage) -> PageWritten | None:
+        """Write one page of a send's sweep and move its cursor past it, in one transaction
+        (the lease renewed to page.lease_until); None, writing nothing, when the send is no
+        longer `owner`'s or its cursor is not page.after."""
+        ...
+
+    async def release_send(
+        self, provider: str, uuid: str, owner: str, *, next_sweep_at: str, result: str
+    ) -> bool:
+        """Hand the send back, its cursor kept, due again at `next_sweep_at`."""
+        ...
+
+    async def send_summary(self, uuid: str) -> dict[str, Any] | None:
+        """A send's per-status counts and sweep progress (None: nothing known of it)."""
+        ...
+
+    async def next_send_due(self, provider: str) -> str | None:
+        """When the provider's soonest send falls due for a sweep (None: none waits)."""
         ...
 
 

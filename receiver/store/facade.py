@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from receiver.engine import Outcome, StatusEvent, is_final
 from receiver.ledger import LedgerEvent, LedgerRow, Mismatch, repair
 from receiver.store import changelog, outbox, rules
+from receiver.store import sends as sendrules
 from receiver.store.base import (
     CommitObserver,
     DueMessage,
@@ -146,7 +147,7 @@ class RulesStore(Generic[R]):
     async def register(self, registrations: Sequence[Registration]) -> list[Registered]:
         policy = self.policy
         registered = await self._write(
-            lambda rows: [rules.register(rows, policy, reg) for reg in registrations],
+            lambda rows: rules.register_batch(rows, policy, registrations),
             [(reg.provider, reg.message_id) for reg in registrations],
             on_loop=len(registrations) <= LOOP_JOB_ITEMS,
         )
@@ -516,3 +517,59 @@ class RulesStore(Generic[R]):
             lambda rows: repair(rows, read, mismatches, utcnow()),
             [(m.row.provider, m.row.message_id) for m in mismatches],
         )
+
+    # -- sends registered whole (receiver.store.sends; the dialect's sends module) -----------
+
+    sends: ModuleType
+
+    def _sends(self, rows: R) -> sendrules.SendAccess:
+        access: sendrules.SendAccess = self.sends.Access(rows, rows.conn)
+        return access
+
+    async def register_sends(self, registrations: Sequence[Registration]) -> list[Registered]:
+        policy = self.policy
+        return await self._write(
+            lambda rows: [
+                sendrules.register_send(self._sends(rows), policy, reg) for reg in registrations
+            ]
+        )
+
+    async def claim_sends(
+        self, provider: str, *, now: str, limit: int, lease_until: str, owner: str
+    ) -> list[sendrules.SendClaim]:
+        return await self._write(
+            lambda rows: sendrules.claim_sends(
+                self._sends(rows),
+                provider,
+                now=now,
+                limit=limit,
+                lease_until=lease_until,
+                owner=owner,
+            )
+        )
+
+    async def record_send_page(
+        self, owner: str, page: sendrules.SendPage
+    ) -> sendrules.PageWritten | None:
+        policy = self.policy
+        return await self._write(
+            lambda rows: sendrules.record_page(self._sends(rows), policy, owner, page),
+            [(ev.provider, ev.message_id) for ev in page.events],
+        )
+
+    async def release_send(
+        self, provider: str, uuid: str, owner: str, *, next_sweep_at: str, result: str
+    ) -> bool:
+        return await self._write(
+            lambda rows: sendrules.release_send(
+                self._sends(rows), provider, uuid, owner, next_sweep_at=next_sweep_at, result=result
+            )
+        )
+
+    async def send_summary(self, uuid: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._read(partial(self.sends.send_summary, uuid=uuid))
+        return found
+
+    async def next_send_due(self, provider: str) -> str | None:
+        due: str | None = await self._read(partial(self.sends.next_due, provider=provider))
+        return due

@@ -93,6 +93,10 @@ _DUE_DEADLINES = (
 _DECIDE_DEADLINE = "UPDATE messages SET deadline_missed = ? WHERE id = ?"
 
 
+# Ids per read of SqlRows.unseen (twice each in the statement: well under SQLite's limit).
+UNSEEN_CHUNK = 1000
+
+
 @lru_cache(maxsize=64)
 def marked(sql: str, mark: str) -> str:
     """The statement with the dialect's placeholder (the SQL here has no literal "?")."""
@@ -104,7 +108,7 @@ class QueueStatements(Protocol):
 
     def due(self, conn: Any, provider: str, now: str, limit: int) -> list[Queued]: ...
     def group(self, conn: Any, provider: str, prefix: str) -> list[Queued] | None: ...
-    def put_off(self, conn: Any, until: Sequence[tuple[int, str]]) -> None: ...
+    def put_off(self, conn: Any, until: Sequence[tuple[int, str | None]]) -> None: ...
     def lease(self, conn: Any, pks: Sequence[int], owner: str, until: str) -> None: ...
 
 
@@ -198,7 +202,7 @@ class SqlRows:
     def group(self, provider: str, prefix: str) -> list[Queued] | None:
         return self.queue.group(self.conn, provider, prefix)
 
-    def put_off(self, until: Sequence[tuple[int, str]]) -> None:
+    def put_off(self, until: Sequence[tuple[int, str | None]]) -> None:
         self.queue.put_off(self.conn, until)
 
     def lease(self, pks: Sequence[int], owner: str, until: str) -> None:
@@ -228,6 +232,29 @@ class SqlRows:
 
     def decide_deadline(self, pk: int, missed: bool) -> None:
         self.conn.execute(marked(_DECIDE_DEADLINE, self.mark), (int(missed), pk))
+
+    def unseen(self, provider: str, message_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(message_ids), UNSEEN_CHUNK):
+            chunk = list(message_ids[i : i + UNSEEN_CHUNK])
+            marks = ", ".join([self.mark] * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT message_id FROM messages WHERE provider = {self.mark} "
+                f"AND message_id IN ({marks}) UNION ALL "
+                f"SELECT message_id FROM events WHERE provider = {self.mark} "
+                f"AND message_id IN ({marks}) AND message_pk IS NULL",
+                [provider, *chunk, provider, *chunk],
+            ).fetchall()
+            found.update(row[0] for row in rows)
+        return set(message_ids) - found
+
+    def tracked_send(self, provider: str, prefix: str) -> bool:
+        # A group registered whole (receiver.store.sends) is kept under its prefix's id.
+        row = self.conn.execute(
+            marked("SELECT 1 FROM sends WHERE provider = ? AND uuid = ?", self.mark),
+            (provider, prefix.removesuffix(":")),
+        ).fetchone()
+        return row is not None
 
 
 def _held_event(row: Sequence[Any]) -> StatusEvent:

@@ -6,6 +6,7 @@
   rows.py         the rules' RowAccess: the SQL of recording, each message read locked
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
+  sends.py        sends registered whole: their sweeps' statements, and the summary
   maintenance.py  prune; backups are pg_dump's
   ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
@@ -35,6 +36,7 @@ from receiver.store.postgres import (
     pollqueue,
     queries,
     schema,
+    sends,
 )
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
@@ -59,6 +61,7 @@ class PostgresStore(RulesStore[PgRows]):
     rows = PgRows
     queries = queries
     pollqueue = pollqueue
+    sends = sends
     maintenance = maintenance
     changelog = changelog
     ledger = ledger

@@ -39,7 +39,7 @@ def group(conn: Conn, provider: str, prefix: str) -> list[Queued] | None:
     return select_group(conn, provider, prefix, mark="%s", lock=" FOR UPDATE")
 
 
-def put_off(conn: Conn, until: Sequence[tuple[int, str]]) -> None:
+def put_off(conn: Conn, until: Sequence[tuple[int, str | None]]) -> None:
     if until:
         conn.execute(
             "UPDATE messages SET next_poll_at = u.at FROM unnest(%s::bigint[], %s::text[]) "

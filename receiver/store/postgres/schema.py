@@ -380,6 +380,94 @@ def _registered_sent_at(conn: psycopg.Connection) -> None:
     )
 
 
+@step("0010_sends")
+def _sends(conn: psycopg.Connection) -> None:
+    # As SQLite's 0010_sends: a me-sms send registered by its uuid alone, with its sweep's
+    # cursor, progress and lease; and its recipients per status, kept by a trigger.
+    conn.execute(
+        f"""
+        CREATE TABLE sends (
+            provider {T} NOT NULL,
+            uuid {T} NOT NULL,
+            account {T},
+            metadata {T},
+            sent_at {T},
+            created_at {T} NOT NULL,
+            cursor BIGINT NOT NULL DEFAULT 0,
+            sweep_started_at {T},
+            sweep_pages INTEGER NOT NULL DEFAULT 0,
+            sweep_seen BIGINT NOT NULL DEFAULT 0,
+            sweep_tally {T},
+            sweeps INTEGER NOT NULL DEFAULT 0,
+            pages BIGINT NOT NULL DEFAULT 0,
+            last_sweep_at {T},
+            last_sweep {T},
+            last_result {T},
+            malformed BIGINT NOT NULL DEFAULT 0,
+            malformed_sample {T},
+            next_sweep_at {T},
+            lease_owner {T},
+            PRIMARY KEY (provider, uuid)
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX idx_sends_due ON sends (provider, next_sweep_at) "
+        "WHERE next_sweep_at IS NOT NULL"
+    )
+    # Sharded as message_status_counts (0003): callbacks on several instances never queue
+    # behind one counter row; a summary sums the shards.
+    conn.execute(
+        f"CREATE TABLE send_status_counts (uuid {T} NOT NULL, status {T} NOT NULL, "
+        "shard INTEGER NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (uuid, status, shard))"
+    )
+    conn.execute(
+        "INSERT INTO send_status_counts (uuid, status, shard, n) "
+        "SELECT split_part(message_id, ':', 1), status, 0, count(*) FROM messages "
+        "WHERE provider = 'mesms' AND strpos(message_id, ':') > 1 GROUP BY 1, 2"
+    )
+    conn.execute(
+        """
+        CREATE FUNCTION receiver_count_send(mid TEXT, s TEXT, delta INTEGER) RETURNS void
+        LANGUAGE sql AS $$
+            INSERT INTO send_status_counts (uuid, status, shard, n)
+            VALUES (split_part(mid, ':', 1), s, pg_backend_pid() % 16, delta)
+            ON CONFLICT (uuid, status, shard) DO UPDATE SET n = send_status_counts.n + delta
+        $$
+        """
+    )
+    conn.execute(
+        """
+        CREATE FUNCTION receiver_recount_send() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.provider = 'mesms'
+               AND strpos(OLD.message_id, ':') > 1 THEN
+                PERFORM receiver_count_send(OLD.message_id, OLD.status, -1);
+            END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.provider = 'mesms'
+               AND strpos(NEW.message_id, ':') > 1 THEN
+                PERFORM receiver_count_send(NEW.message_id, NEW.status, 1);
+            END IF;
+            RETURN NULL;
+        END $$
+        """
+    )
+    # Each with a WHEN on the provider: other providers' rows never call the function.
+    conn.execute(
+        "CREATE TRIGGER sends_counted_in AFTER INSERT ON messages FOR EACH ROW "
+        "WHEN (NEW.provider = 'mesms') EXECUTE FUNCTION receiver_recount_send()"
+    )
+    conn.execute(
+        "CREATE TRIGGER sends_counted_out AFTER DELETE ON messages FOR EACH ROW "
+        "WHEN (OLD.provider = 'mesms') EXECUTE FUNCTION receiver_recount_send()"
+    )
+    conn.execute(
+        "CREATE TRIGGER sends_recounted AFTER UPDATE OF status ON messages FOR EACH ROW "
+        "WHEN (NEW.provider = 'mesms' AND OLD.status IS DISTINCT FROM NEW.status) "
+        "EXECUTE FUNCTION receiver_recount_send()"
+    )
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

@@ -6,6 +6,7 @@ running the rules (receiver.store.rules) over rows.SQLiteRows, reads on their ow
   rows.py         the rules' RowAccess: the SQL of recording
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims and leases, and its reads
+  sends.py        sends registered whole: their sweeps' statements, and the summary
   maintenance.py  prune and backup
   ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
@@ -25,7 +26,15 @@ from typing import TypeVar
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.sqlite import changelog, ledger, maintenance, pollqueue, queries, schema
+from receiver.store.sqlite import (
+    changelog,
+    ledger,
+    maintenance,
+    pollqueue,
+    queries,
+    schema,
+    sends,
+)
 from receiver.store.sqlite.connection import TRANSACTIONS, connect
 from receiver.store.sqlite.rows import SQLiteRows
 from receiver.store.writer import Writer
@@ -42,6 +51,7 @@ class SQLiteStore(RulesStore[SQLiteRows]):
     rows = SQLiteRows
     queries = queries
     pollqueue = pollqueue
+    sends = sends
     maintenance = maintenance
     changelog = changelog
     ledger = ledger

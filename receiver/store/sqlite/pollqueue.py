@@ -26,7 +26,7 @@ def group(conn: sqlite3.Connection, provider: str, prefix: str) -> list[Queued]:
     )
 
 
-def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str]]) -> None:
+def put_off(conn: sqlite3.Connection, until: Sequence[tuple[int, str | None]]) -> None:
     conn.executemany(
         "UPDATE messages SET next_poll_at = ? WHERE id = ?", [(at, pk) for pk, at in until]
     )

@@ -277,6 +277,77 @@ def _registered_sent_at(db: Database) -> None:
     )
 
 
+@migrations(name="0010_sends")
+def _sends(db: Database) -> None:
+    # A me-sms send registered by its uuid alone: its sweep's cursor and progress, its lease
+    # (the same leasing as the poll queue's: a claimer whose lease ran out loses the send,
+    # and another continues from the cursor), and what the last finished sweep found.
+    db.execute(
+        """
+        CREATE TABLE sends (
+            provider TEXT NOT NULL,
+            uuid TEXT NOT NULL,
+            account TEXT,
+            metadata TEXT,
+            sent_at TEXT,
+            created_at TEXT NOT NULL,
+            cursor INTEGER NOT NULL DEFAULT 0,
+            sweep_started_at TEXT,
+            sweep_pages INTEGER NOT NULL DEFAULT 0,
+            sweep_seen INTEGER NOT NULL DEFAULT 0,
+            sweep_tally TEXT,
+            sweeps INTEGER NOT NULL DEFAULT 0,
+            pages INTEGER NOT NULL DEFAULT 0,
+            last_sweep_at TEXT,
+            last_sweep TEXT,
+            last_result TEXT,
+            malformed INTEGER NOT NULL DEFAULT 0,
+            malformed_sample TEXT,
+            next_sweep_at TEXT,
+            lease_owner TEXT,
+            PRIMARY KEY (provider, uuid)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute(
+        "CREATE INDEX idx_sends_due ON sends (provider, next_sweep_at) "
+        "WHERE next_sweep_at IS NOT NULL"
+    )
+    # Recipients per status for every me-sms send ("<uuid>:<msisdn>"), kept by triggers in
+    # the transaction of each change, so a send's summary reads a few rows at any size.
+    db.execute(
+        "CREATE TABLE send_status_counts (uuid TEXT NOT NULL, status TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (uuid, status)) WITHOUT ROWID"
+    )
+    uuid_of = "substr({row}.message_id, 1, instr({row}.message_id, ':') - 1)"
+    recipient = "{row}.provider = 'mesms' AND instr({row}.message_id, ':') > 1"
+    count_in = (
+        f"INSERT INTO send_status_counts (uuid, status, n) VALUES ({uuid_of}, NEW.status, 1) "
+        "ON CONFLICT (uuid, status) DO UPDATE SET n = n + 1;"
+    ).format(row="NEW")
+    count_out = (
+        f"UPDATE send_status_counts SET n = n - 1 WHERE uuid = {uuid_of} AND status = OLD.status;"
+    ).format(row="OLD")
+    db.execute(
+        "INSERT INTO send_status_counts (uuid, status, n) "
+        f"SELECT {uuid_of.format(row='messages')}, status, count(*) FROM messages "
+        f"WHERE {recipient.format(row='messages')} GROUP BY 1, 2"
+    )
+    db.execute(
+        "CREATE TRIGGER sends_counted_in AFTER INSERT ON messages "
+        f"WHEN {recipient.format(row='NEW')} BEGIN {count_in} END"
+    )
+    db.execute(
+        "CREATE TRIGGER sends_counted_out AFTER DELETE ON messages "
+        f"WHEN {recipient.format(row='OLD')} BEGIN {count_out} END"
+    )
+    db.execute(
+        "CREATE TRIGGER sends_recounted AFTER UPDATE OF status ON messages "
+        f"WHEN OLD.status IS NOT NEW.status AND {recipient.format(row='NEW')} "
+        f"BEGIN {count_out} {count_in} END"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 
