@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from receiver.engine import Outcome, StatusEvent, format_time
+
+if TYPE_CHECKING:
+    from receiver.store.dashboard import WindowFigures
 
 __all__ = ["format_time", "utcnow"]  # with the records and the Store interface below
 
@@ -236,4 +239,22 @@ class Store(Protocol):
 
     async def count_by_status(self) -> dict[str, int]:
         """Messages per current status (statuses with none left out), for the metrics."""
+        ...
+
+    async def dashboard_window(
+        self, since: str, provider: str | None, chart_chars: int
+    ) -> WindowFigures:
+        """The kept counts of the messages created since `since` (a 10-minute boundary,
+        receiver.store.dashboard.bucket_of), of one provider or all; the chart's buckets are
+        the first `chart_chars` characters of the 10-minute ones."""
+        ...
+
+    async def dashboard_queue(self, now: str) -> list[tuple[str, int, int, str | None]]:
+        """(provider, messages waiting for a poll, due at `now`, the soonest due time)."""
+        ...
+
+    async def dashboard_recent(
+        self, statuses: tuple[str, ...], since: str, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The latest `limit` messages of `statuses` created since `since`, newest first."""
         ...

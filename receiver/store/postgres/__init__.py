@@ -6,6 +6,7 @@
   rows.py         the rules' RowAccess: the SQL of recording, each message read locked
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
+  dashboard.py    the dashboard's reads (receiver.store.dashboard's SQL)
   maintenance.py  prune; backups are pg_dump's
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules. Writes go
@@ -26,7 +27,7 @@ import psycopg_pool
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.postgres import maintenance, pollqueue, queries, schema
+from receiver.store.postgres import dashboard, maintenance, pollqueue, queries, schema
 from receiver.store.postgres.connection import configure, connect, conninfo, describe
 from receiver.store.postgres.rows import PgRows, lock_key
 from receiver.store.postgres.writer import TRANSACTIONS
@@ -51,6 +52,7 @@ class PostgresStore(RulesStore[PgRows]):
     queries = queries
     pollqueue = pollqueue
     maintenance = maintenance
+    dashboard = dashboard
     job_errors = (psycopg.Error,)
 
     def __init__(

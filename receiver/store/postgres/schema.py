@@ -220,6 +220,87 @@ def _locked_reads(conn: psycopg.Connection) -> None:
     )
 
 
+# The dashboard's kept counts, as SQLite's 0011 (receiver/store/sqlite/schema.py): 10-minute
+# buckets of created_at, the error code of a failed status, the time to final in milliseconds
+# as /v1/stats computes it. Sharded by backend as message_status_counts is, so instances never
+# queue behind the current bucket's row.
+_ROLLUP_KEY = "substr({r}.created_at, 1, 15) || '0'"
+_ROLLUP_ERROR = (
+    "CASE WHEN {r}.status IN ('undelivered', 'failed', 'rejected', 'expired') "
+    "THEN coalesce({r}.error_code, '') ELSE '' END"
+)
+_TIMED = "{r}.is_final = 1 AND {r}.sent_at IS NOT NULL AND {r}.final_at IS NOT NULL"
+_TIMED_MS = (
+    "round(extract(epoch FROM {r}.final_at::timestamptz - {r}.sent_at::timestamptz) * 1000)::bigint"
+)
+
+
+def _rollup_sql(r: str, delta: str) -> str:
+    key = _ROLLUP_KEY.format(r=r)
+    return f"""
+        INSERT INTO dashboard_rollup AS d
+            (bucket, provider, status, final_via, error_code, shard, n)
+        VALUES ({key}, {r}.provider, {r}.status, coalesce({r}.final_via, ''),
+            {_ROLLUP_ERROR.format(r=r)}, pg_backend_pid() % 16, {delta})
+        ON CONFLICT (bucket, provider, status, final_via, error_code, shard)
+            DO UPDATE SET n = d.n + {delta};
+        IF {_TIMED.format(r=r)} THEN
+            INSERT INTO dashboard_final_times AS d (bucket, provider, ms, shard, n)
+            VALUES ({key}, {r}.provider, {_TIMED_MS.format(r=r)}, pg_backend_pid() % 16, {delta})
+            ON CONFLICT (bucket, provider, ms, shard) DO UPDATE SET n = d.n + {delta};
+        END IF;
+    """
+
+
+@step("0011_dashboard_rollups")
+def _dashboard_rollups(conn: psycopg.Connection) -> None:
+    conn.execute(
+        f"CREATE TABLE dashboard_rollup (bucket {T} NOT NULL, provider {T} NOT NULL, "
+        f"status {T} NOT NULL, final_via {T} NOT NULL, error_code {T} NOT NULL, "
+        "shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (bucket, provider, status, final_via, error_code, shard))"
+    )
+    conn.execute(
+        f"CREATE TABLE dashboard_final_times (bucket {T} NOT NULL, provider {T} NOT NULL, "
+        "ms BIGINT NOT NULL, shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (bucket, provider, ms, shard))"
+    )
+    m = "messages"
+    conn.execute(
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, shard, n) "
+        f"SELECT {_ROLLUP_KEY.format(r=m)}, provider, status, coalesce(final_via, ''), "
+        f"{_ROLLUP_ERROR.format(r=m)}, 0, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, shard, n) "
+        f"SELECT {_ROLLUP_KEY.format(r=m)}, provider, {_TIMED_MS.format(r=m)}, 0, count(*) "
+        f"FROM messages WHERE {_TIMED.format(r=m)} GROUP BY 1, 2, 3"
+    )
+    conn.execute(
+        f"""
+        CREATE FUNCTION receiver_dashboard_recount() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN {_rollup_sql("OLD", "-1")} END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') THEN {_rollup_sql("NEW", "1")} END IF;
+            RETURN NULL;
+        END $$
+        """
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_counted AFTER INSERT OR DELETE ON messages "
+        "FOR EACH ROW EXECUTE FUNCTION receiver_dashboard_recount()"
+    )
+    changed = " OR ".join(
+        f"OLD.{c} IS DISTINCT FROM NEW.{c}"
+        for c in ("status", "final_via", "error_code", "is_final", "sent_at", "final_at")
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_recounted AFTER UPDATE OF status, final_via, error_code, "
+        f"is_final, sent_at, final_at ON messages FOR EACH ROW WHEN ({changed}) "
+        "EXECUTE FUNCTION receiver_dashboard_recount()"
+    )
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

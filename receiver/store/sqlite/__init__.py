@@ -6,6 +6,7 @@ running the rules (receiver.store.rules) over rows.SQLiteRows, reads on their ow
   rows.py         the rules' RowAccess: the SQL of recording
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims and leases, and its reads
+  dashboard.py    the dashboard's reads (receiver.store.dashboard's SQL)
   maintenance.py  prune and backup
 
 The store's methods are receiver.store.facade.RulesStore's, over these modules; what is left
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
-from receiver.store.sqlite import maintenance, pollqueue, queries, schema
+from receiver.store.sqlite import dashboard, maintenance, pollqueue, queries, schema
 from receiver.store.sqlite.connection import TRANSACTIONS, connect
 from receiver.store.sqlite.rows import SQLiteRows
 from receiver.store.writer import Writer
@@ -42,6 +43,7 @@ class SQLiteStore(RulesStore[SQLiteRows]):
     queries = queries
     pollqueue = pollqueue
     maintenance = maintenance
+    dashboard = dashboard
     job_errors = (sqlite3.OperationalError,)  # disk full, I/O error
 
     def __init__(

@@ -152,6 +152,79 @@ def _poll_queue(db: Database) -> None:
     )
 
 
+# The dashboard's kept counts (receiver/dashboard/): 10-minute buckets of created_at, the
+# granularity its windows are aligned to, so a window's figures are a sum of a few thousand
+# rows at most, however many messages it holds. `ROLLUP_KEY` is the bucket, `ROLLUP_ERROR` the
+# error code kept only for a failed status (a delivered message's code says nothing), and
+# `TIMED_MS` the time to final in milliseconds, exactly what /v1/stats computes (rounded to ms).
+ROLLUP_KEY = "substr({r}.created_at, 1, 15) || '0'"
+ROLLUP_ERROR = (
+    "CASE WHEN {r}.status IN ('undelivered', 'failed', 'rejected', 'expired') "
+    "THEN coalesce({r}.error_code, '') ELSE '' END"
+)
+TIMED = "{r}.is_final = 1 AND {r}.sent_at IS NOT NULL AND {r}.final_at IS NOT NULL"
+TIMED_MS = "CAST(round((julianday({r}.final_at) - julianday({r}.sent_at)) * 86400000.0) AS INTEGER)"
+
+
+def _rollup_sql(r: str, delta: str) -> str:
+    """The statements adding `delta` (+1 or -1) for row `r` (NEW or OLD) to both tables."""
+    key = ROLLUP_KEY.format(r=r)
+    return (
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, n) "
+        f"VALUES ({key}, {r}.provider, {r}.status, coalesce({r}.final_via, ''), "
+        f"{ROLLUP_ERROR.format(r=r)}, {delta}) "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, n) "
+        f"SELECT {key}, {r}.provider, {TIMED_MS.format(r=r)}, {delta} WHERE {TIMED.format(r=r)} "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta};"
+    )
+
+
+@migrations(name="0011_dashboard_rollups")
+def _dashboard_rollups(db: Database) -> None:
+    # Kept by triggers in the same transaction as every change (as message_status_counts is
+    # for /metrics): counting a month's million messages at each page view took seconds.
+    db.execute(
+        "CREATE TABLE dashboard_rollup (bucket TEXT NOT NULL, provider TEXT NOT NULL, "
+        "status TEXT NOT NULL, final_via TEXT NOT NULL, error_code TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (bucket, provider, status, final_via, error_code)) "
+        "WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE dashboard_final_times (bucket TEXT NOT NULL, provider TEXT NOT NULL, "
+        "ms INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (bucket, provider, ms)) "
+        "WITHOUT ROWID"
+    )
+    m = "messages"
+    db.execute(
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, n) "
+        f"SELECT {ROLLUP_KEY.format(r=m)}, provider, status, coalesce(final_via, ''), "
+        f"{ROLLUP_ERROR.format(r=m)}, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    db.execute(
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, n) "
+        f"SELECT {ROLLUP_KEY.format(r=m)}, provider, {TIMED_MS.format(r=m)}, count(*) "
+        f"FROM messages WHERE {TIMED.format(r=m)} GROUP BY 1, 2, 3"
+    )
+    db.execute(
+        "CREATE TRIGGER dashboard_counted_in AFTER INSERT ON messages "
+        f"BEGIN {_rollup_sql('NEW', '1')} END"
+    )
+    db.execute(
+        "CREATE TRIGGER dashboard_counted_out AFTER DELETE ON messages "
+        f"BEGIN {_rollup_sql('OLD', '-1')} END"
+    )
+    changed = " OR ".join(
+        f"OLD.{c} IS NOT NEW.{c}"
+        for c in ("status", "final_via", "error_code", "is_final", "sent_at", "final_at")
+    )
+    db.execute(
+        "CREATE TRIGGER dashboard_recounted AFTER UPDATE OF status, final_via, error_code, "
+        f"is_final, sent_at, final_at ON messages WHEN {changed} "
+        f"BEGIN {_rollup_sql('OLD', '-1')} {_rollup_sql('NEW', '1')} END"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 

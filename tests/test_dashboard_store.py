@@ -1,0 +1,120 @@
+"""The dashboard's reads (receiver.store.dashboard, migration 0011's kept counts) on every
+store: a window's figures are /v1/stats's for the same `since`, through changes and prunes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from receiver.dashboard import figures
+from receiver.engine import Status, StatusEvent, format_time
+from receiver.store import MessageFilter, Registration, Store
+
+Run = Callable[[Awaitable[Any]], Any]
+FAILED = ("undelivered", "failed", "rejected", "expired")
+
+
+def _event(provider: str, message_id: str, status: Status, **fields: Any) -> StatusEvent:
+    return StatusEvent(provider, message_id, status.value, status, **fields)
+
+
+def _fill(store: Store, run: Run) -> None:
+    """Twenty messages at two providers: delivered, failed with codes, still waiting."""
+    now = datetime.now(UTC)
+    registrations = [
+        Registration(
+            provider="twilio" if i % 3 else "telecom23",
+            message_id=f"SM{i:04d}/part",
+            to_number=f"+1555000{i % 4}",
+            sent_at=format_time(now - timedelta(seconds=30 + i * 7)),
+        )
+        for i in range(20)
+    ]
+    run(store.register(registrations))
+    events = []
+    for i, reg in enumerate(registrations):
+        if i % 5 == 0:
+            continue  # still sent: waits in the poll queue
+        if i % 4 == 0:
+            events.append(
+                _event(reg.provider, reg.message_id, Status.UNDELIVERED, error_code="30003")
+            )
+        elif i % 7 == 0:
+            events.append(_event(reg.provider, reg.message_id, Status.FAILED, error_code="30007"))
+        else:
+            events.append(_event(reg.provider, reg.message_id, Status.DELIVERED))
+    run(store.record(events))
+    run(store.record([_event("twilio", "SM0001/part", Status.SENT)]))  # a regression: no change
+
+
+def _agree(store: Store, run: Run, since: str, provider: str | None = None) -> dict[str, Any]:
+    kept = run(store.dashboard_window(since, provider, 13))
+    mine = figures.stats(kept)
+    theirs = run(store.stats(MessageFilter(since=since, provider=provider)))
+    assert mine == theirs
+    return mine
+
+
+def test_window_figures_are_v1_stats_figures(store: Store, run: Run) -> None:
+    _fill(store, run)
+    since = figures.window_start(figures.WINDOWS["1h"], datetime.now(UTC))
+    summary = _agree(store, run, since)
+    assert summary["total"] == 20
+    assert summary["by_status"]["registered"] == 4
+    assert summary["time_to_final_seconds"]["count"] == 16
+    for provider in ("twilio", "telecom23", "mesms"):
+        _agree(store, run, since, provider)
+    # A window starting after every message: nothing.
+    later = figures.window_start(figures.WINDOWS["1h"], datetime.now(UTC) + timedelta(hours=2))
+    assert _agree(store, run, later)["total"] == 0
+
+
+def test_final_via_and_error_codes_are_counted(store: Store, run: Run) -> None:
+    _fill(store, run)
+    since = figures.window_start(figures.WINDOWS["24h"], datetime.now(UTC))
+    kept = run(store.dashboard_window(since, None, 13))
+    assert kept.final_via == {"callback": 16, "none": 4}
+    listed, _ = run(store.list_messages(MessageFilter(limit=100)))
+    failed = [m for m in listed if m["status"] in FAILED]
+    expected: dict[tuple[str, str], int] = {}
+    for m in failed:
+        expected[(m["provider"], m["error_code"])] = (
+            expected.get((m["provider"], m["error_code"]), 0) + 1
+        )
+    assert {(p, code): n for p, code, n in kept.errors} == expected
+    # The chart's bars add up to the window's total.
+    assert sum(n for _, _, n in kept.over_time) == 20
+
+
+def test_changes_and_prunes_keep_the_counts_true(store: Store, run: Run) -> None:
+    _fill(store, run)
+    since = figures.window_start(figures.WINDOWS["1h"], datetime.now(UTC))
+    # The waiting ones become final by a poll and by a give-up.
+    run(store.record([_event("telecom23", "SM0000/part", Status.DELIVERED, source="poll")]))
+    run(store.record([_event("twilio", "SM0005/part", Status.UNCONFIRMED, source="timeout")]))
+    summary = _agree(store, run, since)
+    kept = run(store.dashboard_window(since, None, 16))
+    assert kept.final_via.get("poll") == 1 and kept.final_via.get("timeout") == 1
+    # Prune every final message: the kept counts lose them too.
+    run(store.prune(format_time(datetime.now(UTC) + timedelta(days=1))))
+    after = _agree(store, run, since)
+    assert after["total"] == summary["total"] - summary["final"]
+    assert run(store.dashboard_window(since, None, 16)).final_times == []
+
+
+def test_poll_queue_and_recent_failures(store: Store, run: Run) -> None:
+    _fill(store, run)
+    now = datetime.now(UTC)
+    queue = run(store.dashboard_queue(format_time(now + timedelta(days=1))))
+    assert sum(waiting for _, waiting, _, _ in queue) == 4
+    assert all(due == waiting and soonest for _, waiting, due, soonest in queue)
+    queue_now = run(store.dashboard_queue(format_time(now - timedelta(days=1))))
+    assert all(due == 0 for _, _, due, _ in queue_now)
+    since = figures.window_start(figures.WINDOWS["24h"], now)
+    recent = run(store.dashboard_recent(FAILED, since, None, 3))
+    listed, _ = run(store.list_messages(MessageFilter(limit=100)))
+    newest_failed = [m["message_id"] for m in listed if m["status"] in FAILED][:3]
+    assert [m["message_id"] for m in recent] == newest_failed
+    only = run(store.dashboard_recent(FAILED, since, "telecom23", 10))
+    assert only and {m["provider"] for m in only} == {"telecom23"}
