@@ -314,6 +314,7 @@ class Settings:
     poll_timeout: float = 10.0
     secret_key: str | None = field(default=None, repr=False)
     secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
+    dashboard: bool = True  # GET /dashboard (receiver/dashboard/)
     # The variables each provider adapter declares (its `env_vars`), as found in the
     # environment; the adapter checks and reads them itself (providers/<name>.py).
     provider_env: Mapping[str, str] = field(
@@ -351,6 +352,7 @@ class Settings:
             "poll_timeout": "RECEIVER_POLL_TIMEOUT",
             "secret_key": "RECEIVER_SECRET_KEY",
             "secret_key_fallbacks": "RECEIVER_SECRET_KEY_FALLBACKS",
+            "dashboard": "RECEIVER_DASHBOARD",
         }
     )
 
@@ -417,6 +419,7 @@ class Settings:
             poll_timeout=_duration(env, "RECEIVER_POLL_TIMEOUT", 10.0, minimum=0.1, maximum=300.0),
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
+            dashboard=_bool(env, "RECEIVER_DASHBOARD", True),
             provider_env=MappingProxyType(
                 {name: env[name] for name in _provider_env_names() if name in env}
             ),
