@@ -56,6 +56,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
             "0002_prunable_index",
             "0003_status_counts",
             "0004_poll_queue",
+            "0011_dashboard_rollups",
         ],
         "providers_configured": ["twilio"],
         "providers_not_configured": ["telecom23", "mesms", "standard"],

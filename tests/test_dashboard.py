@@ -16,6 +16,7 @@ from support import LiveServer, new_sid, post_status
 
 from receiver.dashboard import figures
 from receiver.dashboard.views import message_path
+from receiver.settings import Settings, SettingsError
 
 StartServer = Callable[..., LiveServer]
 TOKEN = "dashboard-token-0123456789"
@@ -136,6 +137,11 @@ def test_dashboard_off_removes_the_routes(start_server: StartServer) -> None:
         assert client.get("/dashboard").status_code == 404
         assert client.get("/dashboard/login").status_code == 404
         assert client.get("/dashboard/static/dashboard.css").status_code == 404
+
+
+def test_a_bad_dashboard_setting_stops_the_start() -> None:
+    with pytest.raises(SettingsError, match="RECEIVER_DASHBOARD"):
+        Settings.from_env({"RECEIVER_DASHBOARD": "maybe"})
 
 
 def test_bad_choices_are_clear_errors(server: LiveServer) -> None:

@@ -3,13 +3,19 @@ store: a window's figures are /v1/stats's for the same `since`, through changes 
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+from sqlite_utils import Database
 
 from receiver.dashboard import figures
 from receiver.engine import Status, StatusEvent, format_time
 from receiver.store import MessageFilter, Registration, Store
+from receiver.store.sqlite import SQLiteStore, schema
 
 Run = Callable[[Awaitable[Any]], Any]
 FAILED = ("undelivered", "failed", "rejected", "expired")
@@ -118,3 +124,44 @@ def test_poll_queue_and_recent_failures(store: Store, run: Run) -> None:
     assert [m["message_id"] for m in recent] == newest_failed
     only = run(store.dashboard_recent(FAILED, since, "telecom23", 10))
     assert only and {m["provider"] for m in only} == {"telecom23"}
+
+
+def test_an_upgrade_counts_the_messages_already_there(tmp_path: Path) -> None:
+    """Migration 0011 fills its kept counts from the messages a database already holds."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.migrations.apply(Database(conn), stop_before="0011_dashboard_rollups")
+    now = datetime.now(UTC)
+    for i, status in enumerate(("delivered", "delivered", "undelivered", "sent")):
+        final = status != "sent"
+        conn.execute(
+            "INSERT INTO messages (provider, message_id, status, error_code, registered, "
+            "is_final, final_via, created_at, updated_at, sent_at, final_at) "
+            "VALUES ('twilio', ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            (
+                f"SM{i}",
+                status,
+                "30003" if status == "undelivered" else None,
+                int(final),
+                "callback" if final else None,
+                format_time(now),
+                format_time(now),
+                format_time(now - timedelta(seconds=10 + i)),
+                format_time(now) if final else None,
+            ),
+        )
+    conn.close()
+    store = SQLiteStore(str(path))
+    assert store.migrate() == ["0011_dashboard_rollups"]
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        await store.open()
+        try:
+            since = figures.window_start(figures.WINDOWS["1h"], now)
+            kept = await store.dashboard_window(since, None, 16)
+            return figures.stats(kept), await store.stats(MessageFilter(since=since))
+        finally:
+            await store.close()
+
+    mine, theirs = asyncio.run(both())
+    assert mine == theirs and mine["total"] == 4 and mine["delivery_rate"] == round(2 / 3, 4)

@@ -73,9 +73,11 @@ def test_every_variable_is_read() -> None:
         "MESMS_POLL_RATE": "2",
         "MESMS_POLL_CONCURRENCY": "2",
         "MESMS_DLR_GRACE": "1m",
+        "RECEIVER_DASHBOARD": "off",
     }
     s = Settings.from_env(env)
     assert set(env) == set(s.env_names())
+    assert not s.dashboard
     assert s.secret_keys() == [
         "new-key-0123456789abcdef",
         "old-key-0123456789abcdef",

@@ -24,6 +24,7 @@ MIGRATIONS = [
     "0002_prunable_index",
     "0003_status_counts",
     "0004_poll_queue",
+    "0011_dashboard_rollups",
 ]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -203,7 +204,7 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
         )
     conn.close()
     s = SQLiteStore(str(path))
-    assert s.migrate() == ["0004_poll_queue"]
+    assert s.migrate() == ["0004_poll_queue", "0011_dashboard_rollups"]
     assert column(s, "waiting", "next_poll_at") == at(10)  # due at once: it waited already
     assert column(s, "done", "next_poll_at") is None
     with sqlite3.connect(path) as conn:
