@@ -19,7 +19,7 @@ COLOURS = {
     "expired": "#8d6e63",
     "canceled": "#9e9e9e",
 }
-WIDTH, HEIGHT, PAD = 600, 160, 18
+WIDTH, HEIGHT, PAD = 420, 190, 20
 
 
 def colour(status: str) -> str:
@@ -52,12 +52,12 @@ def stacked_bars(bars: list[tuple[str, dict[str, int]]], statuses: list[str]) ->
     return _svg("Messages by status over time", parts)
 
 
-def histogram(bins: list[tuple[str, int]]) -> Markup:
-    """One bar per bin, its count above it."""
-    top = max((n for _, n in bins), default=0) or 1
+def histogram(bins: list[tuple[str, str, int]]) -> Markup:
+    """One bar per bin (label, short label, count), its count above it."""
+    top = max((n for _, _, n in bins), default=0) or 1
     width = (WIDTH - 2 * PAD) / max(len(bins), 1)
     parts = []
-    for i, (label, n) in enumerate(bins):
+    for i, (label, short, n) in enumerate(bins):
         x = PAD + i * width
         h = (HEIGHT - 3 * PAD) * n / top
         y = HEIGHT - 2 * PAD - h
@@ -66,7 +66,7 @@ def histogram(bins: list[tuple[str, int]]) -> Markup:
             f'height="{h:.1f}" fill="#1565c0"><title>{escape(label)}: {n}</title></rect>'
         )
         parts.append(_label(x + width / 2, y - 3, str(n), "middle"))
-        parts.append(_label(x + width / 2, HEIGHT - PAD, label, "middle", size=9))
+        parts.append(_label(x + width / 2, HEIGHT - PAD, short, "middle", size=9))
     return _svg("Time to a final status", parts)
 
 

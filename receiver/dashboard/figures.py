@@ -106,18 +106,28 @@ def seconds(value: float | None) -> str:
 HISTOGRAM_EDGES = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600)
 
 
-def histogram(final_times: list[tuple[int, int]]) -> list[tuple[str, int]]:
-    """(bin label, count) of the times to final, shortest bin first, every bin shown."""
+def histogram(final_times: list[tuple[int, int]]) -> list[tuple[str, str, int]]:
+    """(bin label, the chart's short label, count) of the times to final, shortest bin first,
+    every bin shown."""
     counts = [0] * (len(HISTOGRAM_EDGES) + 1)
     for ms, n in final_times:
         i = 0
         while i < len(HISTOGRAM_EDGES) and ms >= HISTOGRAM_EDGES[i] * 1000:
             i += 1
         counts[i] += n
-    labels = [f"< {seconds(HISTOGRAM_EDGES[0])}"]
-    labels += [f"{seconds(lo)} to {seconds(hi)}" for lo, hi in pairwise(HISTOGRAM_EDGES)]
-    labels.append(f"≥ {seconds(HISTOGRAM_EDGES[-1])}")
-    return list(zip(labels, counts, strict=True))
+    labels = [f"under {_short(HISTOGRAM_EDGES[0])}"]
+    labels += [f"{_short(lo)} to {_short(hi)}" for lo, hi in pairwise(HISTOGRAM_EDGES)]
+    labels.append(f"{_short(HISTOGRAM_EDGES[-1])} or more")
+    shorts = [f"<{_short(e)}" for e in HISTOGRAM_EDGES] + [f">{_short(HISTOGRAM_EDGES[-1])}"]
+    return list(zip(labels, shorts, counts, strict=True))
+
+
+def _short(edge: int) -> str:
+    """A bin edge in seconds, shortest: 30s, 5m, 6h."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if edge >= size and edge % size == 0:
+            return f"{edge // size}{unit}"
+    return f"{edge}s"
 
 
 def over_time(figures: WindowFigures, buckets: list[str]) -> list[tuple[str, dict[str, int]]]:
