@@ -9,8 +9,8 @@ from itertools import pairwise
 from typing import Any
 
 from receiver.engine import format_time
-from receiver.store.answers import nearest_rank, summary
-from receiver.store.dashboard import WindowFigures, bucket_of
+from receiver.store.answers import summary
+from receiver.store.dashboard import WindowFigures, bin_range, bucket_of
 
 
 @dataclass(frozen=True)
@@ -56,29 +56,9 @@ def chart_buckets(window: Window, since: str, now: datetime) -> list[str]:
     return keys
 
 
-def percentile(final_times: list[tuple[int, int]], p: float) -> float | None:
-    """The p-th percentile (nearest rank, as /v1/stats) of the counted times, in seconds."""
-    total = sum(n for _, n in final_times)
-    if total == 0:
-        return None
-    offset = nearest_rank(p, total)
-    seen = 0
-    for ms, n in final_times:
-        seen += n
-        if seen > offset:
-            return round(ms / 1000, 3)
-    raise AssertionError("unreachable: the offset is below the total")
-
-
 def stats(figures: WindowFigures) -> dict[str, Any]:
     """The /v1/stats answer for the window, from the kept counts."""
-    timed = sum(n for _, n in figures.final_times)
-    return summary(
-        figures.by_status,
-        timed,
-        percentile(figures.final_times, 0.5),
-        percentile(figures.final_times, 0.95),
-    )
+    return summary(figures.by_status, figures.timed, figures.median, figures.p95)
 
 
 def rate(value: float | None) -> str:
@@ -102,17 +82,20 @@ def seconds(value: float | None) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-# Upper edges of the time-to-final histogram's bins, in seconds (the last is open).
-HISTOGRAM_EDGES = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600)
+# Upper edges of the time-to-final histogram's bins, in seconds (the last is open); each is
+# an edge of the kept time bins (receiver.store.dashboard.bin_range), so a kept bin falls in
+# one histogram bin whole.
+HISTOGRAM_EDGES = (1, 5, 10, 30, 60, 300, 900, 3600, 36000)
 
 
-def histogram(final_times: list[tuple[int, int]]) -> list[tuple[str, str, int]]:
+def histogram(final_bins: list[tuple[int, int]]) -> list[tuple[str, str, int]]:
     """(bin label, the chart's short label, count) of the times to final, shortest bin first,
     every bin shown."""
     counts = [0] * (len(HISTOGRAM_EDGES) + 1)
-    for ms, n in final_times:
+    for b, n in final_bins:
+        low = bin_range(b)[0] or 0
         i = 0
-        while i < len(HISTOGRAM_EDGES) and ms >= HISTOGRAM_EDGES[i] * 1000:
+        while i < len(HISTOGRAM_EDGES) and low >= HISTOGRAM_EDGES[i] * 1000:
             i += 1
         counts[i] += n
     labels = [f"under {_short(HISTOGRAM_EDGES[0])}"]

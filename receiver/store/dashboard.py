@@ -9,7 +9,10 @@ buckets, exactly what /v1/stats counts with `since` set to that boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
+
+from receiver.store.answers import nearest_rank
 
 # Statuses whose error code the rollup keeps: a failure's code says why.
 FAILED_STATUSES = ("undelivered", "failed", "rejected", "expired")
@@ -24,6 +27,18 @@ def bucket_of(since: str) -> str:
     return since[:15] + "0"
 
 
+def bin_range(b: int) -> tuple[int | None, int]:
+    """The milliseconds [low, high) of a time bin (migration 0011's BIN: two significant
+    digits; bin 0 holds every time under 1 ms, negative ones included)."""
+    if b == 0:
+        return None, 1
+    digits, lead = divmod(b, 100)
+    if digits == 1:
+        return lead, lead + 1
+    scale = 10 ** (digits - 2)
+    return lead * scale, (lead + 1) * scale
+
+
 @dataclass
 class WindowFigures:
     """The kept counts of one window (and provider, when one is chosen)."""
@@ -34,37 +49,116 @@ class WindowFigures:
     over_time: list[tuple[str, str, int]] = field(default_factory=list)
     # (provider, error code, count), most frequent first; "" is a failure without a code.
     errors: list[tuple[str, str, int]] = field(default_factory=list)
-    # (milliseconds to final, count), shortest first: the exact times /v1/stats ranks.
-    final_times: list[tuple[int, int]] = field(default_factory=list)
+    # (time bin, count), shortest first (bin_range), and the percentiles /v1/stats gives.
+    final_bins: list[tuple[int, int]] = field(default_factory=list)
+    timed: int = 0
+    median: float | None = None
+    p95: float | None = None
 
 
-def window_sql(provider: str | None, chart_chars: int, mark: str) -> list[str]:
-    """The window's statements, each taking (since bucket[, provider])."""
-    where = f"bucket >= {mark}" + (f" AND provider = {mark}" if provider is not None else "")
-    failing = ", ".join(f"'{s}'" for s in FAILED_STATUSES)
-    return [
-        f"SELECT status, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY status",
-        f"SELECT final_via, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY final_via",
-        f"SELECT substr(bucket, 1, {int(chart_chars)}) AS b, status, sum(n) "
-        f"FROM dashboard_rollup WHERE {where} GROUP BY b, status ORDER BY b",
-        "SELECT provider, error_code, sum(n) AS total FROM dashboard_rollup "
-        f"WHERE {where} AND status IN ({failing}) GROUP BY provider, error_code "
-        "ORDER BY total DESC, provider, error_code",
-        f"SELECT ms, sum(n) FROM dashboard_final_times WHERE {where} GROUP BY ms ORDER BY ms",
-    ]
+@dataclass(frozen=True)
+class WindowQuery:
+    """The statements of one window, for a dialect to run in one snapshot: first
+    `statements()`, then `fine()` for each bin `wanted()` names."""
 
+    since: str
+    provider: str | None
+    chart_chars: int
+    mark: str
 
-def window_figures(results: list[list[tuple[Any, ...]]]) -> WindowFigures:
-    """The figures from window_sql's statements' rows, counts of zero left out (a change
-    moves a message out of one kept row into another, leaving the first at zero)."""
-    by_status, via, over_time, errors, times = results
-    return WindowFigures(
-        by_status={s: int(n) for s, n in by_status if n},
-        final_via={v or "none": int(n) for v, n in via if n},
-        over_time=[(b, s, int(n)) for b, s, n in over_time if n],
-        errors=[(p, e, int(n)) for p, e, n in errors if n],
-        final_times=[(int(ms), int(n)) for ms, n in times if n],
-    )
+    def _where(self, column: str = "bucket", op: str = ">=") -> str:
+        m = self.mark
+        return f"{column} {op} {m}" + (f" AND provider = {m}" if self.provider else "")
+
+    def _params(self, *first: Any) -> list[Any]:
+        return [*first, *([self.provider] if self.provider else [])]
+
+    def statements(self) -> list[tuple[str, list[Any]]]:
+        where, failing = self._where(), ", ".join(f"'{s}'" for s in FAILED_STATUSES)
+        bucket = bucket_of(self.since)
+        day = self.since[:10]
+        next_day = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+        rollup = self._params(bucket)
+        return [
+            (f"SELECT status, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY status", rollup),
+            (
+                f"SELECT final_via, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY final_via",
+                rollup,
+            ),
+            (
+                f"SELECT substr(bucket, 1, {int(self.chart_chars)}) AS b, status, sum(n) "
+                f"FROM dashboard_rollup WHERE {where} GROUP BY b, status ORDER BY b",
+                rollup,
+            ),
+            (
+                "SELECT provider, error_code, sum(n) AS total FROM dashboard_rollup "
+                f"WHERE {where} AND status IN ({failing}) GROUP BY provider, error_code "
+                "ORDER BY total DESC, provider, error_code",
+                rollup,
+            ),
+            # The time bins: the whole days after the first from the daily counts, the first
+            # day's buckets from the exact times (at most a day of them).
+            (
+                "SELECT bin, sum(n) FROM dashboard_final_days "
+                f"WHERE {self._where('day', '>')} GROUP BY bin",
+                self._params(day),
+            ),
+            (
+                "SELECT bin, sum(n) FROM dashboard_final_times WHERE bucket >= "
+                f"{self.mark} AND {self._where('bucket', '<')} GROUP BY bin",
+                [bucket, *self._params(next_day)],
+            ),
+        ]
+
+    def figures(self, results: list[list[tuple[Any, ...]]]) -> WindowFigures:
+        """The figures from the statements' rows, the percentiles still to find; counts of
+        zero left out (a change moves a message out of one kept row into another)."""
+        by_status, via, over_time, errors, days, first_day = results
+        bins: dict[int, int] = {}
+        for b, n in [*days, *first_day]:
+            bins[int(b)] = bins.get(int(b), 0) + int(n)
+        final_bins = sorted((b, n) for b, n in bins.items() if n)
+        return WindowFigures(
+            by_status={s: int(n) for s, n in by_status if n},
+            final_via={v or "none": int(n) for v, n in via if n},
+            over_time=[(b, s, int(n)) for b, s, n in over_time if n],
+            errors=[(p, e, int(n)) for p, e, n in errors if n],
+            final_bins=final_bins,
+            timed=sum(n for _, n in final_bins),
+        )
+
+    def wanted(self, figures: WindowFigures) -> dict[str, tuple[int, int]]:
+        """Where each percentile is: {"median"|"p95": (its bin, its offset within the bin)},
+        the nearest rank over the sorted times, as /v1/stats ranks them."""
+        found: dict[str, tuple[int, int]] = {}
+        for name, p in (("median", 0.5), ("p95", 0.95)):
+            if not figures.timed:
+                continue
+            offset = nearest_rank(p, figures.timed)
+            for b, n in figures.final_bins:
+                if offset < n:
+                    found[name] = (b, offset)
+                    break
+                offset -= n
+        return found
+
+    def fine(self, b: int) -> tuple[str, list[Any]]:
+        """One bin's exact times in the window, shortest first: (ms, count)."""
+        return (
+            "SELECT ms, sum(n) FROM dashboard_final_times "
+            f"WHERE bin = {self.mark} AND {self._where()} GROUP BY ms ORDER BY ms",
+            [b, *self._params(bucket_of(self.since))],
+        )
+
+    @staticmethod
+    def pick(rows: list[tuple[Any, ...]], offset: int) -> float:
+        """The time at `offset` among a bin's (ms, count) rows, in seconds as /v1/stats
+        gives it."""
+        for ms, n in rows:
+            if offset < int(n):
+                return round(int(ms) / 1000, 3)
+            offset -= int(n)
+        raise AssertionError("the kept times of a bin add up to its count")
 
 
 def queue_sql(mark: str) -> str:
@@ -80,9 +174,14 @@ def recent_sql(
     status: str, provider: str | None, since: str, limit: int, mark: str
 ) -> tuple[str, list[Any]]:
     """The latest messages of one status created since `since`: each status walks its own
-    (status, id) index newest first, and stops at `limit`."""
-    params: list[Any] = [status, since]
-    sql = f"SELECT {RECENT_SELECT} FROM messages WHERE status = {mark} AND created_at >= {mark}"
+    (status, id) index newest first, from the first message of the window (ids grow with
+    created_at), and stops at `limit`, however many older messages have that status."""
+    params: list[Any] = [status, since, since]
+    sql = (
+        f"SELECT {RECENT_SELECT} FROM messages WHERE status = {mark} AND created_at >= {mark} "
+        f"AND id >= coalesce((SELECT id FROM messages WHERE created_at >= {mark} "
+        f"ORDER BY created_at LIMIT 1), {2**63 - 1})"
+    )
     if provider is not None:
         sql += f" AND provider = {mark}"
         params.append(provider)

@@ -14,17 +14,20 @@ MARK = "%s"
 
 
 async def window(conn: Conn, since: str, provider: str | None, chart_chars: int) -> WindowFigures:
-    params: list[Any] = [dashboard.bucket_of(since)]
-    if provider is not None:
-        params.append(provider)
-    results = []
+    query = dashboard.WindowQuery(since, provider, chart_chars, MARK)
     # One snapshot: every figure describes the same moment.
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        for sql in dashboard.window_sql(provider, chart_chars, MARK):
+        results = []
+        for sql, params in query.statements():
             cur = await conn.execute(sql, params)
             results.append(list(await cur.fetchall()))
-    return dashboard.window_figures(results)
+        figures = query.figures(results)
+        for name, (b, offset) in query.wanted(figures).items():
+            sql, params = query.fine(b)
+            cur = await conn.execute(sql, params)
+            setattr(figures, name, query.pick(list(await cur.fetchall()), offset))
+    return figures
 
 
 async def queue(conn: Conn, now: str) -> list[tuple[str, int, int, str | None]]:

@@ -12,19 +12,20 @@ from receiver.store.dashboard import WindowFigures
 def window(
     conn: sqlite3.Connection, since: str, provider: str | None, chart_chars: int
 ) -> WindowFigures:
-    params: list[Any] = [dashboard.bucket_of(since)]
-    if provider is not None:
-        params.append(provider)
+    query = dashboard.WindowQuery(since, provider, chart_chars, "?")
     # One read transaction: every figure describes the same moment.
     conn.execute("BEGIN")
     try:
-        results = [
-            [tuple(row) for row in conn.execute(sql, params)]
-            for sql in dashboard.window_sql(provider, chart_chars, "?")
-        ]
+        figures = query.figures(
+            [[tuple(r) for r in conn.execute(sql, params)] for sql, params in query.statements()]
+        )
+        for name, (b, offset) in query.wanted(figures).items():
+            sql, params = query.fine(b)
+            rows = [tuple(r) for r in conn.execute(sql, params)]
+            setattr(figures, name, query.pick(rows, offset))
     finally:
         conn.execute("COMMIT")
-    return dashboard.window_figures(results)
+    return figures
 
 
 def queue(conn: sqlite3.Connection, now: str) -> list[tuple[str, int, int, str | None]]:
