@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlite_utils import Database
 
 from receiver.dashboard import figures
@@ -81,10 +82,13 @@ def test_window_figures_are_v1_stats_figures(store: Store, run: Run) -> None:
     assert _agree(store, run, later)["total"] == 0
 
 
-def test_final_via_and_error_codes_are_counted(store: Store, run: Run) -> None:
+@pytest.mark.parametrize("window", ["1h", "24h", "30d"])
+def test_final_via_and_error_codes_are_counted(store: Store, run: Run, window: str) -> None:
+    """By 10-minute bucket, by hour, and by day (a month's window reads the daily counts)."""
     _fill(store, run)
-    since = figures.window_start(figures.WINDOWS["24h"], datetime.now(UTC))
-    kept = run(store.dashboard_window(since, None, 13))
+    chosen = figures.WINDOWS[window]
+    since = figures.window_start(chosen, datetime.now(UTC))
+    kept = run(store.dashboard_window(since, None, chosen.chart_chars))
     assert kept.final_via == {"callback": 16, "none": 4}
     listed, _ = run(store.list_messages(MessageFilter(limit=100)))
     failed = [m for m in listed if m["status"] in FAILED]
@@ -94,8 +98,9 @@ def test_final_via_and_error_codes_are_counted(store: Store, run: Run) -> None:
             expected.get((m["provider"], m["error_code"]), 0) + 1
         )
     assert {(p, code): n for p, code, n in kept.errors} == expected
-    # The chart's bars add up to the window's total.
+    # The chart's bars add up to the window's total, each named as the window's bars are.
     assert sum(n for _, _, n in kept.over_time) == 20
+    assert {len(bar) for bar, _, _ in kept.over_time} == {chosen.chart_chars}
 
 
 def test_changes_and_prunes_keep_the_counts_true(store: Store, run: Run) -> None:

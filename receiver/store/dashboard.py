@@ -74,28 +74,32 @@ class WindowQuery:
         return [*first, *([self.provider] if self.provider else [])]
 
     def statements(self) -> list[tuple[str, list[Any]]]:
-        where, failing = self._where(), ", ".join(f"'{s}'" for s in FAILED_STATUSES)
+        """The window's kept counts: the first day's (or, for a chart by hour or 10 minutes,
+        the whole window's) from the buckets, the following whole days' from the days."""
         bucket = bucket_of(self.since)
         day = self.since[:10]
+        by_day = self.chart_chars <= len(day)
+        upper = (date.fromisoformat(day) + timedelta(days=1)).isoformat() if by_day else "~"
+        columns = "provider, status, final_via, error_code, sum(n)"
+        rollup = [
+            (
+                f"SELECT substr(bucket, 1, {int(self.chart_chars)}), {columns} "
+                f"FROM dashboard_rollup WHERE bucket >= {self.mark} "
+                f"AND {self._where('bucket', '<')} GROUP BY 1, 2, 3, 4, 5",
+                [bucket, *self._params(upper)],
+            )
+        ]
+        if by_day:
+            rollup.append(
+                (
+                    f"SELECT day, {columns} FROM dashboard_rollup_days "
+                    f"WHERE {self._where('day', '>')} GROUP BY 1, 2, 3, 4, 5",
+                    self._params(day),
+                )
+            )
         next_day = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
-        rollup = self._params(bucket)
         return [
-            (f"SELECT status, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY status", rollup),
-            (
-                f"SELECT final_via, sum(n) FROM dashboard_rollup WHERE {where} GROUP BY final_via",
-                rollup,
-            ),
-            (
-                f"SELECT substr(bucket, 1, {int(self.chart_chars)}) AS b, status, sum(n) "
-                f"FROM dashboard_rollup WHERE {where} GROUP BY b, status ORDER BY b",
-                rollup,
-            ),
-            (
-                "SELECT provider, error_code, sum(n) AS total FROM dashboard_rollup "
-                f"WHERE {where} AND status IN ({failing}) GROUP BY provider, error_code "
-                "ORDER BY total DESC, provider, error_code",
-                rollup,
-            ),
+            *rollup,
             # The time bins: the whole days after the first from the daily counts, the first
             # day's buckets from the exact times (at most a day of them).
             (
@@ -113,19 +117,30 @@ class WindowQuery:
     def figures(self, results: list[list[tuple[Any, ...]]]) -> WindowFigures:
         """The figures from the statements' rows, the percentiles still to find; counts of
         zero left out (a change moves a message out of one kept row into another)."""
-        by_status, via, over_time, errors, days, first_day = results
-        bins: dict[int, int] = {}
-        for b, n in [*days, *first_day]:
-            bins[int(b)] = bins.get(int(b), 0) + int(n)
-        final_bins = sorted((b, n) for b, n in bins.items() if n)
-        return WindowFigures(
-            by_status={s: int(n) for s, n in by_status if n},
-            final_via={v or "none": int(n) for v, n in via if n},
-            over_time=[(b, s, int(n)) for b, s, n in over_time if n],
-            errors=[(p, e, int(n)) for p, e, n in errors if n],
-            final_bins=final_bins,
-            timed=sum(n for _, n in final_bins),
+        *rollups, final_days, first_day = results
+        figures = WindowFigures()
+        bars: dict[tuple[str, str], int] = {}
+        errors: dict[tuple[str, str], int] = {}
+        for bar, provider, status, via, code, n in [row for rows in rollups for row in rows]:
+            n = int(n)
+            if not n:
+                continue
+            figures.by_status[status] = figures.by_status.get(status, 0) + n
+            via = via or "none"
+            figures.final_via[via] = figures.final_via.get(via, 0) + n
+            bars[(bar, status)] = bars.get((bar, status), 0) + n
+            if status in FAILED_STATUSES:
+                errors[(provider, code)] = errors.get((provider, code), 0) + n
+        figures.over_time = sorted((b, s, n) for (b, s), n in bars.items() if n)
+        figures.errors = sorted(
+            ((p, c, n) for (p, c), n in errors.items() if n), key=lambda e: (-e[2], e[0], e[1])
         )
+        bins: dict[int, int] = {}
+        for b, n in [*final_days, *first_day]:
+            bins[int(b)] = bins.get(int(b), 0) + int(n)
+        figures.final_bins = sorted((b, n) for b, n in bins.items() if n)
+        figures.timed = sum(n for _, n in figures.final_bins)
+        return figures
 
     def wanted(self, figures: WindowFigures) -> dict[str, tuple[int, int]]:
         """Where each percentile is: {"median"|"p95": (its bin, its offset within the bin)},
@@ -183,7 +198,9 @@ def recent_sql(
         f"ORDER BY created_at LIMIT 1), {2**63 - 1})"
     )
     if provider is not None:
-        sql += f" AND provider = {mark}"
+        # Not through the (provider, id) index: for a status with few or no messages in the
+        # window it would walk all the provider's messages.
+        sql += f" AND provider || '' = {mark}"
         params.append(provider)
     return sql + f" ORDER BY id DESC LIMIT {mark}", [*params, limit]
 

@@ -222,7 +222,7 @@ def _locked_reads(conn: psycopg.Connection) -> None:
 
 # The dashboard's kept counts, as SQLite's 0011 (receiver/store/sqlite/schema.py): 10-minute
 # buckets of created_at, the error code of a failed status, the time to final in milliseconds
-# as /v1/stats computes it and its bin of two significant digits, per bucket and per day.
+# as /v1/stats computes it and its bin of two significant digits; per bucket and per day.
 # Sharded by backend as message_status_counts is, so instances never queue behind the current
 # bucket's row.
 _ROLLUP_ERROR = (
@@ -248,6 +248,12 @@ def _dashboard_rollups(conn: psycopg.Connection) -> None:
         "PRIMARY KEY (bucket, provider, status, final_via, error_code, shard))"
     )
     conn.execute(
+        f"CREATE TABLE dashboard_rollup_days (day {T} NOT NULL, provider {T} NOT NULL, "
+        f"status {T} NOT NULL, final_via {T} NOT NULL, error_code {T} NOT NULL, "
+        "shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (day, provider, status, final_via, error_code, shard))"
+    )
+    conn.execute(
         f"CREATE TABLE dashboard_final_times (bucket {T} NOT NULL, provider {T} NOT NULL, "
         "ms BIGINT NOT NULL, bin INTEGER NOT NULL, shard INTEGER NOT NULL, n BIGINT NOT NULL, "
         "PRIMARY KEY (bucket, provider, ms, shard))"
@@ -266,6 +272,12 @@ def _dashboard_rollups(conn: psycopg.Connection) -> None:
         "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, shard, n) "
         "SELECT substr(created_at, 1, 15) || '0', provider, status, coalesce(final_via, ''), "
         f"{_ROLLUP_ERROR.format(r=m)}, 0, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_rollup_days "
+        "(day, provider, status, final_via, error_code, shard, n) "
+        "SELECT substr(bucket, 1, 10), provider, status, final_via, error_code, 0, sum(n) "
+        "FROM dashboard_rollup GROUP BY 1, 2, 3, 4, 5"
     )
     conn.execute(
         "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, shard, n) "
@@ -294,6 +306,12 @@ def _dashboard_rollups(conn: psycopg.Connection) -> None:
             VALUES (v_bucket, r.provider, r.status, coalesce(r.final_via, ''),
                 {_ROLLUP_ERROR.format(r="r")}, v_shard, delta)
             ON CONFLICT (bucket, provider, status, final_via, error_code, shard)
+                DO UPDATE SET n = d.n + delta;
+            INSERT INTO dashboard_rollup_days AS d
+                (day, provider, status, final_via, error_code, shard, n)
+            VALUES (substr(r.created_at, 1, 10), r.provider, r.status,
+                coalesce(r.final_via, ''), {_ROLLUP_ERROR.format(r="r")}, v_shard, delta)
+            ON CONFLICT (day, provider, status, final_via, error_code, shard)
                 DO UPDATE SET n = d.n + delta;
             IF {_TIMED.format(r="r")} THEN
                 v_ms := {_TIMED_MS.format(r="r")};

@@ -178,6 +178,10 @@ def _rollup_sql(r: str, delta: str) -> str:
         f"VALUES ({key}, {r}.provider, {r}.status, coalesce({r}.final_via, ''), "
         f"{ROLLUP_ERROR.format(r=r)}, {delta}) "
         f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
+        "INSERT INTO dashboard_rollup_days (day, provider, status, final_via, error_code, n) "
+        f"VALUES (substr({r}.created_at, 1, 10), {r}.provider, {r}.status, "
+        f"coalesce({r}.final_via, ''), {ROLLUP_ERROR.format(r=r)}, {delta}) "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
         "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, n) "
         f"SELECT {key}, {r}.provider, t.ms, {BIN.format(ms='t.ms')}, {delta} {timed} "
         f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
@@ -195,6 +199,13 @@ def _dashboard_rollups(db: Database) -> None:
         "CREATE TABLE dashboard_rollup (bucket TEXT NOT NULL, provider TEXT NOT NULL, "
         "status TEXT NOT NULL, final_via TEXT NOT NULL, error_code TEXT NOT NULL, "
         "n INTEGER NOT NULL, PRIMARY KEY (bucket, provider, status, final_via, error_code)) "
+        "WITHOUT ROWID"
+    )
+    # The same per day: a month's window reads thirty days' rows, not 4,320 buckets'.
+    db.execute(
+        "CREATE TABLE dashboard_rollup_days (day TEXT NOT NULL, provider TEXT NOT NULL, "
+        "status TEXT NOT NULL, final_via TEXT NOT NULL, error_code TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (day, provider, status, final_via, error_code)) "
         "WITHOUT ROWID"
     )
     # The exact times per bucket, reached by bucket (a day's bins) or by bin (one bin's times).
@@ -221,12 +232,22 @@ def count_dashboard_rollups(conn: sqlite3.Connection) -> None:
     """Count the kept rows afresh from the messages (the migration, and bench/dashboard.py
     after it rewrites a filled database's times)."""
     m = "messages"
-    for table in ("dashboard_rollup", "dashboard_final_times", "dashboard_final_days"):
+    for table in (
+        "dashboard_rollup",
+        "dashboard_rollup_days",
+        "dashboard_final_times",
+        "dashboard_final_days",
+    ):
         conn.execute(f"DELETE FROM {table}")
     conn.execute(
         "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, n) "
         f"SELECT {ROLLUP_KEY.format(r=m)}, provider, status, coalesce(final_via, ''), "
         f"{ROLLUP_ERROR.format(r=m)}, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_rollup_days (day, provider, status, final_via, error_code, n) "
+        "SELECT substr(bucket, 1, 10), provider, status, final_via, error_code, sum(n) "
+        "FROM dashboard_rollup GROUP BY 1, 2, 3, 4, 5"
     )
     conn.execute(
         "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, n) "
