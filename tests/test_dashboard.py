@@ -5,9 +5,13 @@ them (token and session cookie, loopback without a token, CSRF on every form), w
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -224,3 +228,33 @@ def test_a_message_page_shows_its_timeline_bodies_and_poll_state(server: LiveSer
         one = client.get("/dashboard/search", params={"q": sid})
         assert one.status_code == 303 and one.headers["location"] == message_path("twilio", sid)
         assert message_path("twilio", "a/b?c") == "/dashboard/messages/twilio/a/b%3Fc"
+
+
+def test_demo_keep_leaves_the_dashboard_open_on_the_demos_data() -> None:
+    """`receiver demo --keep` prints the dashboard's URL and token after the run, serves until
+    SIGTERM, then ends with the run's exit code."""
+    command = [str(Path(sys.executable).parent / "receiver"), "demo", "--count", "30", "--keep"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:  # ends when the process does: bounded by the demo's timeout
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        text = "".join(lines)
+        found = re.search(r"open (http://127\.0\.0\.1:\d+)/dashboard", text)
+        token = re.search(r"API token (\S+)", text)
+        assert found and token, text
+        with httpx.Client(base_url=found.group(1), timeout=30) as client:
+            page = client.get("/dashboard", headers={"Authorization": f"Bearer {token.group(1)}"})
+            assert page.status_code == 200
+            assert _text(page, "total") == "30"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
