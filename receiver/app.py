@@ -13,9 +13,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from receiver import __version__, retention
+from receiver import __version__, dashboard, retention
 from receiver.api import callback_urls, health, messages, openapi, pushes, stream, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.metrics import metrics as metrics_endpoint
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             log.info("stopped")
 
     # The callbacks first: they are nearly all the traffic, and Starlette tries routes in order.
-    routes: list[Route] = [webhooks.route(name) for name in REGISTRY]
+    routes: list[BaseRoute] = [webhooks.route(name) for name in REGISTRY]
     routes += [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/v1/callback-url", callback_urls.get_callback_url, methods=["GET"]),
         *pushes.routes(),
     ]
+    routes += dashboard.routes(settings)  # none when RECEIVER_DASHBOARD=off
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware)],

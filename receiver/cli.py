@@ -563,7 +563,7 @@ def demo(args: argparse.Namespace) -> int:
 
     database = Path(args.database) if args.database else None
     try:
-        return run(Options(args.count, args.seed, args.timeout, database))
+        return run(Options(args.count, args.seed, args.timeout, database, keep=args.keep))
     except DemoError as exc:
         print(f"receiver demo: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -725,6 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--database", metavar="PATH", help="keep the receiver's database here (a new file)"
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the run, keep the receiver serving (its URL and API token are printed) "
+        "until Ctrl-C, to open its dashboard on the demo's data",
     )
     p.set_defaults(func=demo)
     return parser

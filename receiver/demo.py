@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 import tempfile
 import threading
@@ -76,6 +77,7 @@ class Options:
     seed: int = 0
     timeout: float = 120.0
     database: Path | None = None  # kept after the run; else a temporary file
+    keep: bool = False  # after the run, serve on until interrupted (to open the dashboard)
 
 
 Key = tuple[str, str]  # (provider, message id)
@@ -128,7 +130,31 @@ def _run(options: Options, database: Path) -> int:
         ) as receiver,
     ):
         sim.point_at_receiver(receiver_url, providers=PROVIDERS, api_token=api_token)
-        return _drive(options, shares, sim, receiver)
+        code = _drive(options, shares, sim, receiver)
+        if options.keep:
+            _keep_serving(receiver_url, api_token)
+        return code
+
+
+def _keep_serving(receiver_url: str, api_token: str) -> None:
+    """Serve on, the demo's data in place, until Ctrl-C or SIGTERM: a newcomer opens the
+    dashboard (or queries the API) on it."""
+    _say(f"receiver demo: still running: open {receiver_url}/dashboard and log in with the")
+    _say(f"  API token {api_token}")
+    _say(f"  (or: curl -H 'Authorization: Bearer {api_token}' {receiver_url}/v1/stats);")
+    _say("  Ctrl-C stops it.")
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("receiver demo: stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _receiver_env(

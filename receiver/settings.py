@@ -338,6 +338,7 @@ class Settings:
     push_timeout: float = 15.0
     push_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     push_concurrency: int = 10
+    dashboard: bool = True  # GET /dashboard (receiver/dashboard/)
     # The variables each provider adapter declares (its `env_vars`), as found in the
     # environment; the adapter checks and reads them itself (providers/<name>.py).
     provider_env: Mapping[str, str] = field(
@@ -384,6 +385,7 @@ class Settings:
             "push_timeout": "RECEIVER_PUSH_TIMEOUT",
             "push_retry_schedule": "RECEIVER_PUSH_RETRY_SCHEDULE",
             "push_concurrency": "RECEIVER_PUSH_CONCURRENCY",
+            "dashboard": "RECEIVER_DASHBOARD",
         }
     )
 
@@ -454,6 +456,7 @@ class Settings:
             secret_key=_secret_key(env.get("RECEIVER_SECRET_KEY"), "RECEIVER_SECRET_KEY"),
             secret_key_fallbacks=_secret_key_fallbacks(env),
             **_push_settings(env),
+            dashboard=_bool(env, "RECEIVER_DASHBOARD", True),
             provider_env=MappingProxyType(
                 {name: env[name] for name in _provider_env_names() if name in env}
             ),

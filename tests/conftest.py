@@ -47,3 +47,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture
 def server(start_server: Callable[..., LiveServer]) -> LiveServer:
     return start_server()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The anyio tests run on asyncio, as the service does. selenium (the dashboard's browser
+    tests) installs trio, which anyio's plugin would otherwise add as a second backend."""
+    return "asyncio"

@@ -23,8 +23,9 @@ SPEC = build_spec()
 
 
 def route_operations() -> set[tuple[str, str]]:
-    """(method, path) of every route the app serves, HEAD aside (Starlette adds it to GET)."""
-    app = create_app(make_settings(Path("/nonexistent")))
+    """(method, path) of every route the app serves, HEAD aside (Starlette adds it to GET);
+    the dashboard's HTML pages are for people, not the API (tests/test_dashboard.py)."""
+    app = create_app(make_settings(Path("/nonexistent"), dashboard=False))
     found: set[tuple[str, str]] = set()
     for route in app.routes:
         assert isinstance(route, Route), route

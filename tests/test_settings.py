@@ -82,9 +82,11 @@ def test_every_variable_is_read() -> None:
         "RECEIVER_PUSH_TIMEOUT": "5s",
         "RECEIVER_PUSH_RETRY_SCHEDULE": "1s,1m",
         "RECEIVER_PUSH_CONCURRENCY": "4",
+        "RECEIVER_DASHBOARD": "off",
     }
     s = Settings.from_env(env)
     assert set(env) == set(s.env_names())
+    assert not s.dashboard
     assert s.secret_keys() == [
         "new-key-0123456789abcdef",
         "old-key-0123456789abcdef",

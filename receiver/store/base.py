@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from receiver.engine import Outcome, StatusEvent, format_time
 
 if TYPE_CHECKING:  # the records of sends registered whole (that module imports this one)
+    from receiver.store.dashboard import WindowFigures
     from receiver.store.sends import PageWritten, SendClaim, SendPage
 
 __all__ = ["format_time", "utcnow"]  # with the records and the Store interface below
@@ -310,6 +311,24 @@ class Store(Protocol):
 
     async def next_send_due(self, provider: str) -> str | None:
         """When the provider's soonest send falls due for a sweep (None: none waits)."""
+        ...
+
+    async def dashboard_window(
+        self, since: str, provider: str | None, chart_chars: int
+    ) -> WindowFigures:
+        """The kept counts of the messages created since `since` (a 10-minute boundary,
+        receiver.store.dashboard.bucket_of), of one provider or all; the chart's buckets are
+        the first `chart_chars` characters of the 10-minute ones."""
+        ...
+
+    async def dashboard_queue(self, now: str) -> list[tuple[str, int, int, str | None]]:
+        """(provider, messages waiting for a poll, due at `now`, the soonest due time)."""
+        ...
+
+    async def dashboard_recent(
+        self, statuses: tuple[str, ...], since: str, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The latest `limit` messages of `statuses` created since `since`, newest first."""
         ...
 
 

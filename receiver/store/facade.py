@@ -35,6 +35,7 @@ from receiver.store.base import (
     StoreUnavailable,
     utcnow,
 )
+from receiver.store.dashboard import WindowFigures
 from receiver.store.rows import SqlRows, marked
 from receiver.store.writer import Writer
 
@@ -68,6 +69,7 @@ class RulesStore(Generic[R]):
     maintenance: ModuleType
     changelog: ModuleType  # the change log's reads (receiver.store.changelog's SQL)
     ledger: ModuleType  # the SQL of `receiver verify`: pages, and a repair's locked read
+    dashboard: ModuleType  # the dashboard's reads (receiver.store.dashboard's SQL)
     # What a job may raise when the database failed it (it wrote nothing): a 503, retry later.
     job_errors: tuple[type[Exception], ...]
 
@@ -573,3 +575,33 @@ class RulesStore(Generic[R]):
     async def next_send_due(self, provider: str) -> str | None:
         due: str | None = await self._read(partial(self.sends.next_due, provider=provider))
         return due
+
+    # -- the dashboard's reads (receiver/dashboard/) ------------------------------------------
+
+    async def dashboard_window(
+        self, since: str, provider: str | None, chart_chars: int
+    ) -> WindowFigures:
+        figures: WindowFigures = await self._read(
+            partial(self.dashboard.window, since=since, provider=provider, chart_chars=chart_chars)
+        )
+        return figures
+
+    async def dashboard_queue(self, now: str) -> list[tuple[str, int, int, str | None]]:
+        found: list[tuple[str, int, int, str | None]] = await self._read(
+            partial(self.dashboard.queue, now=now)
+        )
+        return found
+
+    async def dashboard_recent(
+        self, statuses: tuple[str, ...], since: str, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._read(
+            partial(
+                self.dashboard.recent,
+                statuses=statuses,
+                since=since,
+                provider=provider,
+                limit=limit,
+            )
+        )
+        return found

@@ -7,6 +7,7 @@
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims (SKIP LOCKED, a send whole) and leases, its reads
   sends.py        sends registered whole: their sweeps' statements, and the summary
+  dashboard.py    the dashboard's reads (receiver.store.dashboard's SQL)
   maintenance.py  prune; backups are pg_dump's
   ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
@@ -30,6 +31,7 @@ from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
 from receiver.store.postgres import (
     changelog,
+    dashboard,
     ledger,
     maintenance,
     notify,
@@ -65,6 +67,7 @@ class PostgresStore(RulesStore[PgRows]):
     maintenance = maintenance
     changelog = changelog
     ledger = ledger
+    dashboard = dashboard
     job_errors = (psycopg.Error,)
 
     def __init__(

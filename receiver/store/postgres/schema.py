@@ -468,6 +468,141 @@ def _sends(conn: psycopg.Connection) -> None:
     )
 
 
+# The dashboard's kept counts, as SQLite's 0011 (receiver/store/sqlite/schema.py): 10-minute
+# buckets of created_at, the error code of a failed status, the time to final in milliseconds
+# as /v1/stats computes it and its bin of two significant digits; per bucket and per day.
+# Sharded by backend as message_status_counts is, so instances never queue behind the current
+# bucket's row.
+_ROLLUP_ERROR = (
+    "CASE WHEN {r}.status IN ('undelivered', 'failed', 'rejected', 'expired') "
+    "THEN coalesce({r}.error_code, '') ELSE '' END"
+)
+_TIMED = "{r}.is_final = 1 AND {r}.sent_at IS NOT NULL AND {r}.final_at IS NOT NULL"
+_TIMED_MS = (
+    "round(extract(epoch FROM {r}.final_at::timestamptz - {r}.sent_at::timestamptz) * 1000)::bigint"
+)
+_BIN = (
+    "CASE WHEN {ms} < 1 THEN 0 "
+    "ELSE length({ms}::text) * 100 + substr({ms}::text, 1, 2)::integer END"
+)
+
+
+@step("0011_dashboard_rollups")
+def _dashboard_rollups(conn: psycopg.Connection) -> None:
+    conn.execute(
+        f"CREATE TABLE dashboard_rollup (bucket {T} NOT NULL, provider {T} NOT NULL, "
+        f"status {T} NOT NULL, final_via {T} NOT NULL, error_code {T} NOT NULL, "
+        "shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (bucket, provider, status, final_via, error_code, shard))"
+    )
+    conn.execute(
+        f"CREATE TABLE dashboard_rollup_days (day {T} NOT NULL, provider {T} NOT NULL, "
+        f"status {T} NOT NULL, final_via {T} NOT NULL, error_code {T} NOT NULL, "
+        "shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (day, provider, status, final_via, error_code, shard))"
+    )
+    conn.execute(
+        f"CREATE TABLE dashboard_final_times (bucket {T} NOT NULL, provider {T} NOT NULL, "
+        "ms BIGINT NOT NULL, bin INTEGER NOT NULL, shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (bucket, provider, ms, shard))"
+    )
+    conn.execute(
+        "CREATE INDEX idx_dashboard_final_bins "
+        "ON dashboard_final_times (bin, bucket, provider, ms) INCLUDE (n)"
+    )
+    conn.execute(
+        f"CREATE TABLE dashboard_final_days (day {T} NOT NULL, provider {T} NOT NULL, "
+        "bin INTEGER NOT NULL, shard INTEGER NOT NULL, n BIGINT NOT NULL, "
+        "PRIMARY KEY (day, provider, bin, shard))"
+    )
+    m = "messages"
+    conn.execute(
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, shard, n) "
+        "SELECT substr(created_at, 1, 15) || '0', provider, status, coalesce(final_via, ''), "
+        f"{_ROLLUP_ERROR.format(r=m)}, 0, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_rollup_days "
+        "(day, provider, status, final_via, error_code, shard, n) "
+        "SELECT substr(bucket, 1, 10), provider, status, final_via, error_code, 0, sum(n) "
+        "FROM dashboard_rollup GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, shard, n) "
+        f"SELECT bucket, provider, ms, {_BIN.format(ms='ms')}, 0, count(*) FROM ("
+        "SELECT substr(created_at, 1, 15) || '0' AS bucket, provider, "
+        f"{_TIMED_MS.format(r=m)} AS ms FROM messages WHERE {_TIMED.format(r=m)}) t "
+        "GROUP BY 1, 2, 3"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_final_days (day, provider, bin, shard, n) "
+        "SELECT substr(bucket, 1, 10), provider, bin, 0, sum(n) FROM dashboard_final_times "
+        "GROUP BY 1, 2, 3"
+    )
+    conn.execute(
+        f"""
+        CREATE FUNCTION receiver_dashboard_count(r messages, delta INTEGER) RETURNS void
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_bucket TEXT := substr(r.created_at, 1, 15) || '0';
+            v_shard INTEGER := pg_backend_pid() % 16;
+            v_ms BIGINT;
+            v_bin INTEGER;
+        BEGIN
+            INSERT INTO dashboard_rollup AS d
+                (bucket, provider, status, final_via, error_code, shard, n)
+            VALUES (v_bucket, r.provider, r.status, coalesce(r.final_via, ''),
+                {_ROLLUP_ERROR.format(r="r")}, v_shard, delta)
+            ON CONFLICT (bucket, provider, status, final_via, error_code, shard)
+                DO UPDATE SET n = d.n + delta;
+            INSERT INTO dashboard_rollup_days AS d
+                (day, provider, status, final_via, error_code, shard, n)
+            VALUES (substr(r.created_at, 1, 10), r.provider, r.status,
+                coalesce(r.final_via, ''), {_ROLLUP_ERROR.format(r="r")}, v_shard, delta)
+            ON CONFLICT (day, provider, status, final_via, error_code, shard)
+                DO UPDATE SET n = d.n + delta;
+            IF {_TIMED.format(r="r")} THEN
+                v_ms := {_TIMED_MS.format(r="r")};
+                v_bin := {_BIN.format(ms="v_ms")};
+                INSERT INTO dashboard_final_times AS d (bucket, provider, ms, bin, shard, n)
+                VALUES (v_bucket, r.provider, v_ms, v_bin, v_shard, delta)
+                ON CONFLICT (bucket, provider, ms, shard) DO UPDATE SET n = d.n + delta;
+                INSERT INTO dashboard_final_days AS d (day, provider, bin, shard, n)
+                VALUES (substr(r.created_at, 1, 10), r.provider, v_bin, v_shard, delta)
+                ON CONFLICT (day, provider, bin, shard) DO UPDATE SET n = d.n + delta;
+            END IF;
+        END $$
+        """
+    )
+    conn.execute(
+        """
+        CREATE FUNCTION receiver_dashboard_recount() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                PERFORM receiver_dashboard_count(OLD, -1);
+            END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') THEN
+                PERFORM receiver_dashboard_count(NEW, 1);
+            END IF;
+            RETURN NULL;
+        END $$
+        """
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_counted AFTER INSERT OR DELETE ON messages "
+        "FOR EACH ROW EXECUTE FUNCTION receiver_dashboard_recount()"
+    )
+    changed = " OR ".join(
+        f"OLD.{c} IS DISTINCT FROM NEW.{c}"
+        for c in ("status", "final_via", "error_code", "is_final", "sent_at", "final_at")
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_recounted AFTER UPDATE OF status, final_via, error_code, "
+        f"is_final, sent_at, final_at ON messages FOR EACH ROW WHEN ({changed}) "
+        "EXECUTE FUNCTION receiver_dashboard_recount()"
+    )
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

@@ -7,6 +7,7 @@ running the rules (receiver.store.rules) over rows.SQLiteRows, reads on their ow
   queries.py      reads: one message, its events, the list (keyset cursor), stats, export
   pollqueue.py    the poll queue: claims and leases, and its reads
   sends.py        sends registered whole: their sweeps' statements, and the summary
+  dashboard.py    the dashboard's reads (receiver.store.dashboard's SQL)
   maintenance.py  prune and backup
   ledger.py       `receiver verify`: pages of messages with their events, a repair's read
 
@@ -28,6 +29,7 @@ from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
 from receiver.store.sqlite import (
     changelog,
+    dashboard,
     ledger,
     maintenance,
     pollqueue,
@@ -55,6 +57,7 @@ class SQLiteStore(RulesStore[SQLiteRows]):
     maintenance = maintenance
     changelog = changelog
     ledger = ledger
+    dashboard = dashboard
     job_errors = (sqlite3.OperationalError,)  # disk full, I/O error
 
     def __init__(

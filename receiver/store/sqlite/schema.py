@@ -348,6 +348,139 @@ def _sends(db: Database) -> None:
     )
 
 
+# The dashboard's kept counts (receiver/dashboard/): 10-minute buckets of created_at, the
+# granularity its windows are aligned to, so a window's figures are sums of kept rows, however
+# many messages it holds. `ROLLUP_KEY` is the bucket, `ROLLUP_ERROR` the error code kept only
+# for a failed status (a delivered message's code says nothing), `TIMED_MS` the time to final
+# in milliseconds, exactly what /v1/stats computes (rounded to the ms), and `BIN` its bin of
+# two significant digits (receiver.store.dashboard.bin_range): a window's percentiles are found
+# in the bins' counts first, then among the exact times of one bin.
+ROLLUP_KEY = "substr({r}.created_at, 1, 15) || '0'"
+ROLLUP_ERROR = (
+    "CASE WHEN {r}.status IN ('undelivered', 'failed', 'rejected', 'expired') "
+    "THEN coalesce({r}.error_code, '') ELSE '' END"
+)
+TIMED = "{r}.is_final = 1 AND {r}.sent_at IS NOT NULL AND {r}.final_at IS NOT NULL"
+TIMED_MS = "CAST(round((julianday({r}.final_at) - julianday({r}.sent_at)) * 86400000.0) AS INTEGER)"
+BIN = "CASE WHEN {ms} < 1 THEN 0 ELSE length({ms}) * 100 + CAST(substr({ms}, 1, 2) AS INTEGER) END"
+
+
+def _rollup_sql(r: str, delta: str) -> str:
+    """The statements adding `delta` (+1 or -1) for row `r` (NEW or OLD) to the kept counts."""
+    key = ROLLUP_KEY.format(r=r)
+    timed = f"FROM (SELECT {TIMED_MS.format(r=r)} AS ms) AS t WHERE {TIMED.format(r=r)}"
+    return (
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, n) "
+        f"VALUES ({key}, {r}.provider, {r}.status, coalesce({r}.final_via, ''), "
+        f"{ROLLUP_ERROR.format(r=r)}, {delta}) "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
+        "INSERT INTO dashboard_rollup_days (day, provider, status, final_via, error_code, n) "
+        f"VALUES (substr({r}.created_at, 1, 10), {r}.provider, {r}.status, "
+        f"coalesce({r}.final_via, ''), {ROLLUP_ERROR.format(r=r)}, {delta}) "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, n) "
+        f"SELECT {key}, {r}.provider, t.ms, {BIN.format(ms='t.ms')}, {delta} {timed} "
+        f"ON CONFLICT DO UPDATE SET n = n + {delta}; "
+        "INSERT INTO dashboard_final_days (day, provider, bin, n) "
+        f"SELECT substr({r}.created_at, 1, 10), {r}.provider, {BIN.format(ms='t.ms')}, "
+        f"{delta} {timed} ON CONFLICT DO UPDATE SET n = n + {delta};"
+    )
+
+
+@migrations(name="0011_dashboard_rollups")
+def _dashboard_rollups(db: Database) -> None:
+    # Kept by triggers in the same transaction as every change (as message_status_counts is
+    # for /metrics): counting a month's million messages at each page view took seconds.
+    db.execute(
+        "CREATE TABLE dashboard_rollup (bucket TEXT NOT NULL, provider TEXT NOT NULL, "
+        "status TEXT NOT NULL, final_via TEXT NOT NULL, error_code TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (bucket, provider, status, final_via, error_code)) "
+        "WITHOUT ROWID"
+    )
+    # The same per day: a month's window reads thirty days' rows, not 4,320 buckets'.
+    db.execute(
+        "CREATE TABLE dashboard_rollup_days (day TEXT NOT NULL, provider TEXT NOT NULL, "
+        "status TEXT NOT NULL, final_via TEXT NOT NULL, error_code TEXT NOT NULL, "
+        "n INTEGER NOT NULL, PRIMARY KEY (day, provider, status, final_via, error_code)) "
+        "WITHOUT ROWID"
+    )
+    # The exact times per bucket, reached by bucket (a day's bins) or by bin (one bin's times).
+    db.execute(
+        "CREATE TABLE dashboard_final_times (bucket TEXT NOT NULL, provider TEXT NOT NULL, "
+        "ms INTEGER NOT NULL, bin INTEGER NOT NULL, n INTEGER NOT NULL, "
+        "PRIMARY KEY (bucket, provider, ms)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE INDEX idx_dashboard_final_bins "
+        "ON dashboard_final_times (bin, bucket, provider, ms, n)"
+    )
+    # The bins per day: a month's percentiles read thirty days of bins, not 4,320 buckets'.
+    db.execute(
+        "CREATE TABLE dashboard_final_days (day TEXT NOT NULL, provider TEXT NOT NULL, "
+        "bin INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (day, provider, bin)) "
+        "WITHOUT ROWID"
+    )
+    count_dashboard_rollups(db.conn)
+    create_dashboard_triggers(db.conn)
+
+
+def count_dashboard_rollups(conn: sqlite3.Connection) -> None:
+    """Count the kept rows afresh from the messages (the migration, and bench/dashboard.py
+    after it rewrites a filled database's times)."""
+    m = "messages"
+    for table in (
+        "dashboard_rollup",
+        "dashboard_rollup_days",
+        "dashboard_final_times",
+        "dashboard_final_days",
+    ):
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute(
+        "INSERT INTO dashboard_rollup (bucket, provider, status, final_via, error_code, n) "
+        f"SELECT {ROLLUP_KEY.format(r=m)}, provider, status, coalesce(final_via, ''), "
+        f"{ROLLUP_ERROR.format(r=m)}, count(*) FROM messages GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_rollup_days (day, provider, status, final_via, error_code, n) "
+        "SELECT substr(bucket, 1, 10), provider, status, final_via, error_code, sum(n) "
+        "FROM dashboard_rollup GROUP BY 1, 2, 3, 4, 5"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_final_times (bucket, provider, ms, bin, n) "
+        f"SELECT bucket, provider, ms, {BIN.format(ms='ms')}, count(*) FROM ("
+        f"SELECT {ROLLUP_KEY.format(r=m)} AS bucket, provider, {TIMED_MS.format(r=m)} AS ms "
+        f"FROM messages WHERE {TIMED.format(r=m)}) GROUP BY 1, 2, 3"
+    )
+    conn.execute(
+        "INSERT INTO dashboard_final_days (day, provider, bin, n) "
+        "SELECT substr(bucket, 1, 10), provider, bin, sum(n) FROM dashboard_final_times "
+        "GROUP BY 1, 2, 3"
+    )
+
+
+DASHBOARD_TRIGGERS = ("dashboard_counted_in", "dashboard_counted_out", "dashboard_recounted")
+
+
+def create_dashboard_triggers(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TRIGGER dashboard_counted_in AFTER INSERT ON messages "
+        f"BEGIN {_rollup_sql('NEW', '1')} END"
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_counted_out AFTER DELETE ON messages "
+        f"BEGIN {_rollup_sql('OLD', '-1')} END"
+    )
+    changed = " OR ".join(
+        f"OLD.{c} IS NOT NEW.{c}"
+        for c in ("status", "final_via", "error_code", "is_final", "sent_at", "final_at")
+    )
+    conn.execute(
+        "CREATE TRIGGER dashboard_recounted AFTER UPDATE OF status, final_via, error_code, "
+        f"is_final, sent_at, final_at ON messages WHEN {changed} "
+        f"BEGIN {_rollup_sql('OLD', '-1')} {_rollup_sql('NEW', '1')} END"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 
