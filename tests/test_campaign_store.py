@@ -235,7 +235,7 @@ def test_the_upgrade_counts_the_recipients_already_stored(tmp_path: Path, run: R
         )
     conn.close()
     store = SQLiteStore(str(path))
-    assert store.migrate() == ["0010_sends"]
+    assert store.migrate()[0] == "0010_sends"  # and any later steps
     run(store.open())
     try:
         found = run(store.send_summary(UUID))

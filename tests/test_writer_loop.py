@@ -144,13 +144,15 @@ def test_a_store_write_of_many_items_runs_on_the_writer_thread(
     from receiver.store.sqlite import SQLiteStore
 
     threads: dict[int, set[int]] = {}
-    register = rules.register
+    register_batch = rules.register_batch
 
-    def noted(rows: Any, policy: Any, reg: Registration) -> Any:
-        threads.setdefault(int(reg.message_id.split("-")[0]), set()).add(threading.get_ident())
-        return register(rows, policy, reg)
+    def noted(rows: Any, policy: Any, regs: list[Registration]) -> Any:
+        for reg in regs:
+            batch = int(reg.message_id.split("-")[0])
+            threads.setdefault(batch, set()).add(threading.get_ident())
+        return register_batch(rows, policy, regs)
 
-    monkeypatch.setattr(rules, "register", noted)
+    monkeypatch.setattr(rules, "register_batch", noted)
     store = SQLiteStore(str(tmp_path / "s.db"))
     many = facade.LOOP_JOB_ITEMS + 1
 
