@@ -9,27 +9,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from receiver.changes import DATA_FIELDS  # a message's `data` fields: the stream's too
+
 STATUS_CHANGED = "message.status_changed"
 DEADLINE_MISSED = "message.deadline_missed"
 TYPES = (STATUS_CHANGED, DEADLINE_MISSED)
-
-# The fields of `data` for a message, in the order they are sent.
-DATA_FIELDS = (
-    "provider",
-    "message_id",
-    "status",
-    "previous_status",
-    "provider_status",
-    "error_code",
-    "final",
-    "final_via",
-    "to",
-    "account",
-    "metadata",
-    "sent_at",
-    "final_at",
-)
-
 
 def new_webhook_id() -> str:
     """A push's id: its `webhook-id`, the same for every attempt, so the app dedupes on it.
