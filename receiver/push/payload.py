@@ -15,6 +15,7 @@ STATUS_CHANGED = "message.status_changed"
 DEADLINE_MISSED = "message.deadline_missed"
 TYPES = (STATUS_CHANGED, DEADLINE_MISSED)
 
+
 def new_webhook_id() -> str:
     """A push's id: its `webhook-id`, the same for every attempt, so the app dedupes on it.
 
