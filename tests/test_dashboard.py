@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import LiveServer, new_sid, post_status
+from support import LiveServer, free_port, new_sid, post_status, wait_until
 
 from receiver.dashboard import figures
 from receiver.dashboard.views import message_path
@@ -228,6 +228,49 @@ def test_a_message_page_shows_its_timeline_bodies_and_poll_state(server: LiveSer
         one = client.get("/dashboard/search", params={"q": sid})
         assert one.status_code == 303 and one.headers["location"] == message_path("twilio", sid)
         assert message_path("twilio", "a/b?c") == "/dashboard/messages/twilio/a/b%3Fc"
+
+
+def test_pushes_show_their_backlog_or_that_they_are_off(
+    server: LiveServer, start_server: StartServer, tmp_path: Path
+) -> None:
+    with server.client() as client:
+        _login(client)
+        page = client.get("/dashboard")
+        assert _text(page, "pushes-off").startswith("Pushes are off")
+        assert 'id="push-backlog"' not in page.text
+    # An app that never answers (a closed loopback port): the final status's push stays owed.
+    env = Settings.from_env(
+        {
+            "RECEIVER_PUSH_URL": f"http://127.0.0.1:{free_port()}/push",
+            "RECEIVER_PUSH_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "RECEIVER_PUSH_RETRY_SCHEDULE": "1h",
+        }
+    )
+    pushing = start_server(
+        api_token=TOKEN,
+        database=str(tmp_path / "pushing.db"),
+        push_url=env.push_url,
+        push_secret=env.push_secret,
+        push_retry_schedule=env.push_retry_schedule,
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with pushing.client() as client:
+        sid = new_sid()
+        assert post_status(client, pushing.callback_url, sid, "delivered").status_code == 204
+
+        def backlog() -> bool:
+            text = client.get("/metrics", headers=headers).text
+            return re.search(r"^receiver_push_backlog 1(\.0)?$", text, re.M) is not None
+
+        wait_until(backlog, timeout=60, what="receiver_push_backlog 1")
+        _login(client)
+        page = client.get("/dashboard")
+        assert page.status_code == 200
+        section = page.text[page.text.index('id="pushes"') : page.text.index('id="failures"')]
+        assert "pushes-off" not in section
+        assert re.search(r'id="push-backlog"[^>]*>1<', section), section
+        assert _text(page, "push-failed") == "0"
+        assert _text(page, "push-oldest") != figures.NONE
 
 
 def test_demo_keep_leaves_the_dashboard_open_on_the_demos_data() -> None:

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from receiver.engine import format_time
+from receiver.engine import format_time, parse_time
+from receiver.push.config import redact_url
 from receiver.store.answers import summary
 from receiver.store.dashboard import WindowFigures, bin_range, bucket_of
 
@@ -129,3 +130,26 @@ def top_errors(figures: WindowFigures, per_provider: int = 5) -> dict[str, list[
         if len(codes) < per_provider:
             codes.append((code, n))
     return found
+
+
+def push_figures(
+    stats: dict[str, Any], endpoints: tuple[str, ...], failed: str, now: datetime
+) -> dict[str, Any]:
+    """The Pushes section from the store's push_stats(): the backlog, the failed pushes (a
+    count, capped by the caller), the oldest pending push's age, the disabled endpoints (as
+    configured, their URLs without a query; the reason a 410 gave)."""
+    oldest = stats.get("oldest_created_at")
+    age = None if oldest is None else (now - parse_time(oldest)).total_seconds()
+    disabled = stats.get("disabled") or {}
+    return {
+        "backlog": int(stats.get("backlog") or 0),
+        "failed": failed,
+        "oldest": oldest,
+        "oldest_age": None if age is None else max(age, 0.0),
+        "disabled": [
+            (redact_url(url), info.get("disabled_at"), info.get("reason") or "disabled")
+            for url, info in disabled.items()
+            if url in endpoints
+        ],
+        "endpoints": len(endpoints),
+    }

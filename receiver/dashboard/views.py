@@ -28,6 +28,7 @@ HERE = Path(__file__).parent
 MAX_FORM = 4096
 MAX_QUERY = 256  # an id or a number (the API's longest id)
 RECENT = 10
+FAILED_PUSHES_COUNTED = 100  # the failed pushes counted on the page, at most
 # Bottom to top in the stacked bar: the good news first.
 STACK_ORDER = sorted((s.value for s in Status), key=lambda s: (-RANK[Status(s)], s))
 SECURITY_HEADERS = {
@@ -154,6 +155,7 @@ class Dashboard:
             unconfirmed=unconfirmed,
             queue=queue,
             pollers=self._pollers(request),
+            pushes=await self._pushes(request, now),
             link=partial(self._link, {"window": window.name, "provider": provider}),
         )
 
@@ -183,6 +185,21 @@ class Dashboard:
     def _link(chosen: dict[str, str | None], **change: str | None) -> str:
         params = {**chosen, **change}
         return "/dashboard?" + urlencode({k: v for k, v in params.items() if v})
+
+    @staticmethod
+    async def _pushes(request: Request, now: datetime) -> dict[str, Any] | None:
+        """The push outbox's state; None when pushes are off (no RECEIVER_PUSH_URL)."""
+        settings: Settings = request.state.settings
+        if not settings.push_url:
+            return None
+        # The outbox's reads are the stores' own, not the Store protocol's (as in receiver.api).
+        store: Any = request.state.store
+        stats = await store.push_stats()
+        found, more = await store.list_pushes(
+            status="failed", since=None, before_id=None, limit=FAILED_PUSHES_COUNTED
+        )
+        failed = f"{len(found)} or more" if more is not None else str(len(found))
+        return figures.push_figures(stats, settings.push_url, failed, now)
 
     @staticmethod
     def _pollers(request: Request) -> list[dict[str, Any]]:
