@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store.base import DueMessage
-from receiver.store.rules import Current, Queued
+from receiver.store.rules import Current, Queued, RowAccess
+from receiver.store.sends import SEND_COLUMNS
 
 QUEUED_COLUMNS = (
     "id, provider, message_id, account, status, provider_status, poll_attempts, created_at, "
@@ -271,3 +272,67 @@ def _held_event(row: Sequence[Any]) -> StatusEvent:
         error_code=row[9],
         event_time=row[10],
     )
+
+
+# -- sends registered whole (receiver.store.sends) ----------------------------------------------
+
+SEND_NAMES = tuple(sorted(SEND_COLUMNS))
+_SEND_SELECT = f"SELECT {', '.join(SEND_NAMES)} FROM sends"
+
+
+def checked_send_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = set(columns) - SEND_COLUMNS
+    if unknown:
+        raise ValueError(f"not columns of sends: {sorted(unknown)}")
+    return columns
+
+
+@lru_cache(maxsize=64)
+def _send_update(columns: tuple[str, ...], mark: str) -> str:
+    sets = ", ".join(f"{c} = ?" for c in checked_send_columns(columns))
+    return marked(f"UPDATE sends SET {sets} WHERE provider = ? AND uuid = ?", mark)
+
+
+def send_dict(row: Sequence[Any] | None) -> dict[str, Any] | None:
+    """A sends row read with SEND_NAMES' columns, as a dict (None: no row)."""
+    return None if row is None else dict(zip(SEND_NAMES, row, strict=True))
+
+
+class SqlSends:
+    """receiver.store.sends.SendAccess in the SQL both dialects share: a dialect sets its
+    placeholder and the locks its reads take, and how it counts a send's recipients."""
+
+    mark: ClassVar[str] = "?"
+    lock: ClassVar[str] = ""  # ends the read of one send (PostgreSQL: FOR UPDATE)
+    claim_lock: ClassVar[str] = ""  # ends a claim's read (PostgreSQL: FOR UPDATE SKIP LOCKED)
+
+    def __init__(self, rows: RowAccess, conn: Any) -> None:
+        self.rows = rows
+        self.conn = conn
+
+    def get(self, provider: str, uuid: str) -> dict[str, Any] | None:
+        sql = marked(f"{_SEND_SELECT} WHERE provider = ? AND uuid = ?{self.lock}", self.mark)
+        return send_dict(self.conn.execute(sql, (provider, uuid)).fetchone())
+
+    def insert(self, row: Mapping[str, Any]) -> None:
+        columns = checked_send_columns(tuple(row))
+        self.conn.execute(
+            f"INSERT INTO sends ({', '.join(columns)}) "
+            f"VALUES ({', '.join([self.mark] * len(columns))})",
+            list(row.values()),
+        )
+
+    def update(self, provider: str, uuid: str, changes: Mapping[str, Any]) -> None:
+        if changes:
+            self.conn.execute(
+                _send_update(tuple(changes), self.mark), [*changes.values(), provider, uuid]
+            )
+
+    def due(self, provider: str, now: str, limit: int) -> list[dict[str, Any]]:
+        sql = marked(
+            f"{_SEND_SELECT} WHERE provider = ? AND next_sweep_at IS NOT NULL "
+            f"AND next_sweep_at <= ? ORDER BY next_sweep_at LIMIT ?{self.claim_lock}",
+            self.mark,
+        )
+        rows = self.conn.execute(sql, (provider, now, limit)).fetchall()
+        return [d for d in map(send_dict, rows) if d is not None]

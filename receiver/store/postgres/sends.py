@@ -8,72 +8,25 @@ and the second finds the cursor moved; a claim skips the sends another claim hol
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import cache
 from typing import Any
 
 import psycopg
 
-from receiver.store import rules
-from receiver.store.sends import SEND_COLUMNS, summary
+from receiver.store.rows import SEND_NAMES, SqlSends, send_dict
+from receiver.store.sends import summary
 
 Conn = psycopg.Connection[Any]
 AsyncConn = psycopg.AsyncConnection[Any]
 
-_NAMES = tuple(sorted(SEND_COLUMNS))
-_COLUMNS = ", ".join(_NAMES)
+_COLUMNS = ", ".join(SEND_NAMES)
 
 
-def _checked(columns: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = set(columns) - SEND_COLUMNS
-    if unknown:
-        raise ValueError(f"not columns of sends: {sorted(unknown)}")
-    return columns
+class Access(SqlSends):
+    """receiver.store.sends.SendAccess in the writer's transaction (SQL: receiver.store.rows)."""
 
-
-@cache
-def _update_sql(columns: tuple[str, ...]) -> str:
-    sets = ", ".join(f"{c} = %s" for c in _checked(columns))
-    return f"UPDATE sends SET {sets} WHERE provider = %s AND uuid = %s"
-
-
-def _dict(row: Sequence[Any] | None) -> dict[str, Any] | None:
-    return None if row is None else dict(zip(_NAMES, row, strict=True))
-
-
-class Access:
-    """receiver.store.sends.SendAccess in the writer's transaction."""
-
-    def __init__(self, rows: rules.RowAccess, conn: Conn) -> None:
-        self.rows = rows
-        self.conn = conn
-
-    def get(self, provider: str, uuid: str) -> dict[str, Any] | None:
-        return _dict(
-            self.conn.execute(
-                f"SELECT {_COLUMNS} FROM sends WHERE provider = %s AND uuid = %s FOR UPDATE",
-                (provider, uuid),
-            ).fetchone()
-        )
-
-    def insert(self, row: Mapping[str, Any]) -> None:
-        columns = _checked(tuple(row))
-        self.conn.execute(
-            f"INSERT INTO sends ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
-            list(row.values()),
-        )
-
-    def update(self, provider: str, uuid: str, changes: Mapping[str, Any]) -> None:
-        if changes:
-            self.conn.execute(_update_sql(tuple(changes)), [*changes.values(), provider, uuid])
-
-    def due(self, provider: str, now: str, limit: int) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM sends WHERE provider = %s AND next_sweep_at IS NOT NULL "
-            "AND next_sweep_at <= %s ORDER BY next_sweep_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (provider, now, limit),
-        ).fetchall()
-        return [d for d in map(_dict, rows) if d is not None]
+    mark = "%s"
+    lock = " FOR UPDATE"
+    claim_lock = " FOR UPDATE SKIP LOCKED"
 
     def counts(self, uuid: str) -> dict[str, int]:
         rows = self.conn.execute(_COUNTS, (uuid,)).fetchall()
@@ -96,7 +49,7 @@ async def send_summary(conn: AsyncConn, uuid: str) -> dict[str, Any] | None:
         cur = await conn.execute(
             f"SELECT {_COLUMNS} FROM sends WHERE provider = 'mesms' AND uuid = %s", (uuid,)
         )
-        row = _dict(await cur.fetchone())
+        row = send_dict(await cur.fetchone())
         cur = await conn.execute(_COUNTS, (uuid,))
         found = {status: int(n) for status, n in await cur.fetchall()}
     if row is None and not found:
