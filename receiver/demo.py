@@ -193,7 +193,8 @@ def _drive(
 ) -> int:
     """Send in waves, print a line a second until all is final or time is up, then the end."""
     sent = Sent(options.count)
-    waves = _waves(shares, min(WAVES, options.count))
+    # No more waves than the largest share, so that no wave is empty (an empty batch is a 400).
+    waves = _waves(shares, min(WAVES, max(shares.values())))
     start = time.monotonic()
     deadline = start + options.timeout
     next_wave, next_line = start, start + TICK

@@ -97,3 +97,14 @@ def test_a_bad_option_is_a_usage_error_that_says_which(
     assert done.returncode == 2
     assert says.format(existing=existing) in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("count", ["1", "9", "12"])
+def test_a_small_demo_sends_every_message_in_waves_that_are_never_empty(
+    tmp_path: Path, count: str
+) -> None:
+    """Fewer messages than waves times providers: each wave still registers something."""
+    done = demo("--count", count, "--timeout", "55", "--database", str(tmp_path / "demo.db"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with closing(sqlite3.connect(tmp_path / "demo.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (int(count),)
