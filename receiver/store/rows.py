@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store.base import DueMessage
+from receiver.store.parts import PartRows
 from receiver.store.rules import Current, Queued, RowAccess
 from receiver.store.sends import SEND_COLUMNS
 
@@ -120,7 +121,7 @@ class OutboxStatements(Protocol):
     def message_metadata(self, conn: Any, pk: int) -> dict[str, Any] | None: ...
 
 
-class SqlRows:
+class SqlRows(PartRows):
     """The statements of rules.RowAccess that are the same SQL in every dialect."""
 
     mark: ClassVar[str] = "?"
