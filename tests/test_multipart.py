@@ -213,3 +213,45 @@ def test_verify_finds_nothing_wrong_with_multipart_messages_and_finds_a_corrupte
     report, found = verify(s, run)
     assert [m.row.message_id for m in found] == ["M1"]
     assert found[0].differences["status"] == ("delivered", "queued")
+
+
+def test_polling_asks_about_the_parts_still_pending_and_settles_the_message_once(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from receiver.engine import format_time
+    from receiver.store.base import PollDone
+
+    s = store_factory()
+    run(s.register([multipart(), Registration("telecom23", "single")]))
+    run(s.record([event("p2", S.DELIVERED)]))
+    far = format_time(datetime.now(UTC) + timedelta(days=1))
+    claimed = run(s.claim_due("telecom23", now=far, limit=100, lease_until=far, owner="me"))
+    assert sorted(m.message_id for m in claimed) == ["p1", "p3", "single"]
+    parent = one(s, run, "M1")
+    by_id = {m.message_id: m for m in claimed}
+    assert by_id["p1"].pk == by_id["p3"].pk  # the message's key: its lease is the message's
+    polled = [event("p1", S.DELIVERED, source="poll"), event("p3", S.SENT, source="poll")]
+    done = [PollDone(by_id[i], "ok", far) for i in ("p1", "p3", "single")]
+    recorded = run(s.finish_polls("me", polled, done))
+    assert [(r.event.message_id, r.status) for r in recorded] == [
+        ("p1", "delivered"),
+        ("p3", "sent"),
+    ]
+    m = one(s, run, "M1")
+    assert m["status"] == "sent" and m["final_via"] is None
+    assert m["poll"]["attempts"] == parent["poll"]["attempts"] + 1  # once, not per part
+    assert m["poll"]["next_poll_at"] == far
+    # Given up: the message (not each part) becomes unconfirmed.
+    claimed = run(s.claim_due("telecom23", now=far, limit=100, lease_until=far, owner="me"))
+    (p3,) = [m for m in claimed if m.message_id != "single"]
+    assert p3.message_id == "p3"
+    run(s.finish_polls("me", [], [PollDone(p3, "ok", far, give_up_reason="max age")]))
+    m = one(s, run, "M1")
+    assert m["status"] == "unconfirmed" and m["final_via"] == "timeout"
+    assert m["parts"] == {"total": 3, "delivered": 2, "failed": 0, "pending": 1}
+    run(s.record([event("p3", S.DELIVERED)]))  # positive evidence after the give-up
+    assert one(s, run, "M1")["status"] == "delivered"
+    report, found = verify(s, run)
+    assert found == [] and report.checked == 2

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, NamedTuple
 
-from receiver.engine import MessageState, Status
+from receiver.engine import FINAL_STATUSES, MessageState, Status
 
 # The table, with each dialect's types ({pk}, {text}, {big}).
 MESSAGE_PARTS = (
@@ -64,6 +64,7 @@ _SELECT = (
 )
 _PART = _SELECT + "WHERE p.provider = ? AND p.part_id = ?"
 _PARTS_OF = _SELECT + "WHERE p.parent_pk = ? ORDER BY p.position"
+_FINAL = ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATUSES))
 
 
 def part(row: Sequence[Any]) -> Part:
@@ -103,6 +104,23 @@ class PartRows:
 
     def parts_of(self, parent_pk: int) -> list[Part]:
         return [part(row) for row in self.conn.execute(self._sql(_PARTS_OF), (parent_pk,))]
+
+    def pending_parts(self, parent_pks: Sequence[int]) -> dict[int, list[Part]]:
+        """The parts not final yet of those of these messages that have parts, in order."""
+        if not parent_pks:
+            return {}
+        marks = ", ".join("?" * len(parent_pks))
+        found: dict[int, list[Part]] = {}
+        rows = self.conn.execute(
+            self._sql(
+                f"{_SELECT}WHERE p.parent_pk IN ({marks}) AND p.status NOT IN ({_FINAL}) "
+                "ORDER BY p.parent_pk, p.position"
+            ),
+            list(parent_pks),
+        )
+        for row in rows:
+            found.setdefault(row[1], []).append(part(row))
+        return found
 
     def insert_part(self, row: Mapping[str, Any]) -> None:
         columns = _checked(tuple(row))

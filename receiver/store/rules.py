@@ -217,6 +217,10 @@ class RowAccess(Protocol):
         """The message `pk` becomes a part of `parent_pk`: its events move there, its row goes."""
         ...
 
+    def pending_parts(self, parent_pks: Sequence[int]) -> dict[int, list[Part]]:
+        """The parts not final yet of those of these messages that have parts, in order."""
+        ...
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -697,8 +701,14 @@ def finish_polls(
     still holds (a message whose lease ran out and was claimed again is the new claimer's)."""
     recorded = [r for ev in events if (r := record_polled(rows, policy, ev)) is not None]
     now = format_time(policy.clock())
+    settled: set[int] = set()  # a multipart message's, once for all its parts asked about
     for item in done:
         current = rows.message(item.message.provider, item.message.message_id)
+        if current is None:
+            found = _part_done(rows, item, settled)
+            if found is None:
+                continue
+            item, current = found
         if current is None or current.pk != item.message.pk or current.poll_lease != owner:
             continue
         if item.give_up_reason is not None and not current.state.final:
@@ -791,7 +801,7 @@ def claim_due(
         claimed.update((m.message.pk, m.message) for m in members)
     rows.put_off(put_off)
     rows.lease(list(claimed), owner, lease_until)
-    return list(claimed.values())
+    return poll_parts(rows, list(claimed.values()))
 
 
 # -- the push outbox ------------------------------------------------------------------------
@@ -1063,3 +1073,41 @@ def register_multipart(
         assert folded is not None
         status = folded.state.status.value
     return Registered(reg.provider, reg.message_id, True, status, applied, created_at=now)
+
+
+def poll_parts(rows: RowAccess, claimed: list[DueMessage]) -> list[DueMessage]:
+    """The claimed messages as the poller asks about them: a multipart message as its parts
+    still pending, each under its provider id (and the message's key, lease and age), so one
+    claim of the message is a send of several; finish_polls settles the message once."""
+    pending = rows.pending_parts([m.pk for m in claimed])
+    if not pending:
+        return claimed
+    asked: list[DueMessage] = []
+    for message in claimed:
+        parts = pending.get(message.pk)
+        if not parts:
+            asked.append(message)
+            continue
+        asked += [
+            replace(
+                message,
+                message_id=p.part_id,
+                status=p.state.status.value,
+                provider_status=p.provider_status,
+            )
+            for p in parts
+        ]
+    return asked
+
+
+def _part_done(
+    rows: RowAccess, item: PollDone, settled: set[int]
+) -> tuple[PollDone, Current | None] | None:
+    """A poll of a part (poll_parts) settles its message, the first time one of its parts'
+    polls is finished in this batch: the PollDone as the message's, and the message."""
+    part = rows.part(item.message.provider, item.message.message_id)
+    if part is None or part.parent_pk != item.message.pk or part.parent_pk in settled:
+        return None
+    settled.add(part.parent_pk)
+    message = replace(item.message, message_id=part.parent_id)
+    return replace(item, message=message), rows.message(item.message.provider, part.parent_id)
