@@ -7,15 +7,27 @@ The fold is engine.fold_parts (plain calls); the recording runs against every ki
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from stores import StoreFactory
+from support import AppServer, LiveServer, assert_error, events, make_settings, message, wait_until
 
 from receiver import engine, ledger
 from receiver.engine import Status, StatusEvent
+from receiver.simulator.app import create_simulator
+from receiver.simulator.client import SimulatorClient
+from receiver.simulator.config import Accounts, SimConfig
 from receiver.store import Registration, Store
+
+ACCOUNTS = Accounts()
+BIN = Path(sys.executable).parent / "receiver"
 
 Run = Callable[[Awaitable[Any]], Any]
 S = Status
@@ -255,3 +267,194 @@ def test_polling_asks_about_the_parts_still_pending_and_settles_the_message_once
     assert one(s, run, "M1")["status"] == "delivered"
     report, found = verify(s, run)
     assert found == [] and report.checked == 2
+
+
+# -- a real server, the simulator's multipart sends ---------------------------------------------
+
+
+@pytest.fixture
+def sim_and_receiver(tmp_path: Path) -> Iterator[tuple[SimulatorClient, LiveServer]]:
+    """The simulator at 1000x speed and a receiver polling it (grace and backoffs in fractions
+    of a second), each under uvicorn; the simulator's 23 Telecom DLRs go to the receiver."""
+    sim_server = AppServer(create_simulator(SimConfig(seed=3))).start()
+    with SimulatorClient(sim_server.base_url) as sim:
+        sim.configure(
+            speed=1000,
+            api_latency=0,
+            timing={"sent_after": [0.1, 0.5], "final_after": [1, 5]},
+        )
+        settings = make_settings(
+            tmp_path,
+            secret_key="multipart-test-secret-key-0123456789",
+            polling=True,
+            dlr_grace=0.2,
+            poll_backoff=0.2,
+            poll_backoff_max=0.5,
+            poll_interval=0.1,
+            poll_lease=30.0,
+            poll_timeout=10.0,
+            provider_env={
+                "TELECOM23_API_BASE": sim.telecom23_api_base,
+                "TELECOM23_API_KEY": ACCOUNTS.telecom23_api_key,
+                "TELECOM23_POLL_RATE": "500",
+            },
+        )
+        receiver = LiveServer(settings).start()
+        try:
+            sim.point_at_receiver(receiver.base_url, providers=("telecom23",))
+            yield sim, receiver
+        finally:
+            receiver.stop()
+            sim_server.stop()
+
+
+def _truth(sim: SimulatorClient, parts: list[str]) -> str:
+    finals = {m["message_id"]: m["final"]["status"] for m in sim.messages(provider="telecom23")}
+    return engine.fold_parts([finals[p] for p in parts]).value
+
+
+def _final(server: LiveServer, message_id: str) -> dict[str, Any] | None:
+    found = message(server, message_id)
+    return found if found["final"] else None
+
+
+def test_a_long_text_sent_through_23_telecom_is_one_message_folded_from_its_segments(
+    sim_and_receiver: tuple[SimulatorClient, LiveServer],
+) -> None:
+    """The send splits the text into segments (one id each, as 23 Telecom answers); the app
+    registers them as the parts of its message; the segments' DLRs fold into one status."""
+    sim, receiver = sim_and_receiver
+    sim.configure(realism={"delivered": 0.5, "drop_all": 0, "drop_final": 0})
+    response = httpx.post(
+        sim.telecom23_api_base + "/sms/send",
+        headers={"X-API-Key": ACCOUNTS.telecom23_api_key},
+        json={"to": ["+447911123456", "+14155551234"], "message": "x" * 400, "sender_id": "Shop"},
+    )
+    assert response.status_code == 200, response.text
+    sent = response.json()
+    assert sent["summary"]["total_segments"] == 6  # 400 GSM-7 characters: 3 segments of 153
+    by_number: dict[str, list[str]] = {}
+    for segment in sent["messages"]:
+        by_number.setdefault(segment["dnis"], []).append(segment["message_id"])
+    assert [s["segment_num"] for s in sent["messages"]] == [1, 2, 3, 1, 2, 3]
+    registrations = [
+        {"provider": "telecom23", "message_id": f"order-{i}", "to": number, "parts": parts}
+        for i, (number, parts) in enumerate(sorted(by_number.items()))
+    ]
+    with receiver.client() as client:
+        answer = client.post("/v1/messages", json={"messages": registrations})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["created"] == 2
+    for reg in registrations:
+        mid = reg["message_id"]
+        found = wait_until(lambda mid=mid: _final(receiver, mid), what=f"{mid} final")
+        assert found["status"] == _truth(sim, reg["parts"])
+        counts = found["parts"]
+        assert counts["total"] == 3 == counts["delivered"] + counts["failed"] + counts["pending"]
+        history = events(receiver, reg["message_id"])
+        assert {e["part"] for e in history if "part" in e} == set(reg["parts"])
+        assert any(e["outcome"] == "applied" and "part" not in e for e in history)
+    with receiver.client() as client:
+        stats = client.get("/v1/stats").json()
+    assert stats["total"] == 2  # two messages, not six
+
+
+def test_segments_whose_dlrs_are_dropped_are_polled_as_the_parts_still_pending(
+    sim_and_receiver: tuple[SimulatorClient, LiveServer],
+) -> None:
+    sim, receiver = sim_and_receiver
+    sim.configure(realism={"delivered": 0.7, "drop_all": 1})  # only polling can tell
+    ids = sim.create_messages("telecom23", 4, segments=2)
+    messages = {f"m{i}": ids[2 * i : 2 * i + 2] for i in range(4)}
+    with receiver.client() as client:
+        response = client.post(
+            "/v1/messages",
+            json=[
+                {"provider": "telecom23", "message_id": mid, "parts": parts}
+                for mid, parts in messages.items()
+            ],
+        )
+    assert response.status_code == 200, response.text
+    for mid, parts in messages.items():
+        found = wait_until(lambda mid=mid: _final(receiver, mid), what=f"{mid} final")
+        assert found["status"] == _truth(sim, parts)
+        assert found["final_via"] == "poll" and found["poll"]["attempts"] >= 1
+    asked = {m["message_id"]: m["status_requests"] for m in sim.messages(provider="telecom23")}
+    assert all(asked[p] >= 1 for parts in messages.values() for p in parts)
+    report = subprocess.run(
+        [str(BIN), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RECEIVER_DATABASE": receiver.settings.database},
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "4 message(s) checked against their events, 0 mismatch(es)" in report.stdout
+
+
+# -- the API's checks ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(make_settings(tmp_path_factory.mktemp("parts-api"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("parts", "code"),
+    [
+        ([], "parts_empty"),
+        ("p1", "invalid_parts"),
+        (["p1", 2], "invalid_parts"),
+        (["p1", " "], "invalid_parts"),
+        (["p1", "x" * 257], "invalid_parts"),
+        (["p1", "p2", "p1"], "duplicate_parts"),
+        ([f"p{i}" for i in range(256)], "too_many_parts"),
+        (["A1", "p2"], "part_is_message_id"),
+    ],
+)
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_bad_parts_are_refused_with_a_stable_error_code(
+    api: LiveServer, parts: Any, code: str, batch: bool
+) -> None:
+    item = {"provider": "twilio", "message_id": "A1", "parts": parts}
+    with api.client() as client:
+        response = client.post("/v1/messages", json=[item] if batch else item)
+    error = assert_error(response, 400, code)
+    assert error["details"]["field"] == "parts" and error["details"]["index"] == 0
+
+
+def test_parts_that_contradict_what_is_kept_are_a_409_or_the_batch_items_error(
+    api: LiveServer,
+) -> None:
+    with api.client() as client:
+        first = client.post(
+            "/v1/messages", json={"provider": "twilio", "message_id": "C1", "parts": ["c1", "c2"]}
+        )
+        assert first.status_code == 201, first.text
+        assert first.json()["status"] == "registered"
+        again = client.post(
+            "/v1/messages", json={"provider": "twilio", "message_id": "C1", "parts": ["c1", "c2"]}
+        )
+        assert again.status_code == 200 and not again.json()["created"]
+        taken = {"provider": "twilio", "message_id": "C2", "parts": ["c3", "c2"]}
+        error = assert_error(
+            client.post("/v1/messages", json=taken), 409, "part_of_another_message"
+        )
+        assert "c2" in error["message"]
+        batch = client.post(
+            "/v1/messages",
+            json=[taken, {"provider": "twilio", "message_id": "C3", "parts": ["c4"]}],
+        )
+        assert batch.status_code == 200, batch.text
+        first_item, second_item = batch.json()["messages"]
+        assert first_item["error_code"] == "part_of_another_message" and not first_item["created"]
+        assert second_item["created"] and batch.json()["created"] == 1
+        assert client.get("/v1/messages/C2").status_code == 404
+        listed = client.get("/v1/messages").json()["messages"]
+    assert {m["message_id"]: m.get("parts") for m in listed} == {
+        "C3": {"total": 1, "delivered": 0, "failed": 0, "pending": 1},
+        "C1": {"total": 2, "delivered": 0, "failed": 0, "pending": 2},
+    }
