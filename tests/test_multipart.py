@@ -458,3 +458,27 @@ def test_parts_that_contradict_what_is_kept_are_a_409_or_the_batch_items_error(
         "C3": {"total": 1, "delivered": 0, "failed": 0, "pending": 1},
         "C1": {"total": 2, "delivered": 0, "failed": 0, "pending": 2},
     }
+
+
+def test_pushes_and_the_change_log_report_the_message_never_its_parts(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    """A part's change is the message's change only when it changes the folded status: then
+    one `message.status_changed` (of the message, under its id) is owed and logged."""
+    s = store_factory()
+    s.configure_push(("http://app.test/hook",), "all", lambda: None)  # type: ignore[attr-defined]
+    run(s.register([multipart()]))
+    run(s.record([event("p1", S.SENT), event("p2", S.SENT)]))  # p3 registered: no change
+    run(s.record([event("p3", S.SENT)]))  # now every part is sent: the message is
+    run(s.record([event("p1", S.DELIVERED)]))  # the least advanced is still sent: no change
+    run(s.record([event("p2", S.REJECTED)]))  # failed as soon as one part is
+    pushes, _ = run(
+        s.list_pushes(status=None, since=None, before_id=None, limit=100)  # type: ignore[attr-defined]
+    )
+    owed = sorted((p["message_id"], p["type"]) for p in pushes)
+    assert owed == [("M1", "message.status_changed")] * 2
+    changes = run(s.changes_after(0))
+    assert [(c["data"]["message_id"], c["data"]["status"]) for c in changes] == [
+        ("M1", "sent"),
+        ("M1", "rejected"),
+    ]
