@@ -225,6 +225,44 @@ def test_verify_finds_nothing_wrong_with_multipart_messages_and_finds_a_corrupte
     report, found = verify(s, run)
     assert [m.row.message_id for m in found] == ["M1"]
     assert found[0].differences["status"] == ("delivered", "queued")
+    repaired: list[ledger.Mismatch] = []
+    report = run(ledger.verify(s, page_size=3, repair=True, on_repaired=repaired.append))
+    assert report.repaired == 1 and [m.row.message_id for m in repaired] == ["M1"]
+    assert one(s, run, "M1")["status"] == "queued"
+    report, found = verify(s, run)
+    assert found == [] and report.mismatched == 0
+    # The part keeps deciding, and folding, after the repair.
+    run(s.record([event("p3", S.DELIVERED), event("p1", S.DELIVERED)]))
+    assert one(s, run, "M1")["status"] == "delivered"
+    assert verify(s, run)[1] == []
+
+
+def test_two_instances_folding_one_messages_parts_at_once_agree(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    """Each part's report is decided under its own lock and the fold under the message's, so
+    reports for every part through two stores on one database (two instances, on PostgreSQL)
+    at once end in the fold of all of them, and the ledger agrees."""
+    import asyncio
+
+    a, b = store_factory("shared"), store_factory("shared")
+    parts = tuple(f"s{i}" for i in range(12))
+    run(a.register([multipart("BIG", parts)]))
+
+    async def both() -> None:
+        await asyncio.gather(
+            *(
+                (a if i % 2 else b).record([event(p, S.SENT), event(p, S.DELIVERED)])
+                for i, p in enumerate(parts)
+            ),
+            b.register([multipart("BIG", parts)]),  # the same registration again, meanwhile
+        )
+
+    run(both())
+    m = one(a, run, "BIG")
+    assert m["status"] == "delivered" and m["parts"]["delivered"] == 12
+    report, found = verify(a, run)
+    assert found == [] and report.checked == 1
 
 
 def test_polling_asks_about_the_parts_still_pending_and_settles_the_message_once(
