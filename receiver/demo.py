@@ -493,12 +493,16 @@ def _report(options: Options, elapsed: float, sent: Sent, rows: Rows, sim: Simul
         f"up, {stats['pending']} pending; {total['polls']} status requests answered"
     )
     if sent.parts:
-        wrong = sum(1 for k in sent.parts if k in mismatches)
-        failed = sum(1 for k in sent.parts if _group(rows.get(k, {}).get("status", "")) == "failed")
+        off = sum(1 for k in sent.parts if k in mismatches)
+        failed = sum(
+            1
+            for k in sent.parts
+            if rows.get(k, {}).get("final") and _group(rows[k]["status"]) == "failed"
+        )
         _say(
             f"multipart:  {len(sent.parts)} telecom23 messages of {SEGMENTS} segments "
             f"({len(sent.parts) * SEGMENTS} DLR streams), {failed} failed by a segment; "
-            f"{len(sent.parts) - wrong} folded as the simulator's segments ended"
+            f"{len(sent.parts) - off} folded as the simulator's segments ended"
         )
     for k in mismatches[:10]:
         row, should = rows[k], truth[k]["final"]

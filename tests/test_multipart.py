@@ -187,12 +187,17 @@ def test_registering_again_is_idempotent_and_conflicts_write_nothing(
         "message_not_multipart": multipart("single", ("x1", "x2")),
         "part_of_another_message": multipart("M2", ("p9", "p3")),
         "part_is_a_message": multipart("M3", ("single", "x3")),
+        "message_is_a_part": Registration("telecom23", "p2"),
     }
     for code, reg in cases.items():
         (r,) = run(s.register([reg]))
         assert r.conflict is not None and r.conflict[0] == code, code
     assert run(s.get_messages("M2")) == [] and run(s.get_messages("M3")) == []
-    assert run(s.get_messages("p9")) == []
+    assert run(s.get_messages("p9")) == [] and run(s.get_messages("p2")) == []
+    # In a batch too, where ids nothing is known of are inserted without a read each.
+    results = run(s.register([Registration("telecom23", "new"), Registration("telecom23", "p3")]))
+    assert [r.conflict and r.conflict[0] for r in results] == [None, "message_is_a_part"]
+    assert run(s.get_messages("p3")) == []
 
 
 def test_parts_are_not_counted_as_messages(store_factory: StoreFactory, run: Run) -> None:

@@ -19,6 +19,7 @@ CONFLICTS = (
     "message_not_multipart",
     "part_of_another_message",
     "part_is_a_message",
+    "message_is_a_part",  # a message of one part registered under a part's id
 )
 
 

@@ -474,6 +474,10 @@ def register(
     now, due = at or policy.now_and_due(reg.provider)
     current = rows.message(reg.provider, reg.message_id)
     created = current is None
+    if current is None and (part := rows.part(reg.provider, reg.message_id)) is not None:
+        return _conflict(
+            reg, "message_is_a_part", f"{reg.message_id!r} is a part of {part.parent_id!r}"
+        )
     if current is None:
         current = _insert_registered(rows, policy, reg, now, due)
     else:
