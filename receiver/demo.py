@@ -258,6 +258,8 @@ def _send_wave(
         if long:
             registrations += _send_multipart(sim, provider, long, sent_at, sent)
             n -= long
+            if n == 0:  # every message of this wave went out in segments
+                continue
         numbers = [_number(provider, len(sent.keys) + i) for i in range(n)]
         # One me-sms send per wave: its recipients are polled in one sweep.
         per_send = n if provider == "mesms" else None
