@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from receiver.engine import Status, format_time
+from receiver.engine import Status, fold_parts, format_time
 from receiver.settings import Settings
 from receiver.simulator.client import SimulatorClient
 from receiver.simulator.model import Realism, Timing
@@ -56,6 +56,9 @@ TIMING = Timing(sent_after=(0.2, 1.5), final_after=(0.5, 4.0))
 # The receiver's polling, in seconds rather than production's minutes.
 DLR_GRACE, BACKOFF, BACKOFF_MAX, MAX_AGE = 4, 1, 2, 60
 WAVES, WAVE_GAP = 10, 0.2  # messages go out in waves, as an app's traffic would
+# A quarter of 23 Telecom's messages are long texts sent as this many segments, each with its
+# own id and its own fate; the app registers each as one multipart message (its parts).
+MULTIPART_SHARE, SEGMENTS = 4, 3
 TICK = 1.0  # seconds between summary lines
 
 
@@ -90,6 +93,7 @@ class Sent:
 
     total: int
     keys: list[Key] = field(default_factory=list)
+    parts: dict[Key, list[str]] = field(default_factory=dict)  # a multipart message's parts
 
 
 def run(options: Options) -> int:
@@ -248,6 +252,15 @@ def _send_wave(
         if n == 0:
             continue
         sent_at = format_time(datetime.now(UTC))
+        long = 0
+        if provider == "telecom23":  # every MULTIPART_SHARE-th of its messages
+            before = sum(1 for k in sent.keys if k[0] == provider)
+            long = sum(1 for i in range(before, before + n) if i % MULTIPART_SHARE == 1)
+        if long:
+            registrations += _send_multipart(sim, provider, long, sent_at, sent)
+            n -= long
+            if n == 0:  # every message of this wave went out in segments
+                continue
         numbers = [_number(provider, len(sent.keys) + i) for i in range(n)]
         # One me-sms send per wave: its recipients are polled in one sweep.
         per_send = n if provider == "mesms" else None
@@ -260,6 +273,41 @@ def _send_wave(
     response = receiver.post("/v1/messages", json={"messages": registrations})
     if response.status_code != 200:
         raise DemoError(f"registering messages failed: {response.status_code} {response.text}")
+
+
+def _send_multipart(
+    sim: SimulatorClient, provider: str, n: int, sent_at: str, sent: Sent
+) -> list[dict[str, Any]]:
+    """`n` long texts, each sent as SEGMENTS segments; their registrations, one per text under
+    the app's own id, with the segments' ids as its parts."""
+    numbers = [_number(provider, len(sent.keys) + i) for i in range(n)]
+    ids = sim.create_messages(provider, n, to=numbers, segments=SEGMENTS)
+    registrations = []
+    for i, number in enumerate(numbers):
+        parts = ids[i * SEGMENTS : (i + 1) * SEGMENTS]
+        key = (provider, f"long-{parts[0]}")
+        registrations.append(
+            {"provider": provider, "message_id": key[1], "parts": parts, "to": number}
+            | {"sent_at": sent_at}
+        )
+        sent.keys.append(key)
+        sent.parts[key] = parts
+    return registrations
+
+
+def _multipart_truth(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the simulator did to a multipart message's segments, as one message: the status
+    the receiver folds its parts into (engine.fold_parts), and the untidiness of all."""
+    folded = fold_parts([m["final"]["status"] for m in segments])
+    dropped = {m["dropped"] for m in segments}
+    return {
+        "final": {"status": folded.value, "provider_status": None},
+        "dropped": "all" if dropped == {"all"} else ("final" if dropped - {None} else None),
+        "late_sent": any(m["late_sent"] for m in segments),
+        "duplicates": sum(m["duplicates"] for m in segments),
+        "delivered": [],
+        "multipart": True,
+    }
 
 
 def _number(provider: str, i: int) -> str:
@@ -313,6 +361,11 @@ def _intro(options: Options, shares: dict[str, int], urls: tuple[str, str], db: 
         f"every {BACKOFF}-{BACKOFF_MAX} s;"
     )
     _say(f"           given up (unconfirmed) {MAX_AGE} s after it was sent")
+    _say(
+        f"  multipart: 1 in {MULTIPART_SHARE} telecom23 messages is sent as {SEGMENTS} segments, "
+        "each failing on its own,"
+    )
+    _say("             and registered with its parts: one status, folded from theirs")
     _say()
 
 
@@ -392,7 +445,14 @@ def _tally(keys: list[Key], truth: dict[Key, Any], rows: Rows) -> tuple[Counter[
         c["late"] += (
             row["final_via"] == "poll" and final["provider_status"] in sim_message["delivered"]
         )
-        if (row["status"], row["provider_status"]) == (final["status"], final["provider_status"]):
+        if sim_message.get("multipart"):  # its provider_status is that of the part it heard last
+            agree = row["status"] == final["status"]
+        else:
+            agree = (row["status"], row["provider_status"]) == (
+                final["status"],
+                final["provider_status"],
+            )
+        if agree:
             c["agree"] += 1
         else:
             mismatches.append(k)
@@ -402,6 +462,8 @@ def _tally(keys: list[Key], truth: dict[Key, Any], rows: Rows) -> tuple[Counter[
 def _report(options: Options, elapsed: float, sent: Sent, rows: Rows, sim: SimulatorClient) -> int:
     """The end: per provider, what the receiver concluded beside what the simulator did."""
     truth = {(m["provider"], m["message_id"]): m for m in sim.messages()}
+    for key, parts in sent.parts.items():
+        truth[key] = _multipart_truth([truth[(key[0], part)] for part in parts])
     stats = sim.stats()
     total: Counter[str] = Counter()
     mismatches: list[Key] = []
@@ -433,6 +495,18 @@ def _report(options: Options, elapsed: float, sent: Sent, rows: Rows, sim: Simul
         f"            {deliveries['succeeded']} DLRs delivered, {deliveries['gave_up']} given "
         f"up, {stats['pending']} pending; {total['polls']} status requests answered"
     )
+    if sent.parts:
+        off = sum(1 for k in sent.parts if k in mismatches)
+        failed = sum(
+            1
+            for k in sent.parts
+            if rows.get(k, {}).get("final") and _group(rows[k]["status"]) == "failed"
+        )
+        _say(
+            f"multipart:  {len(sent.parts)} telecom23 messages of {SEGMENTS} segments "
+            f"({len(sent.parts) * SEGMENTS} DLR streams), {failed} failed by a segment; "
+            f"{len(sent.parts) - off} folded as the simulator's segments ended"
+        )
     for k in mismatches[:10]:
         row, should = rows[k], truth[k]["final"]
         _say(

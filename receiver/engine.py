@@ -5,7 +5,7 @@ Pure functions with no I/O, so the rules are tested with plain calls and shared 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -183,3 +183,49 @@ def apply_event(
         final_at=now if final else None,
         final_via=event.source if final else None,
     )
+
+
+# -- multipart messages: several segments, one status -------------------------------------
+
+# The failed statuses (all of rank 5), worst first: a message with several failed parts shows
+# the worst (a rejected segment says more about the message than an expired one).
+FAILED_STATUSES: Final = (
+    Status.REJECTED,
+    Status.UNDELIVERED,
+    Status.FAILED,
+    Status.EXPIRED,
+    Status.CANCELED,
+)
+
+
+def fold_parts(statuses: Sequence[Status | str]) -> Status:
+    """The status a message of several parts (a concatenated SMS's segments) shows, from its
+    parts' statuses: delivered when every part is; failed (the worst failed status) as soon
+    as any part has failed; otherwise the least advanced part's status.
+
+    The message's stored status then follows this through `decide` like any report, so it
+    never regresses: a failed message stays failed until every part is delivered after all.
+    """
+    if not statuses:
+        return Status.REGISTERED
+    kept = [Status(s) for s in statuses]
+    if all(s is Status.DELIVERED for s in kept):
+        return Status.DELIVERED
+    for failed in FAILED_STATUSES:
+        if failed in kept:
+            return failed
+    return min(kept, key=RANK.__getitem__)
+
+
+def parts_summary(statuses: Sequence[Status | str]) -> dict[str, int]:
+    """{total, delivered, failed, pending} of a message's parts; pending is every part neither
+    delivered nor failed (an `unconfirmed` part included: nobody said it arrived)."""
+    kept = [Status(s) for s in statuses]
+    delivered = sum(1 for s in kept if s is Status.DELIVERED)
+    failed = sum(1 for s in kept if s in FAILED_STATUSES)
+    return {
+        "total": len(kept),
+        "delivered": delivered,
+        "failed": failed,
+        "pending": len(kept) - delivered - failed,
+    }

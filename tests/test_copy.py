@@ -52,6 +52,12 @@ def build_source(start_server: StartServer) -> Path:
         for _ in range(3):  # held: nobody registered these
             held = post_status(client, server.callback_url, new_sid(), "delivered")
             assert held.status_code == 204
+        parts = [new_sid(), new_sid()]  # a multipart message, one part delivered
+        response = client.post(
+            "/v1/messages", json={"provider": "twilio", "message_id": "long-1", "parts": parts}
+        )
+        assert response.status_code == 201, response.text
+        assert post_status(client, server.callback_url, parts[0], "delivered").status_code == 204
     server.stop()
     path = Path(server.settings.database)
     with sqlite3.connect(path) as conn:
@@ -75,10 +81,11 @@ def test_copy_moves_every_row_with_its_id_and_prints_the_counts(
             columns = [row[1] for row in lite.execute(f"PRAGMA table_info({table})")]
             assert rows(pg, table, columns) == rows(lite, table, columns), table
         counts = {
-            "messages": 12,  # held callbacks make no message
-            "events": 8 * 4 + 3,
+            "messages": 13,  # held callbacks make no message, parts are not messages
+            "message parts": 2,
+            "events": 8 * 4 + 3 + 1,
             "held events (pending_unknown)": 3,
-            "messages due for polling": 4,  # registered, never final
+            "messages due for polling": 5,  # registered, never final
         }
         assert lite.execute("SELECT count(*) FROM messages").fetchone()[0] == counts["messages"]
         body = pg.execute("SELECT body FROM events WHERE id = 1").fetchone()[0]
@@ -89,7 +96,7 @@ def test_copy_moves_every_row_with_its_id_and_prints_the_counts(
             "created_at, updated_at) VALUES ('twilio', 'SMnew', 'queued', 1, 0, 'x', 'x') "
             "RETURNING id"
         ).fetchone()
-        assert next_id == 13
+        assert next_id == 14
         # The /metrics counts, kept by the target's triggers as the rows went in.
         by_status = dict(
             pg.execute("SELECT status, sum(n) FROM message_status_counts GROUP BY status")
@@ -97,8 +104,8 @@ def test_copy_moves_every_row_with_its_id_and_prints_the_counts(
         expected = dict(lite.execute("SELECT status, count(*) FROM messages GROUP BY status"))
         assert {s: n for s, n in by_status.items() if n} == expected | {"queued": 1}
     lines = result.stdout.splitlines()
-    assert lines[-5].split() == ["source", "target"]
-    for line, (name, count) in zip(lines[-4:], counts.items(), strict=True):
+    assert lines[-6].split() == ["source", "target"]
+    for line, (name, count) in zip(lines[-5:], counts.items(), strict=True):
         assert line.split() == [*name.split(), str(count), str(count)]
     assert "password" not in result.stdout
 
@@ -118,7 +125,7 @@ def test_copy_refuses_a_target_that_holds_data_and_leaves_it_as_it_was(
     )
     assert again.stdout == ""
     with connection.connect(pg_url) as pg:
-        assert pg.execute("SELECT count(*) FROM events").fetchone()[0] == 8 * 4 + 3
+        assert pg.execute("SELECT count(*) FROM events").fetchone()[0] == 8 * 4 + 3 + 1
 
 
 def test_copy_into_a_new_database_migrates_it_first(
@@ -212,7 +219,7 @@ def test_the_service_on_the_copy_answers_as_it_did_on_the_file(
         before = _answers(client)
         first = client.get("/v1/messages", params={"limit": 5}).json()
     sqlite_server.stop()
-    assert len(before["list"]) == 12 and first["next_cursor"] and before["page 2"]["messages"]
+    assert len(before["list"]) == 13 and first["next_cursor"] and before["page 2"]["messages"]
     assert run("copy", "--from", str(source), "--to", pg_url).returncode == 0
     pg_server = start_server(database=str(source.with_name("unused.db")), database_url=pg_url)
     with pg_server.client() as client:

@@ -30,7 +30,17 @@ from receiver.simulator.app import create_simulator
 from receiver.simulator.client import SimulatorClient
 from receiver.simulator.config import Accounts, SimConfig
 
-ALLOWED = ["account", "deadline", "from", "message_id", "metadata", "provider", "sent_at", "to"]
+ALLOWED = [
+    "account",
+    "deadline",
+    "from",
+    "message_id",
+    "metadata",
+    "parts",
+    "provider",
+    "sent_at",
+    "to",
+]
 OTHER_ACCOUNT = "AC" + "ab" * 16
 THIRD_ACCOUNT = "AC" + "cd" * 16
 MAX_AGE = 72 * 3600.0  # RECEIVER_POLL_MAX_AGE's default

@@ -198,6 +198,13 @@ class FakeRows:
     def tracked_send(self, provider: str, prefix: str) -> bool:
         return False  # sends registered whole: tests/test_campaign_store.py
 
+    # Multipart messages' parts: tests/test_multipart.py, on the stores.
+    def part(self, provider: str, part_id: str) -> None:
+        return None
+
+    def pending_parts(self, parent_pks: Sequence[int]) -> dict[int, list[Any]]:
+        return {}
+
     # -- for the assertions --------------------------------------------------------------------
 
     def row(self, message_id: str, provider: str = "twilio") -> dict[str, Any]:

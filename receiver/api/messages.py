@@ -21,6 +21,7 @@ from receiver.api import realtime as realtime_api
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
+from receiver.api.parts import parts_field
 from receiver.api.query import query
 from receiver.engine import Status, is_final
 from receiver.engine import parse_time as parse_stored_time
@@ -276,7 +277,17 @@ def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> 
 
 # The fields of one registration, as the answer to an unknown one lists them.
 REGISTRATION_FIELDS = sorted(
-    ("provider", "message_id", "to", "from", "sent_at", "metadata", "account", "deadline")
+    (
+        "provider",
+        "message_id",
+        "to",
+        "from",
+        "sent_at",
+        "metadata",
+        "account",
+        "deadline",
+        "parts",
+    )
 )
 
 
@@ -347,9 +358,11 @@ def _registration(item: Any, index: int, providers: list[str]) -> Registration:
             index=index,
             field="metadata",
         )
+    parts = parts_field(item, index, message_id)
     return Registration(
         provider=provider,
         message_id=message_id,
+        parts=parts,
         to_number=_optional_str(item, "to", MAX_NUMBER_LENGTH, index),
         from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
         sent_at=sent_at,
@@ -418,9 +431,31 @@ async def register_messages(request: Request) -> Response:
         )
     providers: list[str] = request.state.provider_names  # once: a batch holds up to 1,000
     registrations = [_registration(item, i, providers) for i, item in enumerate(items)]
+    for i, reg in enumerate(registrations):
+        if reg.parts and is_whole_send(reg):
+            raise ApiError(
+                400,
+                "invalid_parts",
+                "a me-sms send registered whole by its uuid has no parts",
+                index=i,
+                field="parts",
+            )
     max_age: float = request.state.settings.poll_max_age
     results: list[dict[str, Any]] = []
     for reg, r in zip(registrations, await _register(store, registrations), strict=True):
+        if r.conflict is not None:  # a multipart message's parts (receiver.api.parts)
+            if single:
+                raise ApiError(409, r.conflict[0], r.conflict[1], field="parts")
+            results.append(
+                {
+                    "provider": r.provider,
+                    "message_id": r.message_id,
+                    "created": False,
+                    "error_code": r.conflict[0],
+                    "message": r.conflict[1],
+                }
+            )
+            continue
         result: dict[str, Any] = {
             "provider": r.provider,
             "message_id": r.message_id,

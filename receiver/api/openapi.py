@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver import __version__
-from receiver.api import messages
+from receiver.api import messages, parts
 from receiver.engine import Outcome, Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
@@ -92,6 +92,17 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "boolean",
                 "description": "Not delivered by its deadline (decided once, at the deadline).",
             },
+            "parts": {
+                "type": "object",
+                "description": "A multipart message only: its parts (segments) by status; "
+                "`pending` is every part neither delivered nor failed.",
+                "properties": {
+                    name: {"type": "integer", "minimum": 0}
+                    for name in ("total", "delivered", "failed", "pending")
+                },
+                "required": ["total", "delivered", "failed", "pending"],
+                "additionalProperties": False,
+            },
         },
         # A message has the fields an export row has, in the same order, and its polling.
         "required": [*EXPORT_COLUMNS, "poll", "deadline", "deadline_missed"],
@@ -113,6 +124,12 @@ SCHEMAS: dict[str, Schema] = {
             "dedupe_key": _nullable("string"),
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "body": _nullable("string"),
+            "part": {
+                "type": "string",
+                "description": "A multipart message's history only: the event was about this "
+                "part (its provider id); `status`, `previous_status` and `outcome` are the "
+                "part's. The message's own events (the changes its parts made) have none.",
+            },
         },
         "required": ["id", "source", "provider_status", "status", "outcome", "received_at"],
         "additionalProperties": False,
@@ -219,6 +236,21 @@ SCHEMAS: dict[str, Schema] = {
                 "it), for the others at most "
                 f"{messages.MAX_ACCOUNT_LENGTH} characters; fills or corrects the stored one",
             },
+            "parts": {
+                "type": ["array", "null"],
+                "items": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": parts.MAX_PART_ID_LENGTH,
+                    "pattern": r"\S",
+                },
+                "minItems": 1,
+                "maxItems": parts.MAX_PARTS,
+                "uniqueItems": True,
+                "description": "a multipart message: the provider's ids of its segments, in "
+                "order, none of them message_id (the app's id for the whole); each part's "
+                "DLRs are folded into the message's status",
+            },
         },
         "required": ["provider", "message_id"],
         "additionalProperties": False,
@@ -245,10 +277,27 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["provider", "message_id", "created", "status", "pending_applied"],
         "additionalProperties": False,
     },
+    "RegistrationConflict": {
+        "type": "object",
+        "description": "A registration of a batch that contradicts what is kept (a multipart "
+        "message's parts); nothing of it was written.",
+        "properties": {
+            "provider": {"type": "string"},
+            "message_id": {"type": "string"},
+            "created": {"const": False},
+            "error_code": {"enum": list(parts.CONFLICTS)},
+            "message": {"type": "string", "minLength": 1},
+        },
+        "required": ["provider", "message_id", "created", "error_code", "message"],
+        "additionalProperties": False,
+    },
     "RegisteredBatch": {
         "type": "object",
         "properties": {
-            "messages": {"type": "array", "items": _ref("Registered")},
+            "messages": {
+                "type": "array",
+                "items": {"oneOf": [_ref("Registered"), _ref("RegistrationConflict")]},
+            },
             "created": {"type": "integer", "minimum": 0},
         },
         "required": ["messages", "created"],
@@ -523,7 +572,19 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
                     "one message already known, or a batch",
                 ),
                 "400": _error(
-                    "not a valid registration", "invalid_json", "invalid_message", "batch_too_large"
+                    "not a valid registration",
+                    "invalid_json",
+                    "invalid_message",
+                    "batch_too_large",
+                    "invalid_parts",
+                    "parts_empty",
+                    "too_many_parts",
+                    "duplicate_parts",
+                    "part_is_message_id",
+                ),
+                "409": _error(
+                    "one message whose parts contradict what is kept (nothing written)",
+                    *parts.CONFLICTS,
                 ),
                 "413": _error(
                     f"body over {messages.MAX_REGISTRATION_BODY} bytes", "body_too_large"

@@ -110,10 +110,13 @@ class SimulatorClient:
         per_send: int | None = None,
         callback_url: str | None = None,
         account: str | None = None,
+        segments: int | None = None,
     ) -> list[str]:
         """Make messages as if sent through the provider now; returns their message ids.
 
-        `account`: twilio only, the simulated subaccount's SID to send from it."""
+        `account`: twilio only, the simulated subaccount's SID to send from it. `segments`:
+        each message sent as this many segments, each with its id (the ids come per
+        recipient, in order) and its own fate: a multipart message."""
         fields = {
             "to": list(to) if to is not None else None,
             "from": sender,
@@ -125,6 +128,7 @@ class SimulatorClient:
             "per_send": per_send,
             "callback_url": callback_url,
             "account": account,
+            "segments": segments,
         }
         payload = {"provider": provider, "count": count}
         payload |= {k: v for k, v in fields.items() if v is not None}

@@ -190,6 +190,12 @@ class SimMessage:
     status_requests: int = 0  # status-endpoint requests that reached this message
     polls_in_flight: int = 0
     max_concurrent_polls: int = 0  # most status requests for it in progress at once
+    # One segment of a multipart (concatenated) message: its number (from 1), how many the
+    # message has, and the first segment's id, which names the message; each segment's fate
+    # is its own.
+    segment: int = 1
+    segments: int = 1
+    first_segment: str | None = None
 
     @property
     def flavor(self) -> Flavor:
@@ -253,6 +259,15 @@ class SimMessage:
             "gave_up": self.gave_up,
             "status_requests": self.status_requests,
             "max_concurrent_polls": self.max_concurrent_polls,
+            **(
+                {
+                    "segment": self.segment,
+                    "segments": self.segments,
+                    "first_segment": self.first_segment,
+                }
+                if self.segments > 1
+                else {}
+            ),
         }
 
 

@@ -131,8 +131,12 @@ class Simulator:
         per_send: int = 100,
         callback_url: str | None = None,
         account: str | None = None,
+        segments: int = 1,
     ) -> list[SimMessage]:
         """Make `count` messages as if the provider had accepted them now, with their plans.
+
+        `segments`: each message goes out as this many segments (a concatenated SMS), each a
+        message of the provider's with its own id and its own fate, in order per recipient.
 
         `account`: the Twilio account sending them, the main one (the default) or its
         subaccount; a message belongs to the account it was sent from.
@@ -165,6 +169,10 @@ class Simulator:
                 )
         if to is not None and len(to) != count:
             raise ConfigError("to must list one number per message")
+        if segments > 1 and provider == "mesms":
+            raise ConfigError("me-sms reports a recipient once: it has no segments")
+        if count * segments > MAX_CREATE:
+            raise ConfigError(f"at most {MAX_CREATE} segments per request")
         realism = realism or self.config.realism
         sender = sender or DEFAULT_SENDERS[provider]
         now = self.clock.now()
@@ -182,7 +190,17 @@ class Simulator:
         else:
             for i in range(count):
                 number = to[i] if to is not None else f"+1555{self.rng.randrange(10**7):07d}"
-                made.append(self._make(provider, self._new_id(provider, now), number, now, sender))
+                first: str | None = None
+                for n in range(1, segments + 1):
+                    message = self._make(provider, self._new_id(provider, now), number, now, sender)
+                    if segments > 1:
+                        first = first or message.message_id
+                        message.segment, message.segments, message.first_segment = (
+                            n,
+                            segments,
+                            first,
+                        )
+                    made.append(message)
         for message in made:
             message.body = body
             message.source = source
@@ -229,7 +247,7 @@ class Simulator:
 def parse_create(data: Mapping[str, Any], base: Realism) -> dict[str, Any]:
     """The keyword arguments of Simulator.create from a POST /_sim/messages body."""
     known = {"provider", "count", "to", "from", "body", "outcomes", "realism", "source"}
-    known |= {"status_provider", "per_send", "callback_url", "account"}
+    known |= {"status_provider", "per_send", "callback_url", "account", "segments"}
     extra = set(data) - known
     if extra:
         raise ConfigError(f"unknown field(s): {', '.join(sorted(extra))}")
@@ -243,6 +261,11 @@ def parse_create(data: Mapping[str, Any], base: Realism) -> dict[str, Any]:
     if isinstance(per_send, bool) or not isinstance(per_send, int) or not 1 <= per_send <= 10_000:
         raise ConfigError("per_send must be a whole number from 1 to 10000")
     args: dict[str, Any] = {"count": count, "per_send": per_send}
+    segments = data.get("segments", 1)
+    if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= 255:
+        raise ConfigError("segments must be a whole number from 1 to 255")
+    if segments > 1:
+        args["segments"] = segments
     to = data.get("to")
     if to is not None:
         if not isinstance(to, list) or not all(isinstance(n, str) and n for n in to):

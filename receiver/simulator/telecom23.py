@@ -64,18 +64,22 @@ async def send(request: Request, sim: Simulator) -> Response:
         return fail(400, "INVALID_MESSAGE", "Missing or empty message")
     if not isinstance(sender, str) or not sender or len(sender) > 15:
         return fail(400, "INVALID_SENDER", "Missing or empty sender_id")
-    made = sim.create("telecom23", len(to), to=to, sender=sender, body=text)
+    gsm = text.isascii()
+    n = segments(text, gsm)
+    made = sim.create("telecom23", len(to), to=to, sender=sender, body=text, segments=n)
     request.state.pusher.add(made)
-    accepted = [{"dnis": m.to, "message_id": m.message_id, "segment_num": 1} for m in made]
+    # One entry per segment, each with its own id; one result per recipient (its first's id).
+    accepted = [{"dnis": m.to, "message_id": m.message_id, "segment_num": m.segment} for m in made]
     results = [
-        {"dnis": m.to, "message_id": m.message_id, "segments": 1, "status": "accepted"}
+        {"dnis": m.to, "message_id": m.message_id, "segments": n, "status": "accepted"}
         for m in made
+        if m.segment == 1
     ]
     summary = {
-        "total_recipients": len(made),
+        "total_recipients": len(results),
         "total_segments": len(made),
         "total_cost": round(0.0085 * len(made), 4),
-        "encoding": "GSM-7" if text.isascii() else "UCS-2",
+        "encoding": "GSM-7" if gsm else "UCS-2",
         "accepted_count": len(made),
         "blocked_count": 0,
         "queue_error_count": 0,
@@ -85,6 +89,14 @@ async def send(request: Request, sim: Simulator) -> Response:
     return JSONResponse(
         {"status": True, "messages": accepted, "results": results, "summary": summary}
     )
+
+
+def segments(text: str, gsm: bool) -> int:
+    """How many segments the text goes out as: 160 GSM-7 characters (70 UCS-2) fit one; a
+    longer text is split into segments of 153 (67), the rest of each carrying the header
+    that joins them on the handset."""
+    single, each = (160, 153) if gsm else (70, 67)
+    return 1 if len(text) <= single else -(-len(text) // each)
 
 
 def _status_code(message: SimMessage, status: str) -> str | None:

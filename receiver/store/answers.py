@@ -16,11 +16,19 @@ from receiver import engine
 from receiver.engine import Status
 from receiver.store.base import MessageFilter
 
+# A multipart message's parts counted (receiver.store.parts); only read for one that has parts.
+_FAILED = ", ".join(f"'{s.value}'" for s in engine.FAILED_STATUSES)
+PARTS_SELECT = (
+    "parts, CASE WHEN parts IS NULL THEN NULL ELSE (SELECT count(*) FROM message_parts p "
+    "WHERE p.parent_pk = messages.id AND p.status = 'delivered') END AS parts_delivered, "
+    "CASE WHEN parts IS NULL THEN NULL ELSE (SELECT count(*) FROM message_parts p "
+    f"WHERE p.parent_pk = messages.id AND p.status IN ({_FAILED})) END AS parts_failed"
+)
 MESSAGE_SELECT = (
     "id, provider, message_id, account, status, provider_status, error_code, to_number, "
     "from_number, metadata, registered, is_final, final_via, created_at, updated_at, sent_at, "
     "final_at, final_reason, poll_attempts, last_polled_at, last_poll_result, next_poll_at, "
-    "deadline_at, deadline_missed"
+    "deadline_at, deadline_missed, " + PARTS_SELECT
 )
 EXPORT_SELECT = (
     "id, provider, message_id, status, provider_status, error_code, is_final, final_via, "
@@ -38,7 +46,7 @@ class Row(Protocol):
 
 
 def message_dict(row: Row) -> dict[str, Any]:
-    return {
+    answer = {
         "provider": row["provider"],
         "message_id": row["message_id"],
         "status": row["status"],
@@ -66,10 +74,23 @@ def message_dict(row: Row) -> dict[str, Any]:
         "deadline": row["deadline_at"],
         "deadline_missed": row["deadline_missed"] == 1,
     }
+    if row["parts"]:
+        answer["parts"] = parts_counts(row["parts"], row["parts_delivered"], row["parts_failed"])
+    return answer
+
+
+def parts_counts(total: int, delivered: int, failed: int) -> dict[str, int]:
+    """A multipart message's `parts` (engine.parts_summary's shape)."""
+    return {
+        "total": total,
+        "delivered": delivered,
+        "failed": failed,
+        "pending": total - delivered - failed,
+    }
 
 
 def event_dict(row: Row) -> dict[str, Any]:
-    return {
+    event = {
         "id": row["id"],
         "source": row["source"],
         "provider_status": row["provider_status"],
@@ -84,6 +105,9 @@ def event_dict(row: Row) -> dict[str, Any]:
         "headers": json.loads(row["headers"]) if row["headers"] else {},
         "body": row["body"],
     }
+    if row["part"] is not None:  # a part's event, in its multipart message's history
+        event["part"] = row["part"]
+    return event
 
 
 def export_row(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -124,9 +148,12 @@ def messages_sql(message_id: str, provider: str | None, mark: str = "?") -> tupl
 
 def events_sql(mark: str = "?") -> str:
     """A message's events, oldest first; parameters (provider, message_id)."""
+    # A part's events (receiver.store.parts) carry the part's id: `part` names it.
+    columns = ", ".join("e." + c for c in EVENT_SELECT.split(", "))
     return (
-        f"SELECT {EVENT_SELECT} FROM events WHERE message_pk = "
-        f"(SELECT id FROM messages WHERE provider = {mark} AND message_id = {mark}) ORDER BY id"
+        f"SELECT {columns}, nullif(e.message_id, m.message_id) AS part FROM events e "
+        f"JOIN messages m ON m.id = e.message_pk "
+        f"WHERE m.provider = {mark} AND m.message_id = {mark} ORDER BY e.id"
     )
 
 

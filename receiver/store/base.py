@@ -43,6 +43,7 @@ class Recorded:
     previous_status: str | None  # None when the message was unknown
     status: str | None  # the message's status afterwards (None while held as pending)
     created: bool = False  # the message was created from this event
+    parent_id: str | None = None  # the event was a part's: the message_id of its message
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Registration:
     # registration, when that is not known). Decided once (rules.decide_deadlines).
     deadline: str | None = None
     deadline_after: float | None = None
+    # A multipart message: the provider's ids of its parts (segments), in order
+    # (receiver.store.parts); None for a message of one part.
+    parts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class Registered:
     # When the receiver first heard of the message (its created_at): where its maximum age
     # counts from when the registration's sent_at is older than that age (polling.policy).
     created_at: str | None = None
+    # Set when nothing was written because the registration contradicts what is kept (a
+    # multipart message's parts: rules.register_multipart): (error_code, message).
+    conflict: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

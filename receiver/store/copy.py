@@ -21,10 +21,11 @@ from receiver.store.sqlite import schema as sqlite_schema
 
 # In this order: an event names its message by id. The change log (the stream's) goes as it
 # is, ids kept, so a stream resumes across the move.
-TABLES = ("messages", "events", "changes", "changes_pruned")
+TABLES = ("messages", "message_parts", "events", "changes", "changes_pruned")
 # What a reader checks beside the tables' sizes: held callbacks and the polling queue.
 _COUNTS = {
     "messages": "SELECT count(*) FROM messages",
+    "message parts": "SELECT count(*) FROM message_parts",  # multipart messages' (0013)
     "events": "SELECT count(*) FROM events",
     "held events (pending_unknown)": (
         "SELECT count(*) FROM events WHERE message_pk IS NULL AND outcome = 'pending_unknown'"

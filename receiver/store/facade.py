@@ -150,7 +150,11 @@ class RulesStore(Generic[R]):
         policy = self.policy
         registered = await self._write(
             lambda rows: rules.register_batch(rows, policy, registrations),
-            [(reg.provider, reg.message_id) for reg in registrations],
+            [
+                (reg.provider, message_id)
+                for reg in registrations
+                for message_id in (reg.message_id, *(reg.parts or ()))
+            ],
             on_loop=len(registrations) <= LOOP_JOB_ITEMS,
         )
         if self._pushes_owed is not None and any(r.pending_applied for r in registered):
@@ -163,7 +167,7 @@ class RulesStore(Generic[R]):
         """Tell `changed` (after the commit) which messages the recorded events changed."""
         if self.changed is not None:
             keys = [
-                (r.event.provider, r.event.message_id)
+                (r.event.provider, r.parent_id or r.event.message_id)
                 for r in recorded
                 if r.created or r.status != r.previous_status
             ]

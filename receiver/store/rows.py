@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from receiver.engine import Outcome, Status, StatusEvent
 from receiver.store.base import DueMessage
+from receiver.store.parts import PartRows
 from receiver.store.rules import Current, Queued, RowAccess
 from receiver.store.sends import SEND_COLUMNS
 
@@ -94,7 +95,8 @@ _DUE_DEADLINES = (
 _DECIDE_DEADLINE = "UPDATE messages SET deadline_missed = ? WHERE id = ?"
 
 
-# Ids per read of SqlRows.unseen (twice each in the statement: well under SQLite's limit).
+# Ids per read of SqlRows.unseen (three times each in the statement: well under SQLite's
+# limit).
 UNSEEN_CHUNK = 1000
 
 
@@ -120,7 +122,7 @@ class OutboxStatements(Protocol):
     def message_metadata(self, conn: Any, pk: int) -> dict[str, Any] | None: ...
 
 
-class SqlRows:
+class SqlRows(PartRows):
     """The statements of rules.RowAccess that are the same SQL in every dialect."""
 
     mark: ClassVar[str] = "?"
@@ -243,8 +245,11 @@ class SqlRows:
                 f"SELECT message_id FROM messages WHERE provider = {self.mark} "
                 f"AND message_id IN ({marks}) UNION ALL "
                 f"SELECT message_id FROM events WHERE provider = {self.mark} "
-                f"AND message_id IN ({marks}) AND message_pk IS NULL",
-                [provider, *chunk, provider, *chunk],
+                f"AND message_id IN ({marks}) AND message_pk IS NULL UNION ALL "
+                # A multipart message's part (receiver.store.parts) is known too.
+                f"SELECT part_id FROM message_parts WHERE provider = {self.mark} "
+                f"AND part_id IN ({marks})",
+                [provider, *chunk, provider, *chunk, provider, *chunk],
             ).fetchall()
             found.update(row[0] for row in rows)
         return set(message_ids) - found

@@ -18,6 +18,7 @@ from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
 from receiver.push import payload
 from receiver.store.base import DueMessage, PollDone, Recorded, Registered, Registration
+from receiver.store.parts import Part
 
 # A time later than every kept time: "not due until something says so".
 NEVER = "9999"
@@ -78,6 +79,7 @@ MESSAGE_COLUMNS = frozenset(
         "last_poll_result",
         "poll_lease",
         "next_poll_at",
+        "parts",  # a multipart message: how many parts it has (receiver.store.parts)
     }
 )
 
@@ -194,6 +196,31 @@ class RowAccess(Protocol):
         whose own resumable sweeps answer for its members."""
         ...
 
+    # Multipart messages (receiver.store.parts).
+    def part(self, provider: str, part_id: str) -> Part | None:
+        """The part with this provider's id (None: not a part of any message)."""
+        ...
+
+    def parts_of(self, parent_pk: int) -> list[Part]:
+        """The message's parts, in order."""
+        ...
+
+    def insert_part(self, row: Mapping[str, Any]) -> None:
+        """Insert a part (keys from receiver.store.parts.PART_COLUMNS)."""
+        ...
+
+    def update_part(self, pk: int, changes: Mapping[str, Any]) -> None:
+        """Set these columns of the part `pk`."""
+        ...
+
+    def adopt_message(self, pk: int, parent_pk: int) -> None:
+        """The message `pk` becomes a part of `parent_pk`: its events move there, its row goes."""
+        ...
+
+    def pending_parts(self, parent_pks: Sequence[int]) -> dict[int, list[Part]]:
+        """The parts not final yet of those of these messages that have parts, in order."""
+        ...
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -260,6 +287,8 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
     """
     now, due = policy.now_and_due(ev.provider)
     current, seen = rows.message_for_event(ev)
+    if current is None and (part := rows.part(ev.provider, ev.message_id)) is not None:
+        return record_part(rows, policy, part, ev, now, due, seen=seen)
     status = current.state.status.value if current else None
     if seen:
         pk = current.pk if current else None
@@ -445,6 +474,10 @@ def register(
     now, due = at or policy.now_and_due(reg.provider)
     current = rows.message(reg.provider, reg.message_id)
     created = current is None
+    if current is None and (part := rows.part(reg.provider, reg.message_id)) is not None:
+        return _conflict(
+            reg, "message_is_a_part", f"{reg.message_id!r} is a part of {part.parent_id!r}"
+        )
     if current is None:
         current = _insert_registered(rows, policy, reg, now, due)
     else:
@@ -613,7 +646,10 @@ def register_batch(
         if when is None:
             when = at[reg.provider] = policy.now_and_due(reg.provider)
         unseen = fresh[reg.provider]
-        if reg.message_id in unseen:
+        if reg.parts:
+            unseen.discard(reg.message_id)
+            results.append(register_multipart(rows, policy, reg, when))
+        elif reg.message_id in unseen:
             unseen.discard(reg.message_id)  # a second registration in the batch finds it
             now = when[0]
             current = _insert_registered(rows, policy, reg, now, when[1])
@@ -641,7 +677,13 @@ def record_polled(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded 
     now, due = policy.now_and_due(ev.provider)
     current = rows.message(ev.provider, ev.message_id)
     if current is None:
-        return None
+        part = rows.part(ev.provider, ev.message_id)
+        if part is None or (
+            part.provider_status == ev.provider_status
+            and (ev.status is None or ev.status is part.state.status)
+        ):
+            return None
+        return record_part(rows, policy, part, ev, now, due)
     status = current.state.status.value
     if current.provider_status == ev.provider_status and (
         ev.status is None or ev.status.value == status
@@ -663,8 +705,14 @@ def finish_polls(
     still holds (a message whose lease ran out and was claimed again is the new claimer's)."""
     recorded = [r for ev in events if (r := record_polled(rows, policy, ev)) is not None]
     now = format_time(policy.clock())
+    settled: set[int] = set()  # a multipart message's, once for all its parts asked about
     for item in done:
         current = rows.message(item.message.provider, item.message.message_id)
+        if current is None:
+            found = _part_done(rows, item, settled)
+            if found is None:
+                continue
+            item, current = found
         if current is None or current.pk != item.message.pk or current.poll_lease != owner:
             continue
         if item.give_up_reason is not None and not current.state.final:
@@ -757,7 +805,7 @@ def claim_due(
         claimed.update((m.message.pk, m.message) for m in members)
     rows.put_off(put_off)
     rows.lease(list(claimed), owner, lease_until)
-    return list(claimed.values())
+    return poll_parts(rows, list(claimed.values()))
 
 
 # -- the push outbox ------------------------------------------------------------------------
@@ -835,3 +883,235 @@ def _owe_change(
         message_pk=pk,
         now=now,
     )
+
+
+# -- multipart messages (receiver.store.parts) ----------------------------------------------
+
+
+def record_part(
+    rows: RowAccess,
+    policy: Policy,
+    part: Part,
+    ev: StatusEvent,
+    now: str,
+    due: str,
+    *,
+    seen: bool = False,
+) -> Recorded:
+    """A status for one part of a multipart message: decided against the part's own status
+    (the same rule as a message's), kept in its message's history under the part's id, then
+    folded into the message's status (fold_into_message). The part owes no push and logs no
+    change of its own: its message's change, when there is one, is the change."""
+    before = part.state.status.value
+    if seen:  # the same delivery again (a provider's retry)
+        _event(rows, ev, part.parent_pk, before, Outcome.DUPLICATE, now)
+        return Recorded(ev, Outcome.DUPLICATE, before, before, parent_id=part.parent_id)
+    outcome, new = engine.apply_event(part.state, ev, now)
+    if new is not None:
+        rows.update_part(part.pk, _part_changes(new, ev, now))
+    _event(rows, ev, part.parent_pk, before, outcome, now)
+    if new is not None:
+        fold_into_message(rows, policy, ev.provider, part.parent_id, ev, now, due)
+    after = new.status.value if new is not None else before
+    return Recorded(ev, outcome, before, after, parent_id=part.parent_id)
+
+
+def _part_changes(new: MessageState, ev: StatusEvent, now: str) -> dict[str, Any]:
+    return {
+        "status": new.status.value,
+        "provider_status": ev.provider_status,
+        "error_code": ev.error_code,
+        "sent_at": new.sent_at,
+        "final_at": new.final_at,
+        "final_via": new.final_via,
+        "updated_at": now,
+    }
+
+
+def fold_into_message(
+    rows: RowAccess,
+    policy: Policy,
+    provider: str,
+    message_id: str,
+    trigger: StatusEvent,
+    now: str,
+    due: str,
+) -> Outcome | None:
+    """Fold the message's parts into its status (engine.fold_parts), decided against its
+    status like any report, so it never regresses. A change is kept as the message's own
+    event (its message_id, the fold in its body: what `receiver verify` replays), owes the
+    app the message's push and is the message's change in the change log."""
+    current = rows.message(provider, message_id)  # its lock: one fold of a message at a time
+    if current is None:
+        return None
+    statuses = [p.state.status for p in rows.parts_of(current.pk)]
+    folded = engine.fold_parts(statuses)
+    ev = StatusEvent(
+        provider=provider,
+        message_id=message_id,
+        provider_status=trigger.provider_status,
+        status=folded,
+        source=trigger.source,
+        error_code=trigger.error_code,
+        event_time=trigger.event_time,
+        body=json.dumps(
+            {
+                "part": trigger.message_id,
+                "part_status": trigger.status.value if trigger.status else None,
+                "parts": engine.parts_summary(statuses),
+            }
+        ),
+    )
+    before = current.state.status.value
+    outcome, _ = apply(rows, current, ev, now, due, push=policy.push)
+    if outcome is Outcome.APPLIED:
+        _event(rows, ev, current.pk, before, outcome, now)
+    return outcome
+
+
+def _conflict(reg: Registration, code: str, detail: str) -> Registered:
+    return Registered(reg.provider, reg.message_id, False, "", 0, conflict=(code, detail))
+
+
+def register_multipart(
+    rows: RowAccess, policy: Policy, reg: Registration, at: tuple[str, str]
+) -> Registered:
+    """Register a message sent as several parts (reg.parts: the provider's id of each).
+
+    Idempotent: the same parts again update the message as register() does. Nothing is
+    written, and the answer carries the conflict, when the message is kept with other parts
+    or as a message of one part, or a part is another message (registered) or another
+    message's part. A message an early callback created for a part's id (unknown messages
+    `create`) becomes that part, its events moved to the message; events held for a part's
+    id (`hold`) are decided on the part. Then the parts are folded into the message.
+    """
+    assert reg.parts
+    now, due = at
+    parts = list(reg.parts)
+    single = replace(reg, parts=None)
+    current = rows.message(reg.provider, reg.message_id)
+    if current is not None:
+        kept = [p.part_id for p in rows.parts_of(current.pk)]
+        if kept == parts:
+            return register(rows, policy, single, at)
+        if kept:
+            return _conflict(
+                reg, "parts_differ", f"{reg.message_id!r} is registered with other parts"
+            )
+        return _conflict(
+            reg, "message_not_multipart", f"{reg.message_id!r} is kept as a message of one part"
+        )
+    early: dict[str, Current] = {}
+    for part_id in parts:
+        other = rows.part(reg.provider, part_id)
+        if other is not None:
+            return _conflict(
+                reg, "part_of_another_message", f"part {part_id!r} is a part of {other.parent_id!r}"
+            )
+        known = rows.message(reg.provider, part_id)
+        if known is not None:
+            if known.registered:
+                return _conflict(
+                    reg, "part_is_a_message", f"part {part_id!r} is registered as a message"
+                )
+            early[part_id] = known
+    current = _insert_registered(rows, policy, single, now, due)
+    rows.update_message(current.pk, {"parts": len(parts)})
+    applied = 0
+    trigger: StatusEvent | None = None
+    for position, part_id in enumerate(parts):
+        known = early.get(part_id)
+        state = known.state if known else MessageState(Status.REGISTERED)
+        provider_status = known.provider_status if known else None
+        if known is not None:  # it was never a message: it becomes this part
+            rows.adopt_message(known.pk, current.pk)
+            applied += 1
+        rows.insert_part(
+            {
+                "parent_pk": current.pk,
+                "provider": reg.provider,
+                "part_id": part_id,
+                "position": position,
+                "status": state.status.value,
+                "provider_status": provider_status,
+                "sent_at": state.sent_at,
+                "final_at": state.final_at,
+                "final_via": state.final_via,
+                "updated_at": now,
+            }
+        )
+        held = rows.held_events(reg.provider, part_id)
+        if held:
+            part = rows.part(reg.provider, part_id)
+            assert part is not None
+            for event_id, ev in held:
+                previous = state.status.value
+                outcome, new = engine.apply_event(state, ev, now)
+                if new is not None:
+                    state, provider_status = new, ev.provider_status
+                    rows.update_part(part.pk, _part_changes(new, ev, now))
+                rows.resolve_held(
+                    event_id,
+                    message_pk=current.pk,
+                    outcome=outcome,
+                    previous_status=previous,
+                    resolved_at=now,
+                )
+                applied += 1
+            rows.adopt_events(reg.provider, part_id, current.pk)
+        if state.status is not Status.REGISTERED and (
+            trigger is None
+            or engine.RANK[state.status] >= engine.RANK[trigger.status or state.status]
+        ):
+            trigger = StatusEvent(
+                reg.provider,
+                part_id,
+                provider_status or state.status.value,
+                state.status,
+                source=state.final_via or "callback",
+            )
+    status = current.state.status.value
+    if trigger is not None:
+        fold_into_message(rows, policy, reg.provider, reg.message_id, trigger, now, due)
+        folded = rows.message(reg.provider, reg.message_id)
+        assert folded is not None
+        status = folded.state.status.value
+    return Registered(reg.provider, reg.message_id, True, status, applied, created_at=now)
+
+
+def poll_parts(rows: RowAccess, claimed: list[DueMessage]) -> list[DueMessage]:
+    """The claimed messages as the poller asks about them: a multipart message as its parts
+    still pending, each under its provider id (and the message's key, lease and age), so one
+    claim of the message is a send of several; finish_polls settles the message once."""
+    pending = rows.pending_parts([m.pk for m in claimed])
+    if not pending:
+        return claimed
+    asked: list[DueMessage] = []
+    for message in claimed:
+        parts = pending.get(message.pk)
+        if not parts:
+            asked.append(message)
+            continue
+        asked += [
+            replace(
+                message,
+                message_id=p.part_id,
+                status=p.state.status.value,
+                provider_status=p.provider_status,
+            )
+            for p in parts
+        ]
+    return asked
+
+
+def _part_done(
+    rows: RowAccess, item: PollDone, settled: set[int]
+) -> tuple[PollDone, Current | None] | None:
+    """A poll of a part (poll_parts) settles its message, the first time one of its parts'
+    polls is finished in this batch: the PollDone as the message's, and the message."""
+    part = rows.part(item.message.provider, item.message.message_id)
+    if part is None or part.parent_pk != item.message.pk or part.parent_pk in settled:
+        return None
+    settled.add(part.parent_pk)
+    message = replace(item.message, message_id=part.parent_id)
+    return replace(item, message=message), rows.message(item.message.provider, part.parent_id)

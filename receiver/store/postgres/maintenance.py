@@ -52,6 +52,7 @@ def delete_messages(conn: Conn, ids: list[int], older_than: str) -> tuple[int, i
     ]
     if not still:
         return 0, 0
+    conn.execute("DELETE FROM message_parts WHERE parent_pk = ANY(%s)", (still,))  # 0013
     # A count read back rather than rowcount, which pipeline mode leaves unknown until later.
     found = conn.execute(
         "WITH gone AS (DELETE FROM events WHERE message_pk = ANY(%s) RETURNING 1) "

@@ -15,12 +15,14 @@ MESSAGE_COLUMNS = (
 EVENT_COLUMNS = "id, source, provider_status, status, dedupe_key, received_at, resolved_at"
 
 # One statement, so one snapshot of the messages and their events while the service writes;
-# the events are found on their (message_pk, id) index.
+# the events are found on their (message_pk, id) index. A multipart message (receiver.store.parts)
+# replays its own events only, the folds of its parts it recorded; its parts' carry their ids.
 _PAGE = (
     f"SELECT {', '.join('m.' + c for c in MESSAGE_COLUMNS.split(', '))}, "
     f"{', '.join('e.' + c for c in EVENT_COLUMNS.split(', '))} "
     f"FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?) m "
-    "LEFT JOIN events e ON e.message_pk = m.id ORDER BY m.id, e.id"
+    "LEFT JOIN events e ON e.message_pk = m.id AND e.message_id = m.message_id "
+    "ORDER BY m.id, e.id"
 )
 
 
@@ -42,6 +44,7 @@ def locked(conn: sqlite3.Connection, pk: int) -> Locked | None:
     if row is None:
         return None
     events = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = ? ORDER BY id", (pk,)
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = ? AND message_id = ? ORDER BY id",
+        (pk, row[2]),
     ).fetchall()
     return Locked(LedgerRow(*tuple(row)[:11]), [LedgerEvent(*e) for e in events], row[11])

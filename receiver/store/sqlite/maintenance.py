@@ -45,6 +45,7 @@ def delete_messages(conn: sqlite3.Connection, ids: list[int], older_than: str) -
     marks = ",".join("?" * len(still))
     events = conn.execute(f"DELETE FROM events WHERE message_pk IN ({marks})", still).rowcount
     conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", still)
+    conn.execute(f"DELETE FROM message_parts WHERE parent_pk IN ({marks})", still)  # 0013
     return len(still), events
 
 

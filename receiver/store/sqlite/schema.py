@@ -6,6 +6,8 @@ import sqlite3
 
 from sqlite_utils import Database, Migrations
 
+from receiver.store import parts
+
 migrations = Migrations("receiver")
 
 
@@ -422,6 +424,19 @@ def _dashboard_rollups(db: Database) -> None:
     )
     count_dashboard_rollups(db.conn)
     create_dashboard_triggers(db.conn)
+
+
+@migrations(name="0013_message_parts")
+def _message_parts(db: Database) -> None:
+    # A multipart message (a concatenated SMS's segments, each with the provider's own id):
+    # `messages.parts` is how many it has (NULL: a message of one part), and each part is a
+    # row here, not a message, so counts, the dashboard and the change log see the message
+    # once. A part's events are kept under its message (events.message_pk) with the part's
+    # id as their message_id.
+    db.execute("ALTER TABLE messages ADD COLUMN parts INTEGER")
+    db.execute(parts.MESSAGE_PARTS.format(pk="INTEGER PRIMARY KEY", text="TEXT", big="INTEGER"))
+    for statement in parts.MESSAGE_PARTS_INDEXES:
+        db.execute(statement)
 
 
 def count_dashboard_rollups(conn: sqlite3.Connection) -> None:
