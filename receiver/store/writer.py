@@ -172,10 +172,7 @@ class _Handoff:
         self._fn = fn
         self._lock = threading.Lock()
         self._claimed = False
-        # Signalled once the function ran. A SimpleQueue, not a threading.Event: Event.set()
-        # takes the lock the waiting thread holds while it wins the GIL back, so the loop
-        # stalled there (about 0.6 ms a batch); put() never waits.
-        self._done: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._done = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
 
@@ -189,20 +186,16 @@ class _Handoff:
         except BaseException as exc:  # re-raised on the writer thread, as if it ran there
             self._error = exc
         finally:
-            self._done.put(None)
+            self._done.set()
 
     def run_on(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             loop.call_soon_threadsafe(self)
         except RuntimeError:  # the loop is closed
             self()
-        while True:
-            try:
-                self._done.get(timeout=0.5)
-                return
-            except queue.Empty:
-                if loop.is_closed() or not loop.is_running():
-                    self()  # a no-op if the loop claimed it first; then wait for it to finish
+        while not self._done.wait(0.5):
+            if loop.is_closed() or not loop.is_running():
+                self()  # a no-op if the loop claimed it first; then wait for it to finish
 
     def value(self) -> Any:
         if self._error is not None:
