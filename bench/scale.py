@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fill
+from cpu import cpu_seconds, thread_cpu
 from harness import (
     Load,
     Result,
@@ -182,12 +183,18 @@ def get_messages(
         run_wrk(
             wrk, "get-warm", url, "get.lua", script_args, tmp / "get-warm.json", load, args.warmup
         )
+        cpu_before, threads_before = cpu_seconds(proc.pid), thread_cpu(proc.pid)
         result = run_wrk(
             wrk, "get", url, "get.lua", script_args, tmp / "get.json", load, args.duration
         )
+        used = cpu_seconds(proc.pid) - cpu_before
+        loop_used = thread_cpu(proc.pid).get("main", 0.0) - threads_before.get("main", 0.0)
     finally:
         stop(proc)
     print(describe(result))
+    # The figure a busy machine moves least (as bench/cpu.py's for callbacks).
+    per = 1e6 / max(result.requests, 1)
+    print(f"cpu per GET: {used * per:.0f} us, the event loop's thread {loop_used * per:.0f} us")
     targets.check(
         result.p99_ms <= MAX_GET_P99_MS,
         f"GET /v1/messages/{{id}} at {n:,} messages, {args.connections} connections: p50 "

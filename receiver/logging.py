@@ -10,10 +10,10 @@ import asyncio
 import atexit
 import json
 import logging
+import random
 import re
 import sys
 import time
-import uuid
 from typing import Any, TextIO
 
 import structlog
@@ -153,7 +153,9 @@ class RequestContextMiddleware:
                 if _REQUEST_ID.match(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or uuid.uuid4().hex
+        # 32 hex digits, as uuid4().hex gave, without its os.urandom: a system call that let
+        # the reading threads take the GIL from the loop on every request.
+        request_id = request_id or f"{random.getrandbits(128):032x}"
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()

@@ -8,13 +8,12 @@ answers with a trailing '/' (a URL pasted into a console with one added).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from receiver.api.body import read_limited
 from receiver.api.errors import error_response
@@ -30,7 +29,8 @@ from receiver.store import Store
 log = structlog.get_logger("receiver.webhook")
 
 
-async def receive_callback(request: Request, provider_name: str) -> Response:
+async def receive_callback(request: Request, provider_name: str) -> Response | None:
+    """The error response, or None once every event is committed (then the answer is 204)."""
     started = time.perf_counter()
     settings: Settings = request.state.settings
     provider: Provider = request.state.providers[provider_name]
@@ -46,7 +46,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
                 413, "body_too_large", f"the body is larger than {settings.max_body} bytes"
             )
         inbound = InboundRequest(
-            request.method, url, request.headers, body, client_host, request.path_params
+            request.method, url, _headers(request.scope), body, client_host, request.path_params
         )
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
@@ -82,17 +82,44 @@ async def receive_callback(request: Request, provider_name: str) -> Response:
             log.warning("callback", **fields)
         else:
             log.info("callback", **fields)
-    return Response(status_code=204)
+    return None
 
 
-def endpoint(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint bound to one provider's adapter."""
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name, the first of each (as Headers.get answers):
+    an adapter asks for several, and each Headers.get scans and decodes the whole list."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1").lower()
+        if key not in found:
+            found[key] = value.decode("latin-1")
+    return found
 
-    async def handle(request: Request) -> Response:
-        return await receive_callback(request, provider_name)
 
-    handle.__name__ = f"{provider_name}_callback"
-    return handle
+class Endpoint:
+    """A provider's callback endpoint as a plain ASGI app, bound to its adapter.
+
+    Starlette wraps a request-response function in a second layer of exception handling and
+    a Response object per request; on the route that takes nearly all the traffic this
+    answers directly. Errors still reach the app's handlers, through ExceptionMiddleware.
+    """
+
+    def __init__(self, provider_name: str) -> None:
+        self.provider_name = provider_name
+        self.__name__ = f"{provider_name}_callback"  # the route's name, as for a function
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await receive_callback(Request(scope, receive), self.provider_name)
+        if response is None:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await response(scope, receive, send)
+
+
+def endpoint(provider_name: str) -> Endpoint:
+    """The ASGI endpoint of one provider's callbacks."""
+    return Endpoint(provider_name)
 
 
 class CallbackRoute(Route):

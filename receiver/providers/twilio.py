@@ -6,12 +6,12 @@ import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import ClassVar, Final
-from urllib.parse import parse_qs
 
 from receiver.engine import Status, format_time
 from receiver.polling.base import poll_env_vars
 from receiver.providers import fields
 from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
+from receiver.providers.form import parse_form
 from receiver.providers.twilio_signature import body_hash_param, validate
 from receiver.settings import Settings, SettingsError, read_str
 
@@ -133,7 +133,7 @@ class TwilioProvider:
             fields = _json_fields(text)
         else:
             try:
-                params = parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+                params = parse_form(text, MAX_FIELDS)
             except ValueError:  # more fields than any status callback has
                 raise CallbackRejected(
                     403, "signature_invalid", f"more than {MAX_FIELDS} form fields"

@@ -133,6 +133,11 @@ class RulesStore(Generic[R]):
         """Run a read function of the dialect's modules on a read connection."""
         raise NotImplementedError
 
+    async def _read_point(self, fn: Callable[[Any], Any]) -> Any:
+        """A read of one message's rows by its index: a few pages. A dialect may run it where
+        it costs less than a hand-off to a read connection's thread (SQLite: on the loop)."""
+        return await self._read(fn)
+
     # -- writes: the rules (receiver.store.rules) over the dialect's rows ----------------------
 
     async def record(self, events: Sequence[StatusEvent]) -> list[Recorded]:
@@ -282,13 +287,13 @@ class RulesStore(Generic[R]):
     async def get_messages(
         self, message_id: str, provider: str | None = None
     ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = await self._read(
+        found: list[dict[str, Any]] = await self._read_point(
             partial(self.queries.get_messages, message_id=message_id, provider=provider)
         )
         return found
 
     async def get_events(self, provider: str, message_id: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = await self._read(
+        found: list[dict[str, Any]] = await self._read_point(
             partial(self.queries.get_events, provider=provider, message_id=message_id)
         )
         return found
