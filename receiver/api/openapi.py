@@ -14,12 +14,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from receiver import __version__
 from receiver.api import messages
 from receiver.engine import Outcome, Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
 from receiver.store.base import EXPORT_COLUMNS
+from receiver.version import __version__
 
 Schema = dict[str, Any]
 

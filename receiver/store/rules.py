@@ -17,10 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
 from receiver.push import payload
-from receiver.store.base import DueMessage, PollDone, Recorded, Registered, Registration
-
-# A time later than every kept time: "not due until something says so".
-NEVER = "9999"
+from receiver.store.base import NEVER, DueMessage, PollDone, Recorded, Registered, Registration
 
 
 class Current(NamedTuple):
