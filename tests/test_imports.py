@@ -161,6 +161,8 @@ def test_the_walk_sees_function_level_and_type_checking_imports() -> None:
     [
         ("receiver.engine", "receiver.env"),
         ("receiver.env", "receiver.store"),
+        ("receiver.schemas", "receiver.store"),
+        ("receiver.schemas", "receiver.api"),
         ("receiver.store", "receiver.providers"),
         ("receiver.store.base", "receiver.settings"),
         ("receiver.providers", "receiver.polling"),

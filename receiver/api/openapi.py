@@ -18,6 +18,7 @@ from receiver.api import messages
 from receiver.engine import Outcome, Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
+from receiver.schemas import Error, openapi_schemas
 from receiver.store.base import EXPORT_COLUMNS
 from receiver.version import __version__
 
@@ -37,17 +38,7 @@ _TWILIO_SID = f"^{ACCOUNT_SID.pattern}$"
 _STATUSES = [s.value for s in Status]
 
 SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "description": "Every failure: a stable `error_code`, a message for people, details.",
-        "properties": {
-            "error_code": {"type": "string", "pattern": "^[a-z_]+$"},
-            "message": {"type": "string", "minLength": 1},
-            "details": {"type": "object"},
-        },
-        "required": ["error_code", "message"],
-        "additionalProperties": False,
-    },
+    **openapi_schemas(Error),
     "Message": {
         "type": "object",
         "properties": {
@@ -831,6 +822,7 @@ _PUSH_PROPERTIES: Schema = {
     "delivered_at": _nullable("string"),
 }
 PUSH_SCHEMAS: dict[str, Schema] = {
+    **openapi_schemas(Error),
     "Push": {
         "type": "object",
         "properties": _PUSH_PROPERTIES,
