@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-__all__ = ["Error", "encode", "openapi_schemas"]
+__all__ = ["Error", "Registration", "encode", "openapi_schemas"]
 
 Schema = dict[str, Any]
 
@@ -32,6 +32,86 @@ class Error(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     # Where there is more to say: the offending `parameter`, `field` or `index`, the `allowed`
     # values, a `limit`. Left out when there is nothing.
     details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# -- POST /v1/messages ------------------------------------------------------------------------
+
+MAX_BATCH = 1000
+MAX_ID_LENGTH = 256
+MAX_NUMBER_LENGTH = 64
+MAX_METADATA_BYTES = 4096
+# A non-Twilio account is what its callbacks record: a signed URL's label (1-64 characters).
+MAX_ACCOUNT_LENGTH = 64
+MAX_SENT_AT_LENGTH = 64
+# The longest deadline a registration may give as a duration.
+MAX_DEADLINE = 30 * 86400.0
+
+
+def _text(limit: int) -> Meta:
+    """Text with something in it: at most `limit` characters, not only spaces (kept stripped).
+    A wrong one is refused as "<field> must be a non-empty string of at most <limit>
+    characters". (The pattern is the document's: decoding checks it by stripping, which costs
+    less than a regular expression per field.)"""
+    return Meta(min_length=1, max_length=limit, extra_json_schema={"pattern": r"\S"})
+
+
+Id = Annotated[str, _text(MAX_ID_LENGTH)]
+Number = Annotated[str, _text(MAX_NUMBER_LENGTH)]
+Account = Annotated[str, _text(MAX_ACCOUNT_LENGTH)]
+SentAt = Annotated[str, _text(MAX_SENT_AT_LENGTH)]
+
+
+# The fields are checked in this order, and the first wrong one is the answer's error (with the
+# message's `index` in a batch, and the `field`). To add a field: one line here, with its type,
+# limits and description (OpenAPI follows; tests/test_schemas.py asks for it in docs/api.md),
+# then one entry in receiver/api/registration.py's CHECKS: what else it must be, and where it
+# goes in the store's Registration.
+class Registration(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One message the app sent."""
+
+    provider: Annotated[str, Meta(description="a provider's name")]
+    message_id: Id
+    sent_at: Annotated[
+        SentAt | None,
+        Meta(
+            description="when the app sent it; one older than RECEIVER_POLL_MAX_AGE is kept, "
+            "but the message's maximum age counts from its registration instead, and the "
+            "answer's `warnings` say so",
+            extra_json_schema={"format": "date-time"},
+        ),
+    ] = None
+    metadata: Annotated[
+        dict[str, Any] | None,
+        Meta(
+            description=f"at most {MAX_METADATA_BYTES} bytes as JSON",
+            extra={"invalid": f"must be a JSON object of at most {MAX_METADATA_BYTES} bytes"},
+        ),
+    ] = None
+    to: Number | None = None
+    from_: Number | None = msgspec.field(default=None, name="from")
+    account: Annotated[
+        Account | None,
+        Meta(
+            description="the account the message was sent from: for twilio the account SID "
+            "(AC and 32 hex digits; a subaccount's, so polling asks under it), for the others "
+            f"at most {MAX_ACCOUNT_LENGTH} characters; fills or corrects the stored one",
+        ),
+    ] = None
+    deadline: Annotated[
+        str | float | None,
+        Meta(
+            description="when it must be delivered by: a duration after sent_at (after the "
+            "registration when there is none), as seconds or text such as 30s, or an ISO 8601 "
+            "time; past it undelivered, the message shows deadline_missed and a "
+            "message.deadline_missed change goes out, once",
+        ),
+    ] = None
+
+
+class RegistrationBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch of messages the app sent (or the list alone)."""
+
+    messages: Annotated[list[Registration], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 def openapi_schemas(*types: Any) -> dict[str, Schema]:

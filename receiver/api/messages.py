@@ -7,7 +7,6 @@ import binascii
 import csv
 import dataclasses
 import io
-import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -21,27 +20,27 @@ from receiver.api import realtime as realtime_api
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
+from receiver.api.query import parse_time as parse_time  # importable from here too
 from receiver.api.query import query
+from receiver.api.registration import decode_registrations
 from receiver.engine import Status, is_final
 from receiver.engine import parse_time as parse_stored_time
 from receiver.polling.policy import give_up_from
-from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers.mesms import UUID_PATTERN
 from receiver.realtime.waiters import long_poll
+from receiver.schemas import MAX_ACCOUNT_LENGTH as MAX_ACCOUNT_LENGTH  # the registration's
+from receiver.schemas import MAX_BATCH as MAX_BATCH  # limits, importable from here too
+from receiver.schemas import MAX_ID_LENGTH as MAX_ID_LENGTH
+from receiver.schemas import MAX_METADATA_BYTES as MAX_METADATA_BYTES
+from receiver.schemas import MAX_NUMBER_LENGTH as MAX_NUMBER_LENGTH
 from receiver.settings import say_duration
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
 from receiver.store.base import EXPORT_COLUMNS, Registered, format_time, utcnow
 
 log = structlog.get_logger("receiver.api")
 
-MAX_BATCH = 1000
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-MAX_ID_LENGTH = 256
-MAX_NUMBER_LENGTH = 64
-MAX_METADATA_BYTES = 4096
-# A non-Twilio account is what its callbacks record: a signed URL's label (1-64 characters).
-MAX_ACCOUNT_LENGTH = 64
 MAX_ROW_ID = 2**63 - 1
 # A full batch with the largest metadata is about 5 MB.
 MAX_REGISTRATION_BODY = 8 * 1024 * 1024
@@ -51,26 +50,6 @@ def _store(request: Request) -> Store:
     require_api_access(request)
     store: Store = request.state.store
     return store
-
-
-def parse_time(value: str, name: str) -> str:
-    """An ISO 8601 time (a date alone means its midnight UTC) in the stored form."""
-    try:
-        moment = datetime.fromisoformat(value.strip())
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)  # OverflowError near year 1 or 9999
-    except (ValueError, OverflowError):
-        moment = None
-    # Stored times compare as text, which holds only for four-digit years.
-    if moment is None or moment.year < 1000:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{name} must be an ISO 8601 time, like 2026-11-25T10:00:00Z",
-            parameter=name,
-        )
-    return format_time(moment)
 
 
 def _provider_param(request: Request, params: Mapping[str, str]) -> str | None:
@@ -259,106 +238,6 @@ async def stats(request: Request) -> Response:
     return JSONResponse(await store.stats(_filter(request, params)))
 
 
-def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> str | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"{key} must be a non-empty string of at most {limit} characters",
-            index=index,
-            field=key,
-        )
-    return value.strip()
-
-
-# The fields of one registration, as the answer to an unknown one lists them.
-REGISTRATION_FIELDS = sorted(
-    ("provider", "message_id", "to", "from", "sent_at", "metadata", "account", "deadline")
-)
-
-
-def _unknown_field(name: str, allowed: list[str], **where: Any) -> ApiError:
-    return ApiError(
-        400,
-        "invalid_message",
-        f"unknown field {name!r}; the fields are {', '.join(allowed)}",
-        **where,
-        field=name,
-        allowed=allowed,
-    )
-
-
-def _account(item: Mapping[str, Any], provider: str, index: int) -> str | None:
-    """The account the message was sent from: for Twilio an account SID (polling asks under
-    it), for the others a bounded string (their callbacks' signed-URL label)."""
-    if provider != "twilio":
-        return _optional_str(item, "account", MAX_ACCOUNT_LENGTH, index)
-    value = item.get("account")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not ACCOUNT_SID.fullmatch(value):
-        raise ApiError(
-            400,
-            "invalid_message",
-            "account must be the Twilio account SID the message was sent from: "
-            "AC and 32 hex digits",
-            index=index,
-            field="account",
-        )
-    return value
-
-
-def _registration(item: Any, index: int, providers: list[str]) -> Registration:
-    if not isinstance(item, dict):
-        raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
-    unknown = sorted(set(item) - set(REGISTRATION_FIELDS))
-    if unknown:
-        raise _unknown_field(unknown[0], REGISTRATION_FIELDS, index=index)
-    provider = item.get("provider")
-    if not isinstance(provider, str) or provider not in providers:
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"provider must be one of {sorted(providers)}",
-            index=index,
-            field="provider",
-        )
-    message_id = _optional_str(item, "message_id", MAX_ID_LENGTH, index)
-    if message_id is None:
-        raise ApiError(
-            400, "invalid_message", "message_id is required", index=index, field="message_id"
-        )
-    sent_at = _optional_str(item, "sent_at", 64, index)
-    try:
-        sent_at = parse_time(sent_at, "sent_at") if sent_at else None
-    except ApiError as exc:
-        raise ApiError(400, "invalid_message", exc.message, index=index, field="sent_at") from None
-    metadata = item.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict) or len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES
-    ):
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes",
-            index=index,
-            field="metadata",
-        )
-    return Registration(
-        provider=provider,
-        message_id=message_id,
-        to_number=_optional_str(item, "to", MAX_NUMBER_LENGTH, index),
-        from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
-        sent_at=sent_at,
-        metadata=metadata,
-        account=_account(item, provider, index),
-        **realtime_api.deadline_field(item, index),
-    )
-
-
 def _warnings(registered: Registered, sent_at: str | None, max_age: float) -> list[str]:
     """What the app should know about a registration's sent_at: one that is already older
     than the maximum age, for a message not final yet (a final one is never given up)."""
@@ -397,27 +276,8 @@ async def register_messages(request: Request) -> Response:
             f"at most {MAX_REGISTRATION_BODY} bytes per request",
             limit=MAX_REGISTRATION_BODY,
         )
-    try:
-        payload = json.loads(body)
-        # Python parses more than it can serve back (JSONResponse would fail on every later
-        # read): NaN, Infinity, 1e400 and lone surrogates are refused here, as I-JSON does.
-        json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
-        raise ApiError(400, "invalid_json", "the body must be JSON") from None
-    single = isinstance(payload, dict) and "messages" not in payload
-    if isinstance(payload, dict) and not single and set(payload) != {"messages"}:
-        raise _unknown_field(sorted(set(payload) - {"messages"})[0], ["messages"])
-    items = (
-        [payload] if single else (payload.get("messages") if isinstance(payload, dict) else payload)
-    )
-    if not isinstance(items, list) or not items:
-        raise ApiError(400, "invalid_message", "send a message object or a non-empty list")
-    if len(items) > MAX_BATCH:
-        raise ApiError(
-            400, "batch_too_large", f"at most {MAX_BATCH} messages per request", limit=MAX_BATCH
-        )
-    providers: list[str] = request.state.provider_names  # once: a batch holds up to 1,000
-    registrations = [_registration(item, i, providers) for i, item in enumerate(items)]
+    providers: list[str] = request.state.provider_names
+    registrations, single = decode_registrations(body, providers)
     max_age: float = request.state.settings.poll_max_age
     results: list[dict[str, Any]] = []
     for reg, r in zip(registrations, await _register(store, registrations), strict=True):

@@ -18,7 +18,7 @@ from receiver.api import messages
 from receiver.engine import Outcome, Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
-from receiver.schemas import Error, openapi_schemas
+from receiver.schemas import Error, Registration, openapi_schemas
 from receiver.store.base import EXPORT_COLUMNS
 from receiver.version import __version__
 
@@ -38,7 +38,7 @@ _TWILIO_SID = f"^{ACCOUNT_SID.pattern}$"
 _STATUSES = [s.value for s in Status]
 
 SCHEMAS: dict[str, Schema] = {
-    **openapi_schemas(Error),
+    **openapi_schemas(Error, Registration),
     "Message": {
         "type": "object",
         "properties": {
@@ -159,63 +159,6 @@ SCHEMAS: dict[str, Schema] = {
             "time_to_final_seconds",
         ],
         "additionalProperties": False,
-    },
-    "Registration": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string", "description": "a provider's name"},
-            "message_id": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": messages.MAX_ID_LENGTH,
-                "pattern": r"\S",
-            },
-            "to": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_NUMBER_LENGTH,
-                "pattern": r"\S",
-            },
-            "from": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_NUMBER_LENGTH,
-                "pattern": r"\S",
-            },
-            "sent_at": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "when the app sent it; one older than RECEIVER_POLL_MAX_AGE is "
-                "kept, but the message's maximum age counts from its registration instead, "
-                "and the answer's `warnings` say so",
-            },
-            "metadata": {
-                "type": ["object", "null"],
-                "description": f"at most {messages.MAX_METADATA_BYTES} bytes as JSON",
-            },
-            "deadline": {
-                "type": ["string", "number", "null"],
-                "description": "when it must be delivered by: a duration after sent_at (after "
-                "the registration when there is none), as seconds or text such as 30s, or an "
-                "ISO 8601 time; past it undelivered, the message shows deadline_missed and a "
-                "message.deadline_missed change goes out, once",
-            },
-            "account": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_ACCOUNT_LENGTH,
-                "pattern": r"\S",
-                "description": "the account the message was sent from: for twilio the "
-                "account SID (AC and 32 hex digits; a subaccount's, so polling asks under "
-                "it), for the others at most "
-                f"{messages.MAX_ACCOUNT_LENGTH} characters; fills or corrects the stored one",
-            },
-        },
-        "required": ["provider", "message_id"],
-        "additionalProperties": False,
-        # Twilio's account is an account SID.
-        "if": {"properties": {"provider": {"const": "twilio"}}, "required": ["provider"]},
-        "then": {"properties": {"account": {"type": ["string", "null"], "pattern": _TWILIO_SID}}},
     },
     "Registered": {
         "type": "object",
@@ -780,8 +723,15 @@ def build_spec(providers: Iterable[str] | None = None, public_url: str | None = 
 
 
 def _registration(providers: list[str]) -> Schema:
+    """The declared Registration with what only the running service knows: its providers, and
+    that Twilio's account is an account SID (receiver/api/registration.py checks both)."""
     schema = dict(SCHEMAS["Registration"])
-    schema["properties"] = {**schema["properties"], "provider": {"enum": providers}}
+    provider = {**schema["properties"]["provider"], "enum": providers}
+    schema["properties"] = {**schema["properties"], "provider": provider}
+    schema["if"] = {"properties": {"provider": {"const": "twilio"}}, "required": ["provider"]}
+    schema["then"] = {
+        "properties": {"account": {"type": ["string", "null"], "pattern": _TWILIO_SID}}
+    }
     return schema
 
 
@@ -822,7 +772,7 @@ _PUSH_PROPERTIES: Schema = {
     "delivered_at": _nullable("string"),
 }
 PUSH_SCHEMAS: dict[str, Schema] = {
-    **openapi_schemas(Error),
+    **openapi_schemas(Error, Registration),
     "Push": {
         "type": "object",
         "properties": _PUSH_PROPERTIES,
