@@ -99,10 +99,11 @@ def service_decode() -> Callable[[bytes], object]:
 
 def service_encode() -> Callable[[dict[str, Any]], bytes]:
     """How the service writes a list page today."""
-    encode = getattr(messages, "encode_answer", None)
-    if encode is not None:
-        return encode  # type: ignore[no-any-return]
-    return lambda page: JSONResponse(page).body
+    try:
+        from receiver.api.answer import answer
+    except ImportError:  # before the declarations: Starlette's JSONResponse
+        return lambda page: JSONResponse(page).body
+    return lambda page: answer(page).body
 
 
 def candidates(body: bytes, page: dict[str, Any]) -> dict[str, Callable[[], object]]:

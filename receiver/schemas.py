@@ -11,12 +11,26 @@ field's sentence when it is wrong is `Meta(extra={"invalid": ...})`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-__all__ = ["Error", "Registration", "encode", "openapi_schemas"]
+from receiver.engine import Outcome, Status
+
+__all__ = [
+    "Error",
+    "Event",
+    "Message",
+    "MessageEvents",
+    "MessagePage",
+    "Registered",
+    "RegisteredBatch",
+    "Registration",
+    "Stats",
+    "encode",
+    "openapi_schemas",
+]
 
 Schema = dict[str, Any]
 
@@ -112,6 +126,143 @@ class RegistrationBatch(msgspec.Struct, forbid_unknown_fields=True):
     """A batch of messages the app sent (or the list alone)."""
 
     messages: Annotated[list[Registration], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+# -- the answers --------------------------------------------------------------------------------
+# The store gives them as dicts (store/answers.py), encoded as they are (the fastest way); these
+# declare them for the document and the docs, and tests/test_schemas.py decodes real answers
+# against them (strict: every field, its type, nothing else).
+
+Count = Annotated[int, Meta(ge=0)]
+Time = Annotated[str, Meta(description="ISO 8601 UTC, like 2026-11-25T10:00:00.000Z")]
+Cursor = Annotated[str | None, Meta(description="pass back as `cursor`")]
+FinalVia = Literal["callback", "poll", "timeout"]
+
+
+class Poll(msgspec.Struct, forbid_unknown_fields=True):
+    """Polling for a late DLR: requests made about this message, the last one's time and
+    result, and when the next is due (null once final)."""
+
+    attempts: Count
+    last_polled_at: str | None
+    last_result: str | None
+    next_poll_at: str | None
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    """One message: its status and what is known of it. The fields an export row has, in the
+    same order, and its polling."""
+
+    provider: str
+    message_id: str
+    status: Status
+    provider_status: str | None
+    error_code: str | None
+    final: bool
+    final_via: FinalVia | None
+    to: str | None
+    from_: str | None = msgspec.field(name="from")
+    account: str | None
+    registered: bool
+    metadata: dict[str, Any] | None
+    created_at: Time
+    updated_at: Time
+    sent_at: str | None
+    final_at: str | None
+    final_reason: Annotated[
+        str | None, Meta(description="Why the receiver gave the message up as `unconfirmed`.")
+    ]
+    poll: Poll
+    deadline: Annotated[
+        str | None, Meta(description="The registration's deadline for delivery (null: none).")
+    ]
+    deadline_missed: Annotated[
+        bool, Meta(description="Not delivered by its deadline (decided once, at the deadline).")
+    ]
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One status report about a message, and what it did."""
+
+    id: int
+    source: Literal["callback", "poll", "timeout", "repair"]
+    provider_status: str
+    status: Status | None
+    previous_status: Status | None = None
+    outcome: Outcome
+    error_code: str | None = None
+    event_time: str | None = None
+    received_at: Time
+    resolved_at: str | None = None
+    dedupe_key: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    body: str | None = None
+
+
+class MessageEvents(msgspec.Struct, forbid_unknown_fields=True):
+    """A message with its whole history, oldest event first."""
+
+    message: Message
+    events: list[Event]
+
+
+class MessagePage(msgspec.Struct, forbid_unknown_fields=True):
+    """One page of messages, newest first."""
+
+    messages: list[Message]
+    next_cursor: Cursor
+
+
+ByStatus = msgspec.defstruct(
+    "ByStatus",
+    [(status.value, Count) for status in Status],
+    forbid_unknown_fields=True,
+)
+ByStatus.__doc__ = "Messages per status, every status named."
+
+
+class TimeToFinal(msgspec.Struct, forbid_unknown_fields=True):
+    """Seconds from sent to final, of the messages that have both times."""
+
+    count: Count
+    median: float | None
+    p95: float | None
+
+
+class Stats(msgspec.Struct, forbid_unknown_fields=True):
+    """Counts, delivery rate and time to final, of a window (and provider)."""
+
+    total: Count
+    by_status: ByStatus  # type: ignore[valid-type]
+    final: Count
+    delivered: Count
+    delivery_rate: Annotated[float, Meta(ge=0, le=1)] | None
+    time_to_final_seconds: TimeToFinal
+
+
+class Registered(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """What registering one message did."""
+
+    provider: str
+    message_id: str
+    created: bool
+    status: Status
+    pending_applied: Count
+    warnings: Annotated[
+        list[Annotated[str, Meta(min_length=1)]],
+        Meta(
+            min_length=1,
+            description="present only when there is something to say: sentences about this "
+            "registration, such as a sent_at already older than RECEIVER_POLL_MAX_AGE",
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
+class RegisteredBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """What registering a batch did, message by message."""
+
+    messages: list[Registered]
+    created: Count
 
 
 def openapi_schemas(*types: Any) -> dict[str, Schema]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import pytest
+from support import LiveServer, make_settings, new_sid, post_status
 
 from receiver import schemas
 from receiver.api import registration
@@ -22,30 +25,102 @@ def names(struct: type[msgspec.Struct]) -> set[str]:
     return {field.encode_name for field in msgspec.structs.fields(struct)}
 
 
-def paragraph(starts: str) -> str:
-    """The paragraph of docs/api.md that starts with `starts`."""
-    found = re.search(rf"^{re.escape(starts)}.*?(?=\n\n)", API_PAGE, re.M | re.S)
-    assert found, starts
+def section(heading: str) -> str:
+    """The section of docs/api.md under the heading that starts with `heading`."""
+    found = re.search(rf"^## {re.escape(heading)}.*?(?=^## )", API_PAGE, re.M | re.S)
+    assert found, heading
     return found[0]
 
 
-def backticked(text: str) -> set[str]:
-    return set(re.findall(r"`([a-z_]+)`", text))
+def mentioned(text: str) -> set[str]:
+    """The names a page's text gives a field: `name` in prose, "name": in an example."""
+    return set(re.findall(r"`([a-z0-9_]+)`", text)) | set(re.findall(r'"([a-z0-9_]+)":', text))
 
 
 @pytest.mark.parametrize(
-    ("struct", "starts"),
-    [(schemas.Registration, "The fields: ")],
+    ("heading", "structs"),
+    [
+        ("Errors", [schemas.Error]),
+        (
+            "`POST /v1/messages`",
+            [schemas.Registration, schemas.Registered, schemas.RegisteredBatch],
+        ),
+        ("`GET /v1/messages/{message_id}`:", [schemas.Message, schemas.Poll]),
+        ("`GET /v1/messages/{message_id}/events`", [schemas.MessageEvents, schemas.Event]),
+        ("`GET /v1/messages`:", [schemas.MessagePage]),
+        ("`GET /v1/stats`", [schemas.Stats, schemas.TimeToFinal]),
+    ],
 )
-def test_docs_name_every_declared_field(struct: type[msgspec.Struct], starts: str) -> None:
-    assert names(struct) <= backticked(paragraph(starts))
+def test_docs_name_every_declared_field(heading: str, structs: list[type[msgspec.Struct]]) -> None:
+    """docs/api.md names each field of the answers and requests it describes."""
+    text = section(heading)
+    for struct in structs:
+        assert names(struct) <= mentioned(text), (struct.__name__, names(struct) - mentioned(text))
 
 
-def test_the_document_takes_its_schemas_from_the_declarations() -> None:
+DECLARED = [
+    schemas.Error,
+    schemas.Registration,
+    schemas.Registered,
+    schemas.RegisteredBatch,
+    schemas.Message,
+    schemas.Event,
+    schemas.MessageEvents,
+    schemas.MessagePage,
+    schemas.Stats,
+]
+
+
+@pytest.mark.parametrize("struct", DECLARED, ids=lambda s: s.__name__)
+def test_the_document_takes_its_schemas_from_the_declarations(
+    struct: type[msgspec.Struct],
+) -> None:
     components = build_spec()["components"]["schemas"]
-    for name, struct in [("Error", schemas.Error), ("Registration", schemas.Registration)]:
-        assert set(components[name]["properties"]) == names(struct), name
-        assert components[name]["additionalProperties"] is False
+    schema = components[struct.__name__]
+    assert set(schema["properties"]) == names(struct)
+    assert schema["additionalProperties"] is False
+
+
+def test_the_answers_are_what_is_declared(tmp_path: Path) -> None:
+    """Real answers of a live server decode strictly against their declarations: every field
+    there, of its type, and nothing else."""
+    server = LiveServer(make_settings(tmp_path)).start()
+    sid, late = new_sid(), new_sid()
+    try:
+        with server.client() as client:
+
+            def decoded(response: httpx.Response, struct: type[msgspec.Struct]) -> Any:
+                assert response.status_code < 300, response.text
+                assert response.headers["content-type"] == "application/json"
+                return msgspec.json.decode(response.content, type=struct)
+
+            body = {
+                "provider": "twilio",
+                "message_id": sid,
+                "to": "+15558675310",
+                "metadata": {"order": 42},
+                "sent_at": "2000-01-01",
+                "deadline": "5m",
+            }
+            one = decoded(client.post("/v1/messages", json=body), schemas.Registered)
+            assert one.warnings  # sent_at is past RECEIVER_POLL_MAX_AGE
+            decoded(
+                client.post("/v1/messages", json=[{"provider": "mesms", "message_id": late}]),
+                schemas.RegisteredBatch,
+            )
+            assert post_status(client, server.callback_url, sid, "delivered").status_code == 204
+            message = decoded(client.get(f"/v1/messages/{sid}"), schemas.Message)
+            assert message.status == "delivered" and message.final
+            events = decoded(client.get(f"/v1/messages/{sid}/events"), schemas.MessageEvents)
+            assert events.events
+            page = decoded(client.get("/v1/messages", params={"limit": 1}), schemas.MessagePage)
+            assert page.next_cursor is not None
+            decoded(client.get("/v1/stats"), schemas.Stats)
+            error = client.get("/v1/messages", params={"limit": 0})
+            assert error.status_code == 400
+            assert msgspec.json.decode(error.content, type=schemas.Error).details
+    finally:
+        server.stop()
 
 
 def test_an_unknown_field_lists_the_declared_ones() -> None:

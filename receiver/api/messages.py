@@ -14,9 +14,10 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from receiver.api import realtime as realtime_api
+from receiver.api.answer import answer
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
@@ -121,7 +122,7 @@ async def list_messages(request: Request) -> Response:
         f, limit=int(raw_limit), before_id=_decode_cursor(cursor) if cursor else None
     )
     rows, next_id = await store.list_messages(f)
-    return JSONResponse(
+    return answer(
         {
             "messages": rows,
             "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
@@ -213,10 +214,10 @@ async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, 
 
 async def get_message(request: Request) -> Response:
     if "wait" not in request.query_params and "until" not in request.query_params:
-        return JSONResponse(await _one_message(request))
+        return answer(await _one_message(request))
     # A long poll (receiver.realtime.waiters): the same answer, once it is worth giving.
     wait, until = realtime_api.wait_params(request)
-    return JSONResponse(
+    return answer(
         await long_poll(
             request.state.hub,
             lambda: _one_message(request, ("wait", "until")),
@@ -229,13 +230,13 @@ async def get_message(request: Request) -> Response:
 async def get_message_events(request: Request) -> Response:
     message = await _one_message(request)
     events = await request.state.store.get_events(message["provider"], message["message_id"])
-    return JSONResponse({"message": message, "events": events})
+    return answer({"message": message, "events": events})
 
 
 async def stats(request: Request) -> Response:
     store = _store(request)
     params = query(request, {"since", "until", "provider"})
-    return JSONResponse(await store.stats(_filter(request, params)))
+    return answer(await store.stats(_filter(request, params)))
 
 
 def _warnings(registered: Registered, sent_at: str | None, max_age: float) -> list[str]:
@@ -295,8 +296,8 @@ async def register_messages(request: Request) -> Response:
     if any(r.deadline is not None or r.deadline_after is not None for r in registrations):
         request.state.deadlines.poke()  # committed: the deadline keeper looks again
     if single:
-        return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
-    return JSONResponse(
+        return answer(results[0], status_code=201 if results[0]["created"] else 200)
+    return answer(
         {
             "messages": results,
             "created": sum(1 for r in results if r["created"]),
@@ -340,4 +341,4 @@ async def get_send(request: Request) -> Response:
     found = await store.send_summary(uuid)
     if found is None:
         raise ApiError(404, "send_not_found", f"no send {uuid!r} is tracked")
-    return JSONResponse(found)
+    return answer(found)

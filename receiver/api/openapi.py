@@ -15,11 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.api import messages
-from receiver.engine import Outcome, Status
+from receiver.engine import Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
-from receiver.schemas import Error, Registration, openapi_schemas
-from receiver.store.base import EXPORT_COLUMNS
+from receiver.schemas import (
+    Error,
+    MessageEvents,
+    MessagePage,
+    Registered,
+    RegisteredBatch,
+    Registration,
+    Stats,
+    openapi_schemas,
+)
 from receiver.version import __version__
 
 Schema = dict[str, Any]
@@ -38,156 +46,10 @@ _TWILIO_SID = f"^{ACCOUNT_SID.pattern}$"
 _STATUSES = [s.value for s in Status]
 
 SCHEMAS: dict[str, Schema] = {
-    **openapi_schemas(Error, Registration),
-    "Message": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string"},
-            "message_id": {"type": "string"},
-            "status": {"enum": _STATUSES},
-            "provider_status": _nullable("string"),
-            "error_code": _nullable("string"),
-            "final": {"type": "boolean"},
-            "final_via": {"enum": ["callback", "poll", "timeout", None]},
-            "to": _nullable("string"),
-            "from": _nullable("string"),
-            "account": _nullable("string"),
-            "registered": {"type": "boolean"},
-            "metadata": _nullable("object"),
-            "created_at": _TIME,
-            "updated_at": _TIME,
-            "sent_at": _nullable("string"),
-            "final_at": _nullable("string"),
-            "final_reason": {
-                **_nullable("string"),
-                "description": "Why the receiver gave the message up as `unconfirmed`.",
-            },
-            "poll": {
-                "type": "object",
-                "description": "Polling for a late DLR: requests made about this message, "
-                "the last one's time and result, and when the next is due (null once final).",
-                "properties": {
-                    "attempts": {"type": "integer", "minimum": 0},
-                    "last_polled_at": _nullable("string"),
-                    "last_result": _nullable("string"),
-                    "next_poll_at": _nullable("string"),
-                },
-                "required": ["attempts", "last_polled_at", "last_result", "next_poll_at"],
-                "additionalProperties": False,
-            },
-            "deadline": {
-                **_nullable("string"),
-                "description": "The registration's deadline for delivery (null: none).",
-            },
-            "deadline_missed": {
-                "type": "boolean",
-                "description": "Not delivered by its deadline (decided once, at the deadline).",
-            },
-        },
-        # A message has the fields an export row has, in the same order, and its polling.
-        "required": [*EXPORT_COLUMNS, "poll", "deadline", "deadline_missed"],
-        "additionalProperties": False,
-    },
-    "Event": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "integer"},
-            "source": {"enum": ["callback", "poll", "timeout", "repair"]},
-            "provider_status": {"type": "string"},
-            "status": {"enum": [*_STATUSES, None]},
-            "previous_status": {"enum": [*_STATUSES, None]},
-            "outcome": {"enum": [o.value for o in Outcome]},
-            "error_code": _nullable("string"),
-            "event_time": _nullable("string"),
-            "received_at": _TIME,
-            "resolved_at": _nullable("string"),
-            "dedupe_key": _nullable("string"),
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "body": _nullable("string"),
-        },
-        "required": ["id", "source", "provider_status", "status", "outcome", "received_at"],
-        "additionalProperties": False,
-    },
-    "MessageEvents": {
-        "type": "object",
-        "properties": {
-            "message": _ref("Message"),
-            "events": {"type": "array", "items": _ref("Event")},
-        },
-        "required": ["message", "events"],
-        "additionalProperties": False,
-    },
-    "MessagePage": {
-        "type": "object",
-        "properties": {
-            "messages": {"type": "array", "items": _ref("Message")},
-            "next_cursor": _nullable("string", description="pass back as `cursor`"),
-        },
-        "required": ["messages", "next_cursor"],
-        "additionalProperties": False,
-    },
-    "Stats": {
-        "type": "object",
-        "properties": {
-            "total": {"type": "integer", "minimum": 0},
-            "by_status": {
-                "type": "object",
-                "properties": {s: {"type": "integer", "minimum": 0} for s in _STATUSES},
-                "required": _STATUSES,
-                "additionalProperties": False,
-            },
-            "final": {"type": "integer", "minimum": 0},
-            "delivered": {"type": "integer", "minimum": 0},
-            "delivery_rate": _nullable("number", minimum=0, maximum=1),
-            "time_to_final_seconds": {
-                "type": "object",
-                "properties": {
-                    "count": {"type": "integer", "minimum": 0},
-                    "median": _nullable("number"),
-                    "p95": _nullable("number"),
-                },
-                "required": ["count", "median", "p95"],
-                "additionalProperties": False,
-            },
-        },
-        "required": [
-            "total",
-            "by_status",
-            "final",
-            "delivered",
-            "delivery_rate",
-            "time_to_final_seconds",
-        ],
-        "additionalProperties": False,
-    },
-    "Registered": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string"},
-            "message_id": {"type": "string"},
-            "created": {"type": "boolean"},
-            "status": {"enum": _STATUSES},
-            "pending_applied": {"type": "integer", "minimum": 0},
-            "warnings": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "description": "present only when there is something to say: sentences about "
-                "this registration, such as a sent_at already older than RECEIVER_POLL_MAX_AGE",
-            },
-        },
-        "required": ["provider", "message_id", "created", "status", "pending_applied"],
-        "additionalProperties": False,
-    },
-    "RegisteredBatch": {
-        "type": "object",
-        "properties": {
-            "messages": {"type": "array", "items": _ref("Registered")},
-            "created": {"type": "integer", "minimum": 0},
-        },
-        "required": ["messages", "created"],
-        "additionalProperties": False,
-    },
+    # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
+    **openapi_schemas(
+        Error, Registration, MessageEvents, MessagePage, Stats, Registered, RegisteredBatch
+    ),
     "Health": {
         "type": "object",
         "properties": {"status": {"const": "ok"}, "version": {"type": "string"}},
@@ -772,7 +634,10 @@ _PUSH_PROPERTIES: Schema = {
     "delivered_at": _nullable("string"),
 }
 PUSH_SCHEMAS: dict[str, Schema] = {
-    **openapi_schemas(Error, Registration),
+    # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
+    **openapi_schemas(
+        Error, Registration, MessageEvents, MessagePage, Stats, Registered, RegisteredBatch
+    ),
     "Push": {
         "type": "object",
         "properties": _PUSH_PROPERTIES,
