@@ -19,11 +19,13 @@ from msgspec import Meta
 from receiver.engine import Outcome, Status
 
 __all__ = [
+    "ChangeData",
     "Error",
     "Event",
     "Message",
     "MessageEvents",
     "MessagePage",
+    "PushPayload",
     "Registered",
     "RegisteredBatch",
     "Registration",
@@ -263,6 +265,42 @@ class RegisteredBatch(msgspec.Struct, forbid_unknown_fields=True):
 
     messages: list[Registered]
     created: Count
+
+
+# -- a change: the stream's data, and a push ---------------------------------------------------
+
+
+class ChangeData(msgspec.Struct, forbid_unknown_fields=True):
+    """One change of one message, as apps receive it: a push's `data` and the stream's `data:`
+    (receiver/changes.py builds it). `status` is the status the change left the message in;
+    `final_via` and `final_at` only go with a final one; `previous_status` is null for a
+    message a callback created."""
+
+    provider: str
+    message_id: str
+    status: Status
+    previous_status: Status | None
+    provider_status: str | None
+    error_code: str | None
+    final: bool
+    final_via: FinalVia | None
+    to: str | None
+    account: str | None
+    metadata: dict[str, Any] | None
+    sent_at: str | None
+    final_at: str | None
+
+
+PushType = Literal["message.status_changed", "message.deadline_missed"]
+
+
+class PushPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """What a push to the app says (RECEIVER_PUSH_URL): a Standard Webhooks payload. Ignore a
+    `type` you do not know, and answer it 2xx."""
+
+    type: PushType
+    timestamp: Annotated[str, Meta(description="when the change was recorded, ISO 8601 UTC")]
+    data: ChangeData
 
 
 def openapi_schemas(*types: Any) -> dict[str, Schema]:

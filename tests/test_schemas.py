@@ -12,9 +12,10 @@ import msgspec
 import pytest
 from support import LiveServer, make_settings, new_sid, post_status
 
-from receiver import schemas
+from receiver import changes, schemas
 from receiver.api import registration
 from receiver.api.openapi import build_spec
+from receiver.push import payload
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PAGE = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
@@ -26,8 +27,13 @@ def names(struct: type[msgspec.Struct]) -> set[str]:
 
 
 def section(heading: str) -> str:
-    """The section of docs/api.md under the heading that starts with `heading`."""
-    found = re.search(rf"^## {re.escape(heading)}.*?(?=^## )", API_PAGE, re.M | re.S)
+    """The section under the heading that starts with `heading`, of docs/api.md or of the page
+    named before a colon ("push.md: ...")."""
+    page = API_PAGE
+    if re.match(r"[a-z]+\.md: ", heading):
+        name, _, heading = heading.partition(": ")
+        page = (ROOT / "docs" / name).read_text(encoding="utf-8")
+    found = re.search(rf"^## {re.escape(heading)}.*?(?=^## )", page, re.M | re.S)
     assert found, heading
     return found[0]
 
@@ -49,6 +55,7 @@ def mentioned(text: str) -> set[str]:
         ("`GET /v1/messages/{message_id}/events`", [schemas.MessageEvents, schemas.Event]),
         ("`GET /v1/messages`:", [schemas.MessagePage]),
         ("`GET /v1/stats`", [schemas.Stats, schemas.TimeToFinal]),
+        ("push.md: What your app receives", [schemas.PushPayload, schemas.ChangeData]),
     ],
 )
 def test_docs_name_every_declared_field(heading: str, structs: list[type[msgspec.Struct]]) -> None:
@@ -59,6 +66,8 @@ def test_docs_name_every_declared_field(heading: str, structs: list[type[msgspec
 
 
 DECLARED = [
+    schemas.PushPayload,
+    schemas.ChangeData,
     schemas.Error,
     schemas.Registration,
     schemas.Registered,
@@ -138,3 +147,37 @@ def test_the_registration_is_checked_in_its_declared_order() -> None:
             b'{"provider": "nope", "message_id": 5, "to": 7}', ["twilio"]
         )
     assert raised.value.details == {"index": 0, "field": "provider"}  # type: ignore[attr-defined]
+
+
+def test_a_push_and_a_change_are_what_is_declared() -> None:
+    """The push body the outbox keeps, and the stream's data, decode strictly against their
+    declarations."""
+    data = payload.message_data(
+        provider="twilio",
+        message_id="SM1",
+        status="delivered",
+        previous_status="sent",
+        provider_status="delivered",
+        final=True,
+        final_via="callback",
+        metadata={"order": 42},
+    )
+    body = payload.body(payload.STATUS_CHANGED, "2026-11-25T10:00:00.000Z", data)
+    pushed = msgspec.json.decode(body, type=schemas.PushPayload)
+    assert pushed.data.status == "delivered"
+    row = {
+        "provider": "twilio",
+        "message_id": "SM1",
+        "status": "sent",
+        "previous_status": None,
+        "provider_status": "sent",
+        "error_code": None,
+        "final_via": None,
+        "to_number": "+15558675310",
+        "account": None,
+        "metadata": '{"order": 42}',
+        "sent_at": None,
+        "final_at": None,
+    }
+    msgspec.convert(changes.change_data(row), schemas.ChangeData)
+    assert payload.TYPES == (payload.STATUS_CHANGED, payload.DEADLINE_MISSED)

@@ -22,6 +22,7 @@ from receiver.schemas import (
     Error,
     MessageEvents,
     MessagePage,
+    PushPayload,
     Registered,
     RegisteredBatch,
     Registration,
@@ -48,7 +49,14 @@ _STATUSES = [s.value for s in Status]
 SCHEMAS: dict[str, Schema] = {
     # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
     **openapi_schemas(
-        Error, Registration, MessageEvents, MessagePage, Stats, Registered, RegisteredBatch
+        Error,
+        Registration,
+        MessageEvents,
+        MessagePage,
+        Stats,
+        Registered,
+        RegisteredBatch,
+        PushPayload,
     ),
     "Health": {
         "type": "object",
@@ -636,7 +644,14 @@ _PUSH_PROPERTIES: Schema = {
 PUSH_SCHEMAS: dict[str, Schema] = {
     # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
     **openapi_schemas(
-        Error, Registration, MessageEvents, MessagePage, Stats, Registered, RegisteredBatch
+        Error,
+        Registration,
+        MessageEvents,
+        MessagePage,
+        Stats,
+        Registered,
+        RegisteredBatch,
+        PushPayload,
     ),
     "Push": {
         "type": "object",
@@ -660,7 +675,10 @@ PUSH_SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             **_PUSH_PROPERTIES,
-            "payload": {"type": "string", "description": "the JSON body sent"},
+            "payload": {
+                "type": "string",
+                "description": "the JSON body sent (the PushPayload schema)",
+            },
             "attempts": {"type": "array", "items": _ref("PushAttempt")},
         },
         "required": [*_PUSH_PROPERTIES, "payload", "attempts"],
