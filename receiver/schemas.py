@@ -25,7 +25,11 @@ __all__ = [
     "Message",
     "MessageEvents",
     "MessagePage",
+    "Push",
+    "PushDetail",
+    "PushPage",
     "PushPayload",
+    "Recovered",
     "Registered",
     "RegisteredBatch",
     "Registration",
@@ -301,6 +305,61 @@ class PushPayload(msgspec.Struct, forbid_unknown_fields=True):
     type: PushType
     timestamp: Annotated[str, Meta(description="when the change was recorded, ISO 8601 UTC")]
     data: ChangeData
+
+
+# -- the push outbox (GET /v1/pushes, ...) -----------------------------------------------------
+
+PushStatus = Literal["pending", "delivered", "failed"]
+
+
+class Push(msgspec.Struct, forbid_unknown_fields=True):
+    """One push owed to the app, and how sending it went."""
+
+    id: Annotated[str, Meta(description="the webhook-id, the same at every attempt")]
+    type: Annotated[str, Meta(description="message.status_changed, ...")]
+    endpoint: Annotated[str, Meta(description="the URL it is pushed to")]
+    provider: str | None
+    message_id: str | None
+    status: PushStatus
+    attempt_count: Count
+    created_at: Time
+    next_attempt_at: Annotated[str | None, Meta(description="when it is tried next (pending)")]
+    last_attempt_at: str | None
+    last_result: Annotated[
+        str | None,
+        Meta(description="http_<status>, timeout, network_error or endpoint_disabled"),
+    ]
+    delivered_at: str | None
+
+
+class PushAttempt(msgspec.Struct, forbid_unknown_fields=True):
+    """One attempt at a push."""
+
+    attempted_at: Time
+    http_status: int | None
+    error: Literal["timeout", "network_error"] | None
+    duration_ms: Count
+    response: Annotated[str | None, Meta(description="the first 2 KB of the answer's body")]
+
+
+class PushDetail(Push, forbid_unknown_fields=True):
+    """A push with the body sent and every attempt at it, oldest first."""
+
+    payload: Annotated[str, Meta(description="the JSON body sent (the PushPayload schema)")]
+    attempts: list[PushAttempt]
+
+
+class PushPage(msgspec.Struct, forbid_unknown_fields=True):
+    """One page of pushes, newest first."""
+
+    pushes: list[Push]
+    next_cursor: Cursor
+
+
+class Recovered(msgspec.Struct, forbid_unknown_fields=True):
+    """How many failed pushes were queued again."""
+
+    recovered: Count
 
 
 def openapi_schemas(*types: Any) -> dict[str, Schema]:

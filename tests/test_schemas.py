@@ -56,6 +56,7 @@ def mentioned(text: str) -> set[str]:
         ("`GET /v1/messages`:", [schemas.MessagePage]),
         ("`GET /v1/stats`", [schemas.Stats, schemas.TimeToFinal]),
         ("push.md: What your app receives", [schemas.PushPayload, schemas.ChangeData]),
+        ("`GET /v1/pushes`", [schemas.PushPage, schemas.PushDetail, schemas.PushAttempt]),
     ],
 )
 def test_docs_name_every_declared_field(heading: str, structs: list[type[msgspec.Struct]]) -> None:
@@ -66,6 +67,10 @@ def test_docs_name_every_declared_field(heading: str, structs: list[type[msgspec
 
 
 DECLARED = [
+    schemas.Push,
+    schemas.PushDetail,
+    schemas.PushPage,
+    schemas.Recovered,
     schemas.PushPayload,
     schemas.ChangeData,
     schemas.Error,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +22,11 @@ from receiver.schemas import (
     Error,
     MessageEvents,
     MessagePage,
+    PushDetail,
+    PushPage,
     PushPayload,
+    PushStatus,
+    Recovered,
     Registered,
     RegisteredBatch,
     Registration,
@@ -624,82 +628,8 @@ _PUSH_ID = {
     "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
     "description": "the push's id: the webhook-id it is sent with",
 }
-_PUSH_STATUSES = ["pending", "delivered", "failed"]
-_PUSH_PROPERTIES: Schema = {
-    "id": {"type": "string", "description": "the webhook-id, the same at every attempt"},
-    "type": {"type": "string", "description": "message.status_changed, ..."},
-    "endpoint": {"type": "string", "description": "the URL it is pushed to"},
-    "provider": _nullable("string"),
-    "message_id": _nullable("string"),
-    "status": {"enum": _PUSH_STATUSES},
-    "attempt_count": {"type": "integer", "minimum": 0},
-    "created_at": _TIME,
-    "next_attempt_at": _nullable("string", description="when it is tried next (pending)"),
-    "last_attempt_at": _nullable("string"),
-    "last_result": _nullable(
-        "string", description="http_<status>, timeout, network_error or endpoint_disabled"
-    ),
-    "delivered_at": _nullable("string"),
-}
-PUSH_SCHEMAS: dict[str, Schema] = {
-    # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
-    **openapi_schemas(
-        Error,
-        Registration,
-        MessageEvents,
-        MessagePage,
-        Stats,
-        Registered,
-        RegisteredBatch,
-        PushPayload,
-    ),
-    "Push": {
-        "type": "object",
-        "properties": _PUSH_PROPERTIES,
-        "required": list(_PUSH_PROPERTIES),
-        "additionalProperties": False,
-    },
-    "PushAttempt": {
-        "type": "object",
-        "properties": {
-            "attempted_at": _TIME,
-            "http_status": _nullable("integer"),
-            "error": {"enum": ["timeout", "network_error", None]},
-            "duration_ms": {"type": "integer", "minimum": 0},
-            "response": _nullable("string", description="the first 2 KB of the answer's body"),
-        },
-        "required": ["attempted_at", "http_status", "error", "duration_ms", "response"],
-        "additionalProperties": False,
-    },
-    "PushDetail": {
-        "type": "object",
-        "properties": {
-            **_PUSH_PROPERTIES,
-            "payload": {
-                "type": "string",
-                "description": "the JSON body sent (the PushPayload schema)",
-            },
-            "attempts": {"type": "array", "items": _ref("PushAttempt")},
-        },
-        "required": [*_PUSH_PROPERTIES, "payload", "attempts"],
-        "additionalProperties": False,
-    },
-    "PushPage": {
-        "type": "object",
-        "properties": {
-            "pushes": {"type": "array", "items": _ref("Push")},
-            "next_cursor": _nullable("string", description="pass back as `cursor`"),
-        },
-        "required": ["pushes", "next_cursor"],
-        "additionalProperties": False,
-    },
-    "Recovered": {
-        "type": "object",
-        "properties": {"recovered": {"type": "integer", "minimum": 0}},
-        "required": ["recovered"],
-        "additionalProperties": False,
-    },
-}
+_PUSH_STATUSES = list(get_args(PushStatus))
+PUSH_SCHEMAS: dict[str, Schema] = openapi_schemas(PushPage, PushDetail, Recovered)
 SCHEMAS.update(PUSH_SCHEMAS)
 SCHEMAS["Ready"]["properties"]["pushes"] = {
     "description": "present when RECEIVER_PUSH_URL is set: each endpoint (without its query) "
