@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from receiver.version import __version__
 
 __all__ = ["__version__", "create_app"]
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import receiver` (and reading the version at build time) stays light.
+    # Lazy, so `import receiver` (and any one module of it) does not load the whole app.
     if name == "create_app":
         from receiver.app import create_app
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from receiver import __version__, dashboard, retention
+from receiver import dashboard, retention
 from receiver.api import callback_urls, health, messages, openapi, pushes, stream, webhooks
 from receiver.api.errors import EXCEPTION_HANDLERS
 from receiver.api.metrics import metrics as metrics_endpoint
@@ -33,6 +33,7 @@ from receiver.realtime.deadlines import DeadlineKeeper
 from receiver.realtime.hub import Hub
 from receiver.settings import Settings
 from receiver.store import Store, open_store
+from receiver.version import __version__
 
 log = structlog.get_logger("receiver")
 

@@ -7,24 +7,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.engine import is_final
+import msgspec
 
-# The fields, in order: what an app may rely on.
-DATA_FIELDS = (
-    "provider",
-    "message_id",
-    "status",
-    "previous_status",
-    "provider_status",
-    "error_code",
-    "final",
-    "final_via",
-    "to",
-    "account",
-    "metadata",
-    "sent_at",
-    "final_at",
-)
+from receiver.engine import is_final
+from receiver.schemas import ChangeData
+
+# The fields, in order: what an app may rely on (declared in receiver/schemas.py's ChangeData).
+DATA_FIELDS = tuple(field.encode_name for field in msgspec.structs.fields(ChangeData))
 
 
 def change_data(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from receiver import __version__
 from receiver.settings import Settings, SettingsError
+from receiver.version import __version__
 
 
 def _settings(**overrides: str) -> Settings:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from receiver.engine import Outcome, Status
+from receiver.polling.base import RESULTS
 
 # Group commit gathers at most 512 jobs (store.writer); powers of two show how full batches get.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -103,8 +104,6 @@ class Metrics:
 
     def start_poll_series(self, providers: Iterable[str]) -> None:
         """Every (provider, result) series of the polled providers, at zero."""
-        from receiver.polling.base import RESULTS
-
         for provider in providers:
             for result in RESULTS:
                 self.poll_requests.labels(provider, result)

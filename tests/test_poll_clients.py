@@ -19,6 +19,7 @@ import httpx
 import pytest
 from support import WAIT, AppServer
 
+from receiver.polling import build_clients
 from receiver.polling import mesms as mesms_client
 from receiver.polling.base import (
     DueMessage,
@@ -29,7 +30,6 @@ from receiver.polling.base import (
     Unavailable,
     retry_after_seconds,
 )
-from receiver.polling.clients import build_clients
 from receiver.settings import Settings, SettingsError
 from receiver.simulator import create_simulator
 from receiver.simulator.client import SimulatorClient

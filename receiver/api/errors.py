@@ -8,9 +8,10 @@ from typing import Any
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from receiver.realtime.hub import Busy
+from receiver.schemas import Error, encode
 from receiver.store import StoreUnavailable
 
 log = structlog.get_logger("receiver.http")
@@ -31,11 +32,10 @@ def error_response(
     message: str,
     headers: Mapping[str, str] | None = None,
     **details: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {"error_code": error_code, "message": message}
-    if details:
-        body["details"] = details
-    return JSONResponse(body, status_code=status, headers=headers)
+) -> Response:
+    """The JSON error (receiver.schemas.Error)."""
+    body = encode(Error(error_code, message, details))
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 _HTTP_CODES = {

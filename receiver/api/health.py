@@ -6,9 +6,9 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver import __version__
 from receiver.api.errors import error_response
 from receiver.store import StoreUnavailable
+from receiver.version import __version__
 
 log = structlog.get_logger("receiver.health")
 

@@ -7,7 +7,6 @@ import binascii
 import csv
 import dataclasses
 import io
-import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -15,34 +14,34 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from receiver.api import realtime as realtime_api
+from receiver.api.answer import answer
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
-from receiver.api.parts import parts_field
+from receiver.api.query import parse_time as parse_time  # importable from here too
 from receiver.api.query import query
+from receiver.api.registration import decode_registrations
 from receiver.engine import Status, is_final
 from receiver.engine import parse_time as parse_stored_time
 from receiver.polling.policy import give_up_from
-from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers.mesms import UUID_PATTERN
 from receiver.realtime.waiters import long_poll
+from receiver.schemas import MAX_ACCOUNT_LENGTH as MAX_ACCOUNT_LENGTH  # the registration's
+from receiver.schemas import MAX_BATCH as MAX_BATCH  # limits, importable from here too
+from receiver.schemas import MAX_ID_LENGTH as MAX_ID_LENGTH
+from receiver.schemas import MAX_METADATA_BYTES as MAX_METADATA_BYTES
+from receiver.schemas import MAX_NUMBER_LENGTH as MAX_NUMBER_LENGTH
 from receiver.settings import say_duration
 from receiver.store import MessageFilter, Registration, Store, StoreUnavailable
 from receiver.store.base import EXPORT_COLUMNS, Registered, format_time, utcnow
 
 log = structlog.get_logger("receiver.api")
 
-MAX_BATCH = 1000
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-MAX_ID_LENGTH = 256
-MAX_NUMBER_LENGTH = 64
-MAX_METADATA_BYTES = 4096
-# A non-Twilio account is what its callbacks record: a signed URL's label (1-64 characters).
-MAX_ACCOUNT_LENGTH = 64
 MAX_ROW_ID = 2**63 - 1
 # A full batch with the largest metadata is about 5 MB.
 MAX_REGISTRATION_BODY = 8 * 1024 * 1024
@@ -52,26 +51,6 @@ def _store(request: Request) -> Store:
     require_api_access(request)
     store: Store = request.state.store
     return store
-
-
-def parse_time(value: str, name: str) -> str:
-    """An ISO 8601 time (a date alone means its midnight UTC) in the stored form."""
-    try:
-        moment = datetime.fromisoformat(value.strip())
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)  # OverflowError near year 1 or 9999
-    except (ValueError, OverflowError):
-        moment = None
-    # Stored times compare as text, which holds only for four-digit years.
-    if moment is None or moment.year < 1000:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{name} must be an ISO 8601 time, like 2026-11-25T10:00:00Z",
-            parameter=name,
-        )
-    return format_time(moment)
 
 
 def _provider_param(request: Request, params: Mapping[str, str]) -> str | None:
@@ -143,7 +122,7 @@ async def list_messages(request: Request) -> Response:
         f, limit=int(raw_limit), before_id=_decode_cursor(cursor) if cursor else None
     )
     rows, next_id = await store.list_messages(f)
-    return JSONResponse(
+    return answer(
         {
             "messages": rows,
             "next_cursor": _encode_cursor(next_id) if next_id is not None else None,
@@ -235,10 +214,10 @@ async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, 
 
 async def get_message(request: Request) -> Response:
     if "wait" not in request.query_params and "until" not in request.query_params:
-        return JSONResponse(await _one_message(request))
+        return answer(await _one_message(request))
     # A long poll (receiver.realtime.waiters): the same answer, once it is worth giving.
     wait, until = realtime_api.wait_params(request)
-    return JSONResponse(
+    return answer(
         await long_poll(
             request.state.hub,
             lambda: _one_message(request, ("wait", "until")),
@@ -251,125 +230,13 @@ async def get_message(request: Request) -> Response:
 async def get_message_events(request: Request) -> Response:
     message = await _one_message(request)
     events = await request.state.store.get_events(message["provider"], message["message_id"])
-    return JSONResponse({"message": message, "events": events})
+    return answer({"message": message, "events": events})
 
 
 async def stats(request: Request) -> Response:
     store = _store(request)
     params = query(request, {"since", "until", "provider"})
-    return JSONResponse(await store.stats(_filter(request, params)))
-
-
-def _optional_str(item: Mapping[str, Any], key: str, limit: int, index: int) -> str | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"{key} must be a non-empty string of at most {limit} characters",
-            index=index,
-            field=key,
-        )
-    return value.strip()
-
-
-# The fields of one registration, as the answer to an unknown one lists them.
-REGISTRATION_FIELDS = sorted(
-    (
-        "provider",
-        "message_id",
-        "to",
-        "from",
-        "sent_at",
-        "metadata",
-        "account",
-        "deadline",
-        "parts",
-    )
-)
-
-
-def _unknown_field(name: str, allowed: list[str], **where: Any) -> ApiError:
-    return ApiError(
-        400,
-        "invalid_message",
-        f"unknown field {name!r}; the fields are {', '.join(allowed)}",
-        **where,
-        field=name,
-        allowed=allowed,
-    )
-
-
-def _account(item: Mapping[str, Any], provider: str, index: int) -> str | None:
-    """The account the message was sent from: for Twilio an account SID (polling asks under
-    it), for the others a bounded string (their callbacks' signed-URL label)."""
-    if provider != "twilio":
-        return _optional_str(item, "account", MAX_ACCOUNT_LENGTH, index)
-    value = item.get("account")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not ACCOUNT_SID.fullmatch(value):
-        raise ApiError(
-            400,
-            "invalid_message",
-            "account must be the Twilio account SID the message was sent from: "
-            "AC and 32 hex digits",
-            index=index,
-            field="account",
-        )
-    return value
-
-
-def _registration(item: Any, index: int, providers: list[str]) -> Registration:
-    if not isinstance(item, dict):
-        raise ApiError(400, "invalid_message", "each message must be a JSON object", index=index)
-    unknown = sorted(set(item) - set(REGISTRATION_FIELDS))
-    if unknown:
-        raise _unknown_field(unknown[0], REGISTRATION_FIELDS, index=index)
-    provider = item.get("provider")
-    if not isinstance(provider, str) or provider not in providers:
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"provider must be one of {sorted(providers)}",
-            index=index,
-            field="provider",
-        )
-    message_id = _optional_str(item, "message_id", MAX_ID_LENGTH, index)
-    if message_id is None:
-        raise ApiError(
-            400, "invalid_message", "message_id is required", index=index, field="message_id"
-        )
-    sent_at = _optional_str(item, "sent_at", 64, index)
-    try:
-        sent_at = parse_time(sent_at, "sent_at") if sent_at else None
-    except ApiError as exc:
-        raise ApiError(400, "invalid_message", exc.message, index=index, field="sent_at") from None
-    metadata = item.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict) or len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES
-    ):
-        raise ApiError(
-            400,
-            "invalid_message",
-            f"metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes",
-            index=index,
-            field="metadata",
-        )
-    parts = parts_field(item, index, message_id)
-    return Registration(
-        provider=provider,
-        message_id=message_id,
-        parts=parts,
-        to_number=_optional_str(item, "to", MAX_NUMBER_LENGTH, index),
-        from_number=_optional_str(item, "from", MAX_NUMBER_LENGTH, index),
-        sent_at=sent_at,
-        metadata=metadata,
-        account=_account(item, provider, index),
-        **realtime_api.deadline_field(item, index),
-    )
+    return answer(await store.stats(_filter(request, params)))
 
 
 def _warnings(registered: Registered, sent_at: str | None, max_age: float) -> list[str]:
@@ -410,27 +277,8 @@ async def register_messages(request: Request) -> Response:
             f"at most {MAX_REGISTRATION_BODY} bytes per request",
             limit=MAX_REGISTRATION_BODY,
         )
-    try:
-        payload = json.loads(body)
-        # Python parses more than it can serve back (JSONResponse would fail on every later
-        # read): NaN, Infinity, 1e400 and lone surrogates are refused here, as I-JSON does.
-        json.dumps(payload, ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
-        raise ApiError(400, "invalid_json", "the body must be JSON") from None
-    single = isinstance(payload, dict) and "messages" not in payload
-    if isinstance(payload, dict) and not single and set(payload) != {"messages"}:
-        raise _unknown_field(sorted(set(payload) - {"messages"})[0], ["messages"])
-    items = (
-        [payload] if single else (payload.get("messages") if isinstance(payload, dict) else payload)
-    )
-    if not isinstance(items, list) or not items:
-        raise ApiError(400, "invalid_message", "send a message object or a non-empty list")
-    if len(items) > MAX_BATCH:
-        raise ApiError(
-            400, "batch_too_large", f"at most {MAX_BATCH} messages per request", limit=MAX_BATCH
-        )
-    providers: list[str] = request.state.provider_names  # once: a batch holds up to 1,000
-    registrations = [_registration(item, i, providers) for i, item in enumerate(items)]
+    providers: list[str] = request.state.provider_names
+    registrations, single = decode_registrations(body, providers)
     for i, reg in enumerate(registrations):
         if reg.parts and is_whole_send(reg):
             raise ApiError(
@@ -470,8 +318,8 @@ async def register_messages(request: Request) -> Response:
     if any(r.deadline is not None or r.deadline_after is not None for r in registrations):
         request.state.deadlines.poke()  # committed: the deadline keeper looks again
     if single:
-        return JSONResponse(results[0], status_code=201 if results[0]["created"] else 200)
-    return JSONResponse(
+        return answer(results[0], status_code=201 if results[0]["created"] else 200)
+    return answer(
         {
             "messages": results,
             "created": sum(1 for r in results if r["created"]),
@@ -515,4 +363,4 @@ async def get_send(request: Request) -> Response:
     found = await store.send_summary(uuid)
     if found is None:
         raise ApiError(404, "send_not_found", f"no send {uuid!r} is tracked")
-    return JSONResponse(found)
+    return answer(found)

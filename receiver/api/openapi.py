@@ -9,17 +9,32 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from receiver import __version__
 from receiver.api import messages, parts
-from receiver.engine import Outcome, Status
+from receiver.engine import Status
 from receiver.polling.twilio import ACCOUNT_SID
 from receiver.providers import REGISTRY, callback_path
-from receiver.store.base import EXPORT_COLUMNS
+from receiver.schemas import (
+    Error,
+    MessageEvents,
+    MessagePage,
+    PushDetail,
+    PushPage,
+    PushPayload,
+    PushStatus,
+    Recovered,
+    Registered,
+    RegisteredBatch,
+    Registration,
+    RegistrationConflict,
+    Stats,
+    openapi_schemas,
+)
+from receiver.version import __version__
 
 Schema = dict[str, Any]
 
@@ -37,272 +52,18 @@ _TWILIO_SID = f"^{ACCOUNT_SID.pattern}$"
 _STATUSES = [s.value for s in Status]
 
 SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "description": "Every failure: a stable `error_code`, a message for people, details.",
-        "properties": {
-            "error_code": {"type": "string", "pattern": "^[a-z_]+$"},
-            "message": {"type": "string", "minLength": 1},
-            "details": {"type": "object"},
-        },
-        "required": ["error_code", "message"],
-        "additionalProperties": False,
-    },
-    "Message": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string"},
-            "message_id": {"type": "string"},
-            "status": {"enum": _STATUSES},
-            "provider_status": _nullable("string"),
-            "error_code": _nullable("string"),
-            "final": {"type": "boolean"},
-            "final_via": {"enum": ["callback", "poll", "timeout", None]},
-            "to": _nullable("string"),
-            "from": _nullable("string"),
-            "account": _nullable("string"),
-            "registered": {"type": "boolean"},
-            "metadata": _nullable("object"),
-            "created_at": _TIME,
-            "updated_at": _TIME,
-            "sent_at": _nullable("string"),
-            "final_at": _nullable("string"),
-            "final_reason": {
-                **_nullable("string"),
-                "description": "Why the receiver gave the message up as `unconfirmed`.",
-            },
-            "poll": {
-                "type": "object",
-                "description": "Polling for a late DLR: requests made about this message, "
-                "the last one's time and result, and when the next is due (null once final).",
-                "properties": {
-                    "attempts": {"type": "integer", "minimum": 0},
-                    "last_polled_at": _nullable("string"),
-                    "last_result": _nullable("string"),
-                    "next_poll_at": _nullable("string"),
-                },
-                "required": ["attempts", "last_polled_at", "last_result", "next_poll_at"],
-                "additionalProperties": False,
-            },
-            "deadline": {
-                **_nullable("string"),
-                "description": "The registration's deadline for delivery (null: none).",
-            },
-            "deadline_missed": {
-                "type": "boolean",
-                "description": "Not delivered by its deadline (decided once, at the deadline).",
-            },
-            "parts": {
-                "type": "object",
-                "description": "A multipart message only: its parts (segments) by status; "
-                "`pending` is every part neither delivered nor failed.",
-                "properties": {
-                    name: {"type": "integer", "minimum": 0}
-                    for name in ("total", "delivered", "failed", "pending")
-                },
-                "required": ["total", "delivered", "failed", "pending"],
-                "additionalProperties": False,
-            },
-        },
-        # A message has the fields an export row has, in the same order, and its polling.
-        "required": [*EXPORT_COLUMNS, "poll", "deadline", "deadline_missed"],
-        "additionalProperties": False,
-    },
-    "Event": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "integer"},
-            "source": {"enum": ["callback", "poll", "timeout", "repair"]},
-            "provider_status": {"type": "string"},
-            "status": {"enum": [*_STATUSES, None]},
-            "previous_status": {"enum": [*_STATUSES, None]},
-            "outcome": {"enum": [o.value for o in Outcome]},
-            "error_code": _nullable("string"),
-            "event_time": _nullable("string"),
-            "received_at": _TIME,
-            "resolved_at": _nullable("string"),
-            "dedupe_key": _nullable("string"),
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "body": _nullable("string"),
-            "part": {
-                "type": "string",
-                "description": "A multipart message's history only: the event was about this "
-                "part (its provider id); `status`, `previous_status` and `outcome` are the "
-                "part's. The message's own events (the changes its parts made) have none.",
-            },
-        },
-        "required": ["id", "source", "provider_status", "status", "outcome", "received_at"],
-        "additionalProperties": False,
-    },
-    "MessageEvents": {
-        "type": "object",
-        "properties": {
-            "message": _ref("Message"),
-            "events": {"type": "array", "items": _ref("Event")},
-        },
-        "required": ["message", "events"],
-        "additionalProperties": False,
-    },
-    "MessagePage": {
-        "type": "object",
-        "properties": {
-            "messages": {"type": "array", "items": _ref("Message")},
-            "next_cursor": _nullable("string", description="pass back as `cursor`"),
-        },
-        "required": ["messages", "next_cursor"],
-        "additionalProperties": False,
-    },
-    "Stats": {
-        "type": "object",
-        "properties": {
-            "total": {"type": "integer", "minimum": 0},
-            "by_status": {
-                "type": "object",
-                "properties": {s: {"type": "integer", "minimum": 0} for s in _STATUSES},
-                "required": _STATUSES,
-                "additionalProperties": False,
-            },
-            "final": {"type": "integer", "minimum": 0},
-            "delivered": {"type": "integer", "minimum": 0},
-            "delivery_rate": _nullable("number", minimum=0, maximum=1),
-            "time_to_final_seconds": {
-                "type": "object",
-                "properties": {
-                    "count": {"type": "integer", "minimum": 0},
-                    "median": _nullable("number"),
-                    "p95": _nullable("number"),
-                },
-                "required": ["count", "median", "p95"],
-                "additionalProperties": False,
-            },
-        },
-        "required": [
-            "total",
-            "by_status",
-            "final",
-            "delivered",
-            "delivery_rate",
-            "time_to_final_seconds",
-        ],
-        "additionalProperties": False,
-    },
-    "Registration": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string", "description": "a provider's name"},
-            "message_id": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": messages.MAX_ID_LENGTH,
-                "pattern": r"\S",
-            },
-            "to": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_NUMBER_LENGTH,
-                "pattern": r"\S",
-            },
-            "from": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_NUMBER_LENGTH,
-                "pattern": r"\S",
-            },
-            "sent_at": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "when the app sent it; one older than RECEIVER_POLL_MAX_AGE is "
-                "kept, but the message's maximum age counts from its registration instead, "
-                "and the answer's `warnings` say so",
-            },
-            "metadata": {
-                "type": ["object", "null"],
-                "description": f"at most {messages.MAX_METADATA_BYTES} bytes as JSON",
-            },
-            "deadline": {
-                "type": ["string", "number", "null"],
-                "description": "when it must be delivered by: a duration after sent_at (after "
-                "the registration when there is none), as seconds or text such as 30s, or an "
-                "ISO 8601 time; past it undelivered, the message shows deadline_missed and a "
-                "message.deadline_missed change goes out, once",
-            },
-            "account": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "maxLength": messages.MAX_ACCOUNT_LENGTH,
-                "pattern": r"\S",
-                "description": "the account the message was sent from: for twilio the "
-                "account SID (AC and 32 hex digits; a subaccount's, so polling asks under "
-                "it), for the others at most "
-                f"{messages.MAX_ACCOUNT_LENGTH} characters; fills or corrects the stored one",
-            },
-            "parts": {
-                "type": ["array", "null"],
-                "items": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": parts.MAX_PART_ID_LENGTH,
-                    "pattern": r"\S",
-                },
-                "minItems": 1,
-                "maxItems": parts.MAX_PARTS,
-                "uniqueItems": True,
-                "description": "a multipart message: the provider's ids of its segments, in "
-                "order, none of them message_id (the app's id for the whole); each part's "
-                "DLRs are folded into the message's status",
-            },
-        },
-        "required": ["provider", "message_id"],
-        "additionalProperties": False,
-        # Twilio's account is an account SID.
-        "if": {"properties": {"provider": {"const": "twilio"}}, "required": ["provider"]},
-        "then": {"properties": {"account": {"type": ["string", "null"], "pattern": _TWILIO_SID}}},
-    },
-    "Registered": {
-        "type": "object",
-        "properties": {
-            "provider": {"type": "string"},
-            "message_id": {"type": "string"},
-            "created": {"type": "boolean"},
-            "status": {"enum": _STATUSES},
-            "pending_applied": {"type": "integer", "minimum": 0},
-            "warnings": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "description": "present only when there is something to say: sentences about "
-                "this registration, such as a sent_at already older than RECEIVER_POLL_MAX_AGE",
-            },
-        },
-        "required": ["provider", "message_id", "created", "status", "pending_applied"],
-        "additionalProperties": False,
-    },
-    "RegistrationConflict": {
-        "type": "object",
-        "description": "A registration of a batch that contradicts what is kept (a multipart "
-        "message's parts); nothing of it was written.",
-        "properties": {
-            "provider": {"type": "string"},
-            "message_id": {"type": "string"},
-            "created": {"const": False},
-            "error_code": {"enum": list(parts.CONFLICTS)},
-            "message": {"type": "string", "minLength": 1},
-        },
-        "required": ["provider", "message_id", "created", "error_code", "message"],
-        "additionalProperties": False,
-    },
-    "RegisteredBatch": {
-        "type": "object",
-        "properties": {
-            "messages": {
-                "type": "array",
-                "items": {"oneOf": [_ref("Registered"), _ref("RegistrationConflict")]},
-            },
-            "created": {"type": "integer", "minimum": 0},
-        },
-        "required": ["messages", "created"],
-        "additionalProperties": False,
-    },
+    # The declared ones (receiver/schemas.py), with those they hold (Status, Poll, ...).
+    **openapi_schemas(
+        Error,
+        Registration,
+        MessageEvents,
+        MessagePage,
+        Stats,
+        Registered,
+        RegisteredBatch,
+        RegistrationConflict,
+        PushPayload,
+    ),
     "Health": {
         "type": "object",
         "properties": {"status": {"const": "ok"}, "version": {"type": "string"}},
@@ -409,6 +170,11 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["provider", "url", "signed"],
         "additionalProperties": False,
     },
+}
+# A batch's item is a Registered or, when it contradicts what is kept, a RegistrationConflict:
+# msgspec declares no union of two untagged Structs, so the document says it here.
+SCHEMAS["RegisteredBatch"]["properties"]["messages"]["items"] = {
+    "oneOf": [_ref("Registered"), _ref("RegistrationConflict")]
 }
 
 # -- building blocks of an operation ---------------------------------------------------------
@@ -850,8 +616,15 @@ def build_spec(providers: Iterable[str] | None = None, public_url: str | None = 
 
 
 def _registration(providers: list[str]) -> Schema:
+    """The declared Registration with what only the running service knows: its providers, and
+    that Twilio's account is an account SID (receiver/api/registration.py checks both)."""
     schema = dict(SCHEMAS["Registration"])
-    schema["properties"] = {**schema["properties"], "provider": {"enum": providers}}
+    provider = {**schema["properties"]["provider"], "enum": providers}
+    schema["properties"] = {**schema["properties"], "provider": provider}
+    schema["if"] = {"properties": {"provider": {"const": "twilio"}}, "required": ["provider"]}
+    schema["then"] = {
+        "properties": {"account": {"type": ["string", "null"], "pattern": _TWILIO_SID}}
+    }
     return schema
 
 
@@ -874,68 +647,8 @@ _PUSH_ID = {
     "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
     "description": "the push's id: the webhook-id it is sent with",
 }
-_PUSH_STATUSES = ["pending", "delivered", "failed"]
-_PUSH_PROPERTIES: Schema = {
-    "id": {"type": "string", "description": "the webhook-id, the same at every attempt"},
-    "type": {"type": "string", "description": "message.status_changed, ..."},
-    "endpoint": {"type": "string", "description": "the URL it is pushed to"},
-    "provider": _nullable("string"),
-    "message_id": _nullable("string"),
-    "status": {"enum": _PUSH_STATUSES},
-    "attempt_count": {"type": "integer", "minimum": 0},
-    "created_at": _TIME,
-    "next_attempt_at": _nullable("string", description="when it is tried next (pending)"),
-    "last_attempt_at": _nullable("string"),
-    "last_result": _nullable(
-        "string", description="http_<status>, timeout, network_error or endpoint_disabled"
-    ),
-    "delivered_at": _nullable("string"),
-}
-PUSH_SCHEMAS: dict[str, Schema] = {
-    "Push": {
-        "type": "object",
-        "properties": _PUSH_PROPERTIES,
-        "required": list(_PUSH_PROPERTIES),
-        "additionalProperties": False,
-    },
-    "PushAttempt": {
-        "type": "object",
-        "properties": {
-            "attempted_at": _TIME,
-            "http_status": _nullable("integer"),
-            "error": {"enum": ["timeout", "network_error", None]},
-            "duration_ms": {"type": "integer", "minimum": 0},
-            "response": _nullable("string", description="the first 2 KB of the answer's body"),
-        },
-        "required": ["attempted_at", "http_status", "error", "duration_ms", "response"],
-        "additionalProperties": False,
-    },
-    "PushDetail": {
-        "type": "object",
-        "properties": {
-            **_PUSH_PROPERTIES,
-            "payload": {"type": "string", "description": "the JSON body sent"},
-            "attempts": {"type": "array", "items": _ref("PushAttempt")},
-        },
-        "required": [*_PUSH_PROPERTIES, "payload", "attempts"],
-        "additionalProperties": False,
-    },
-    "PushPage": {
-        "type": "object",
-        "properties": {
-            "pushes": {"type": "array", "items": _ref("Push")},
-            "next_cursor": _nullable("string", description="pass back as `cursor`"),
-        },
-        "required": ["pushes", "next_cursor"],
-        "additionalProperties": False,
-    },
-    "Recovered": {
-        "type": "object",
-        "properties": {"recovered": {"type": "integer", "minimum": 0}},
-        "required": ["recovered"],
-        "additionalProperties": False,
-    },
-}
+_PUSH_STATUSES = list(get_args(PushStatus))
+PUSH_SCHEMAS: dict[str, Schema] = openapi_schemas(PushPage, PushDetail, Recovered)
 SCHEMAS.update(PUSH_SCHEMAS)
 SCHEMAS["Ready"]["properties"]["pushes"] = {
     "description": "present when RECEIVER_PUSH_URL is set: each endpoint (without its query) "

@@ -7,20 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.api.errors import ApiError
+from receiver.schemas import CONFLICTS, MAX_PART_ID_LENGTH, MAX_PARTS
 
-# A concatenated SMS has at most 255 segments (its UDH counts them in one byte).
-MAX_PARTS = 255
-MAX_PART_ID_LENGTH = 256  # as a message id (api.messages.MAX_ID_LENGTH)
-
-# What the store answers when a registration contradicts what it keeps (Registered.conflict):
-# each is a 409 with that error_code.
-CONFLICTS = (
-    "parts_differ",
-    "message_not_multipart",
-    "part_of_another_message",
-    "part_is_a_message",
-    "message_is_a_part",  # a message of one part registered under a part's id
-)
+__all__ = ["CONFLICTS", "MAX_PARTS", "MAX_PART_ID_LENGTH", "parts_field"]
 
 
 def parts_field(item: Mapping[str, Any], index: int, message_id: str) -> tuple[str, ...] | None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.api.answer import answer
 from receiver.api.auth import require_api_access
 from receiver.api.errors import ApiError
 from receiver.api.messages import (
@@ -68,7 +69,7 @@ async def list_pushes(request: Request) -> Response:
         before_id=_decode_cursor(cursor) if cursor else None,
         limit=_limit(params),
     )
-    return JSONResponse(
+    return answer(
         {"pushes": found, "next_cursor": _encode_cursor(next_id) if next_id is not None else None}
     )
 
@@ -86,7 +87,7 @@ async def _push(request: Request, store: Any) -> dict[str, Any]:
 async def get_push(request: Request) -> Response:
     store = _store(request)
     query(request, set())
-    return JSONResponse(await _push(request, store))
+    return answer(await _push(request, store))
 
 
 async def retry_push(request: Request) -> Response:
@@ -103,7 +104,7 @@ async def retry_push(request: Request) -> Response:
     if before == "pending":
         raise ApiError(409, "push_pending", "this push is still being sent; nothing to retry")
     await _wake(request)
-    return JSONResponse(await _push(request, store), status_code=202)
+    return answer(await _push(request, store), status_code=202)
 
 
 async def recover_pushes(request: Request) -> Response:
@@ -116,7 +117,7 @@ async def recover_pushes(request: Request) -> Response:
     recovered: int = await store.recover_pushes(since, utcnow())
     if recovered:
         await _wake(request)
-    return JSONResponse({"recovered": recovered}, status_code=202)
+    return answer({"recovered": recovered}, status_code=202)
 
 
 async def _wake(request: Request) -> None:

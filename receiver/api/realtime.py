@@ -11,11 +11,9 @@ from starlette.requests import Request
 
 from receiver.api.errors import ApiError
 from receiver.realtime.waiters import MAX_WAIT, UNTIL
+from receiver.schemas import MAX_DEADLINE  # the longest deadline given as a duration
 from receiver.settings import parse_duration, say_duration
 from receiver.store.base import format_time
-
-# The longest deadline a registration may give as a duration.
-MAX_DEADLINE = 30 * 86400.0
 
 
 def wait_params(request: Request) -> tuple[float, str]:

@@ -19,6 +19,6 @@ def routes(settings: Settings) -> list[BaseRoute]:
     """The dashboard's routes; none when RECEIVER_DASHBOARD is off."""
     if not settings.dashboard:
         return []
-    from receiver.dashboard.views import Dashboard
+    from receiver.dashboard.views import Dashboard  # loaded only when on: Jinja2, templates
 
     return Dashboard(settings).routes()

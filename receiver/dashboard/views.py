@@ -15,7 +15,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from receiver import __version__
 from receiver.api.errors import ApiError
 from receiver.dashboard import access, charts, figures
 from receiver.dashboard.meanings import meaning
@@ -23,6 +22,7 @@ from receiver.engine import RANK, Status, format_time
 from receiver.settings import Settings
 from receiver.store import MessageFilter, Store
 from receiver.store.dashboard import FAILED_STATUSES
+from receiver.version import __version__
 
 HERE = Path(__file__).parent
 MAX_FORM = 4096

@@ -14,10 +14,11 @@ from typing import Any, Protocol
 import httpx
 
 from receiver.engine import StatusEvent
-from receiver.settings import Settings, read_duration, read_float, read_int
+from receiver.env import read_duration, read_float, read_int
+from receiver.providers.base import ProviderSettings, poll_env_vars
 from receiver.store.base import DueMessage
 
-__all__ = ["DueMessage"]  # with the answer, the errors and the helpers below
+__all__ = ["DueMessage", "poll_env_vars"]  # with the answer, the errors and the helpers below
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,7 @@ class PollLimits:
     grace: float  # seconds without a final status before the first poll
 
 
-def poll_env_vars(prefix: str) -> tuple[str, ...]:
-    """The per-provider polling variables an adapter declares (README documents them)."""
-    return (f"{prefix}_POLL_RATE", f"{prefix}_POLL_CONCURRENCY", f"{prefix}_DLR_GRACE")
-
-
-def poll_limits(settings: Settings, prefix: str, *, rate: float = 5.0) -> PollLimits:
+def poll_limits(settings: ProviderSettings, prefix: str, *, rate: float = 5.0) -> PollLimits:
     env = settings.provider_env
     return PollLimits(
         rate=read_float(env, f"{prefix}_POLL_RATE", rate, minimum=0.01, maximum=10_000),
@@ -193,14 +189,3 @@ def poll_limits(settings: Settings, prefix: str, *, rate: float = 5.0) -> PollLi
             env, f"{prefix}_DLR_GRACE", settings.dlr_grace, minimum=0.01, maximum=7 * 86400.0
         ),
     )
-
-
-def poll_limits_by_provider(settings: Settings) -> dict[str, PollLimits]:
-    """The limits of every provider that declares its polling variables (poll_env_vars)."""
-    from receiver.providers import REGISTRY  # the adapters import this module
-
-    return {
-        name: poll_limits(settings, name.upper())
-        for name, cls in REGISTRY.items()
-        if set(poll_env_vars(name.upper())) <= set(cls.env_vars)
-    }

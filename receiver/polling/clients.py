@@ -1,5 +1,5 @@
-"""The providers' status clients: what the three share (base URLs, path segments, reading an
-answer), and build_clients, which makes those whose polling credentials are configured.
+"""What the providers' status clients share: base URLs, path segments, reading an answer.
+receiver.polling's build_clients makes those whose polling credentials are configured.
 """
 
 from __future__ import annotations
@@ -10,40 +10,23 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from receiver.env import SettingsError, read_str
 from receiver.polling.base import (
     UNAVAILABLE,
     DueMessage,
     PollAnswer,
     RequestObserver,
-    StatusClient,
     Unavailable,
     get_json,
 )
 from receiver.providers import fields
-from receiver.providers.base import CallbackRejected
-from receiver.settings import Settings, SettingsError, read_str
+from receiver.providers.base import CallbackRejected, ProviderSettings
 
 T = TypeVar("T")
 
 
 class WrongShape(ValueError):
     """A 200 answer whose JSON object is not what the provider documents."""
-
-
-def build_clients(settings: Settings) -> dict[str, StatusClient]:
-    """Every provider's status client, built (a bad variable is a SettingsError); only those
-    whose polling credentials are configured are returned."""
-    # Imported here: each client module imports this one's helpers.
-    from receiver.polling.mesms import MeSmsStatusClient
-    from receiver.polling.telecom23 import Telecom23StatusClient
-    from receiver.polling.twilio import TwilioStatusClient
-
-    clients: list[TwilioStatusClient | Telecom23StatusClient | MeSmsStatusClient] = [
-        TwilioStatusClient(settings),
-        Telecom23StatusClient(settings),
-        MeSmsStatusClient(settings),
-    ]
-    return {client.provider: client for client in clients if client.configured}
 
 
 class PerMessageClient:
@@ -66,7 +49,7 @@ class PerMessageClient:
         raise NotImplementedError
 
 
-def api_base(settings: Settings, name: str, default: str) -> str:
+def api_base(settings: ProviderSettings, name: str, default: str) -> str:
     """A provider API's base URL setting, without its trailing slash."""
     value = read_str(settings.provider_env, name) or default
     try:

@@ -12,12 +12,12 @@ import httpx
 import structlog
 
 from receiver.engine import StatusEvent
+from receiver.env import read_str
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver, Unavailable
 from receiver.polling.clients import WrongShape, api_base, get_answer, required_text
 from receiver.providers import fields
-from receiver.providers.base import CallbackRejected
+from receiver.providers.base import CallbackRejected, ProviderSettings
 from receiver.providers.mesms import STATUS_MAP, message_id, split_message_id
-from receiver.settings import Settings, read_str
 
 log = structlog.get_logger("receiver.polling")
 
@@ -31,7 +31,7 @@ MAX_PAGES: Final = 2000
 class MeSmsStatusClient:
     provider = "mesms"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         self.base = api_base(settings, "MESMS_API_BASE", DEFAULT_API_BASE)
         self._key = read_str(settings.provider_env, "MESMS_API_KEY") or ""
         self.configured = bool(self._key)

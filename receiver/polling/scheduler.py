@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import structlog
 
-from receiver import __version__
 from receiver.engine import Outcome, format_time, parse_time
 from receiver.polling.base import (
     NOT_FOUND,
@@ -43,6 +42,7 @@ from receiver.polling.sends import SendSweeper
 from receiver.settings import Settings, say_duration
 from receiver.store import Store, StoreUnavailable
 from receiver.store.base import DueMessage, PollDone, Recorded
+from receiver.version import __version__
 
 log = structlog.get_logger("receiver.polling")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,16 +21,17 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 import structlog
 
-from receiver import __version__
 from receiver.engine import format_time, parse_time
+from receiver.env import say_duration
 from receiver.polling.base import PollError, RequestObserver
 from receiver.polling.policy import Backoff, give_up_from
-from receiver.settings import say_duration
 from receiver.store.sends import SendClaim, SendPage
+from receiver.version import __version__
 
 if TYPE_CHECKING:
     from receiver.polling.mesms import RecipientsPage
-    from receiver.polling.scheduler import ProviderPoller
+    from receiver.settings import Settings
+    from receiver.store.base import Store
 
 log = structlog.get_logger("receiver.polling")
 
@@ -40,6 +42,36 @@ DEFERRED = "deferred"  # the provider is paused or stopped: continued after the 
 NOT_FOUND = "not_found"  # the provider does not know the send (yet): asked again later
 LOST = "lost"  # another claimer took the send over (this one's lease ran out)
 ERROR = "error"  # the client failed in a way it should not have (logged)
+
+
+class PollerState(Protocol):
+    """Where a provider's polling stands (scheduler.ProviderState)."""
+
+    state: str
+    paused_until: float  # monotonic
+
+
+class SweepingPoller(Protocol):
+    """What a sweep shares with its provider's message poller (scheduler.ProviderPoller, which
+    builds the sweeper): the store, the settings, the pace, the pauses and the counts."""
+
+    provider: str
+    owner: str
+    concurrency: int
+    store: Store
+    settings: Settings
+    status: PollerState
+
+    @property
+    def rng(self) -> random.Random: ...
+
+    def pace(self, now: float) -> float: ...
+
+    def observe(self, result: str) -> None: ...
+
+    def failed(self, exc: PollError) -> None: ...
+
+    def recovered(self) -> None: ...
 
 
 class PagedClient(Protocol):
@@ -70,7 +102,7 @@ class SendsResult:
 class SendSweeper:
     """The sweeps of one provider's sends registered whole, beside its message poller."""
 
-    def __init__(self, poller: ProviderPoller, client: PagedClient) -> None:
+    def __init__(self, poller: SweepingPoller, client: PagedClient) -> None:
         self.poller = poller
         self.client = client
         self.store = poller.store

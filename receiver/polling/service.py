@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from receiver.polling.base import poll_limits_by_provider
-from receiver.polling.clients import build_clients
+from receiver.polling import build_clients, check_polling_settings, poll_limits_by_provider
 from receiver.polling.scheduler import RequestCounter, Scheduler
 from receiver.settings import Settings
 from receiver.store import Store
 
-
-def check_polling_settings(settings: Settings) -> None:
-    """Build the status clients and read every polling variable once, so a bad value is a
-    start-up SettingsError rather than a failure at the first poll."""
-    build_clients(settings)
-    poll_limits_by_provider(settings)
+__all__ = ["build_scheduler", "check_polling_settings"]  # the check: importable from here too
 
 
 def build_scheduler(

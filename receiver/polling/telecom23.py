@@ -7,11 +7,12 @@ from typing import Any, Final
 import httpx
 
 from receiver.engine import StatusEvent
+from receiver.env import read_str
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver
 from receiver.polling.clients import PerMessageClient, api_base, get_answer, required_text, segment
 from receiver.providers import fields
+from receiver.providers.base import ProviderSettings
 from receiver.providers.telecom23 import canonical
-from receiver.settings import Settings, read_str
 
 DEFAULT_API_BASE: Final = "https://restlink23telecom.com/api/v1"
 
@@ -19,7 +20,7 @@ DEFAULT_API_BASE: Final = "https://restlink23telecom.com/api/v1"
 class Telecom23StatusClient(PerMessageClient):
     provider = "telecom23"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         self.base = api_base(settings, "TELECOM23_API_BASE", DEFAULT_API_BASE)
         self._key = read_str(settings.provider_env, "TELECOM23_API_KEY") or ""
         self.configured = bool(self._key)

@@ -11,11 +11,12 @@ import httpx
 import structlog
 
 from receiver.engine import StatusEvent, format_time
+from receiver.env import SettingsError, read_str
 from receiver.polling.base import DueMessage, PollAnswer, RequestObserver, Unauthorized
 from receiver.polling.clients import PerMessageClient, api_base, get_answer, required_text, segment
 from receiver.providers import fields
+from receiver.providers.base import ProviderSettings
 from receiver.providers.twilio import STATUS_MAP, TwilioProvider
-from receiver.settings import Settings, SettingsError, read_str
 
 DEFAULT_API_BASE: Final = "https://api.twilio.com"
 ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -26,7 +27,7 @@ log = structlog.get_logger("receiver.polling")
 class TwilioStatusClient(PerMessageClient):
     provider = "twilio"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         self.base = api_base(settings, "TWILIO_API_BASE", DEFAULT_API_BASE)
         self._adapter = TwilioProvider(settings)  # its tokens, checked and parsed once
         sid = read_str(settings.provider_env, "TWILIO_ACCOUNT_SID")

@@ -6,12 +6,11 @@ its own environment variables), its tests, and one line in REGISTRY.
 
 from __future__ import annotations
 
-from receiver.providers.base import Provider, ProviderClass
+from receiver.providers.base import Provider, ProviderClass, ProviderSettings
 from receiver.providers.mesms import MeSmsProvider
 from receiver.providers.standard import StandardProvider
 from receiver.providers.telecom23 import Telecom23Provider
 from receiver.providers.twilio import TwilioProvider
-from receiver.settings import Settings
 
 REGISTRY: dict[str, ProviderClass] = {
     "twilio": TwilioProvider,
@@ -21,11 +20,11 @@ REGISTRY: dict[str, ProviderClass] = {
 }
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(settings: ProviderSettings) -> dict[str, Provider]:
     return {name: cls(settings) for name, cls in REGISTRY.items()}
 
 
-def check_provider_settings(settings: Settings) -> None:
+def check_provider_settings(settings: ProviderSettings) -> None:
     """Build every adapter once, so a bad provider variable is a start-up SettingsError."""
     build_providers(settings)
 

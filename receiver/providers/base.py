@@ -4,14 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from receiver.engine import Status, StatusEvent
 
-if TYPE_CHECKING:
-    from receiver.settings import Settings
+__all__ = [
+    "CallbackRejected",
+    "InboundRequest",
+    "Provider",
+    "ProviderClass",
+    "ProviderSettings",
+    "StatusEvent",
+    "poll_env_vars",
+]
 
-__all__ = ["CallbackRejected", "InboundRequest", "Provider", "ProviderClass", "StatusEvent"]
+
+class ProviderSettings(Protocol):
+    """What an adapter or a status client reads of the service's settings (receiver.settings'
+    Settings gives it): the adapters sit below the settings that compose them."""
+
+    @property
+    def provider_env(self) -> Mapping[str, str]:
+        """The providers' own variables, as set (each adapter reads and checks its own)."""
+        ...
+
+    @property
+    def dlr_grace(self) -> float:
+        """Seconds without a final status before the first poll (RECEIVER_DLR_GRACE)."""
+        ...
+
+    def secret_keys(self) -> list[str]:
+        """The key that signs callback URLs first, then the older ones still accepted."""
+        ...
+
+
+def poll_env_vars(prefix: str) -> tuple[str, ...]:
+    """The per-provider polling variables an adapter declares (README documents them)."""
+    return (f"{prefix}_POLL_RATE", f"{prefix}_POLL_CONCURRENCY", f"{prefix}_DLR_GRACE")
 
 
 class CallbackRejected(Exception):
@@ -74,6 +103,6 @@ class ProviderClass(Protocol):
     env_vars: tuple[str, ...]  # its own settings, documented in README.md
     signed_url: bool  # authenticated by a token in a receiver-issued URL
 
-    def __call__(self, settings: Settings) -> Provider:
+    def __call__(self, settings: ProviderSettings) -> Provider:
         """Build the adapter; raise SettingsError for a bad value of one of its variables."""
         ...

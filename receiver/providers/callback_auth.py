@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from receiver.providers.base import CallbackRejected, InboundRequest
-from receiver.settings import Settings, read_networks
+from receiver.env import read_networks
+from receiver.providers.base import CallbackRejected, InboundRequest, ProviderSettings
 
 # Bumping the salt revokes every URL ever issued, whatever the key.
 SALT = "receiver.callback-url.v1"
@@ -179,7 +179,7 @@ class SignedUrlProvider:
     callback_path: ClassVar[str] = "dlr/{token}"
     signed_url: ClassVar[bool] = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         allowed = read_networks(settings.provider_env, f"{self.name.upper()}_ALLOWED_IPS")
         self._auth = SignedUrlAuth(self.name, settings.secret_keys(), allowed)
 

@@ -12,9 +12,8 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from receiver.engine import Status
-from receiver.polling.base import poll_env_vars
 from receiver.providers import fields
-from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
+from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent, poll_env_vars
 from receiver.providers.callback_auth import SignedUrlProvider
 
 # Per-recipient statuses and what they mean here (README: "me-sms").

@@ -14,10 +14,13 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from receiver.engine import Status
+from receiver.env import SettingsError, read_int, read_list
 from receiver.providers import fields
-from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
+from receiver.providers.base import CallbackRejected, InboundRequest, ProviderSettings, StatusEvent
+from receiver.providers.mesms import MeSmsProvider
 from receiver.providers.standard_signature import SignatureError, decode_secret, verify
-from receiver.settings import Settings, SettingsError, read_int, read_list
+from receiver.providers.telecom23 import Telecom23Provider
+from receiver.providers.twilio import TwilioProvider
 
 # Canonical statuses are accepted as they are (README: "Standard Webhooks").
 # "registered" is the receiver's own state before any report, never a sender's.
@@ -27,6 +30,12 @@ STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
 SOURCE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 DEFAULT_TOLERANCE = 300
 KEPT_HEADERS: Final = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+
+
+# The other adapters: a sender may report one's raw status (status_provider), and a source may
+# not take one's name, or its messages would mix with theirs. tests/test_imports.py holds this
+# to receiver.providers.REGISTRY.
+OTHER_PROVIDERS: Final = (TwilioProvider, Telecom23Provider, MeSmsProvider)
 
 
 def parse_secrets(env: Mapping[str, str], reserved: set[str]) -> dict[str, list[bytes]]:
@@ -61,9 +70,7 @@ class StandardProvider:
     )
     signed_url: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        from receiver.providers import REGISTRY  # this module is one of its entries
-
+    def __init__(self, settings: ProviderSettings, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._tolerance = read_int(
             settings.provider_env,
@@ -72,13 +79,14 @@ class StandardProvider:
             minimum=1,
             maximum=3600,
         )
-        self._secrets = parse_secrets(settings.provider_env, set(REGISTRY))
+        self._secrets = parse_secrets(
+            settings.provider_env, {self.name, *(cls.name for cls in OTHER_PROVIDERS)}
+        )
         # A sender may report another provider's raw status, naming that provider; matched
         # in any case, as the providers' own adapters do.
         self._provider_maps = {
-            name: {raw.casefold(): status for raw, status in cls.status_map.items()}
-            for name, cls in REGISTRY.items()
-            if name != self.name
+            cls.name: {raw.casefold(): status for raw, status in cls.status_map.items()}
+            for cls in OTHER_PROVIDERS
         }
 
     @property

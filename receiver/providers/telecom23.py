@@ -11,11 +11,10 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from receiver.engine import Status
-from receiver.polling.base import poll_env_vars
+from receiver.env import read_list
 from receiver.providers import fields
-from receiver.providers.base import InboundRequest, StatusEvent
+from receiver.providers.base import InboundRequest, ProviderSettings, StatusEvent, poll_env_vars
 from receiver.providers.callback_auth import SignedUrlProvider, check_body_hmac
-from receiver.settings import Settings, read_list
 
 # The DLR statuses and what they mean here (README: "23 Telecom"). Upper-case SMPP states,
 # plus the lower-case interim states its API also reports.
@@ -56,7 +55,7 @@ class Telecom23Provider(SignedUrlProvider):
         *poll_env_vars("TELECOM23"),
     )
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
         # Several secrets may be listed while a gateway's secret is rotated.
         self._hmac_secrets = [

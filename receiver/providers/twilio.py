@@ -8,12 +8,17 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from receiver.engine import Status, format_time
-from receiver.polling.base import poll_env_vars
+from receiver.env import SettingsError, read_str
 from receiver.providers import fields
-from receiver.providers.base import CallbackRejected, InboundRequest, StatusEvent
+from receiver.providers.base import (
+    CallbackRejected,
+    InboundRequest,
+    ProviderSettings,
+    StatusEvent,
+    poll_env_vars,
+)
 from receiver.providers.form import parse_form
 from receiver.providers.twilio_signature import body_hash_param, validate
-from receiver.settings import Settings, SettingsError, read_str
 
 # Twilio's MessageStatus values and what they mean here (README: "Twilio").
 STATUS_MAP: Final[Mapping[str, Status]] = MappingProxyType(
@@ -77,7 +82,7 @@ class TwilioProvider:
     )
     signed_url: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ProviderSettings) -> None:
         env = settings.provider_env
         self.auth_token = read_str(env, "TWILIO_AUTH_TOKEN")
         self.auth_token_secondary = read_str(env, "TWILIO_AUTH_TOKEN_SECONDARY")

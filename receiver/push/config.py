@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from receiver.env import SettingsError, read_duration, read_int, read_list
 from receiver.providers.standard_signature import decode_secret
-from receiver.settings import SettingsError, read_duration, read_int, read_list
 
 # The Standard Webhooks specification's retry schedule: the waits after each failed attempt.
 DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)

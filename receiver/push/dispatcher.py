@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import structlog
 
-from receiver import __version__
 from receiver.engine import format_time, parse_time
 from receiver.polling.base import retry_after_seconds
 from receiver.push import signing
@@ -32,6 +31,7 @@ from receiver.push.config import redact_url
 from receiver.settings import Settings
 from receiver.store import Store, StoreUnavailable
 from receiver.store.base import PushAttempt, PushJob
+from receiver.version import __version__
 
 log = structlog.get_logger("receiver.push")
 

@@ -7,13 +7,14 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 from receiver.changes import DATA_FIELDS  # a message's `data` fields: the stream's too
+from receiver.schemas import PushType
 
 STATUS_CHANGED = "message.status_changed"
 DEADLINE_MISSED = "message.deadline_missed"
-TYPES = (STATUS_CHANGED, DEADLINE_MISSED)
+TYPES: tuple[str, ...] = get_args(PushType)  # declared with the payload: receiver.schemas
 
 
 def new_webhook_id() -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from receiver.settings import Settings
+from collections.abc import Mapping
+from typing import Protocol
+
 from receiver.store.base import (
     MessageFilter,
     Recorded,
@@ -18,15 +20,38 @@ __all__ = [
     "Registered",
     "Registration",
     "Store",
+    "StoreSettings",
     "StoreUnavailable",
     "open_store",
 ]
 
 
-def open_store(settings: Settings) -> Store:
+class StoreSettings(Protocol):
+    """What open_store reads of the service's settings (receiver.settings' Settings gives it:
+    the store sits below the settings that compose it)."""
+
+    @property
+    def database(self) -> str: ...
+    @property
+    def database_url(self) -> str | None: ...
+    @property
+    def unknown_messages(self) -> str: ...
+    @property
+    def db_busy_timeout_ms(self) -> int: ...
+    @property
+    def pg_pool_size(self) -> int: ...
+    @property
+    def dlr_grace(self) -> float: ...
+
+    def dlr_grace_by_provider(self) -> Mapping[str, float]:
+        """Each pollable provider's own grace (<PROVIDER>_DLR_GRACE), else the service's."""
+        ...
+
+
+def open_store(settings: StoreSettings) -> Store:
     """The store the settings name, not yet opened: PostgreSQL when DATABASE_URL is set (the
     settings accept only a postgres:// or postgresql:// URL), else the SQLite file
-    RECEIVER_DATABASE."""
+    RECEIVER_DATABASE. Each is imported when chosen: the PostgreSQL store loads psycopg."""
     if settings.database_url is not None:
         from receiver.store.postgres import PostgresStore
 
@@ -35,7 +60,7 @@ def open_store(settings: Settings) -> Store:
             unknown_messages=settings.unknown_messages,
             pool_size=settings.pg_pool_size,
             dlr_grace=settings.dlr_grace,
-            dlr_grace_by_provider=dlr_grace_by_provider(settings),
+            dlr_grace_by_provider=dict(settings.dlr_grace_by_provider()),
         )
     from receiver.store.sqlite import SQLiteStore
 
@@ -44,12 +69,5 @@ def open_store(settings: Settings) -> Store:
         unknown_messages=settings.unknown_messages,
         busy_timeout_ms=settings.db_busy_timeout_ms,
         dlr_grace=settings.dlr_grace,
-        dlr_grace_by_provider=dlr_grace_by_provider(settings),
+        dlr_grace_by_provider=dict(settings.dlr_grace_by_provider()),
     )
-
-
-def dlr_grace_by_provider(settings: Settings) -> dict[str, float]:
-    """Each pollable provider's own grace (<PROVIDER>_DLR_GRACE), else the service's."""
-    from receiver.polling.base import poll_limits_by_provider
-
-    return {name: limits.grace for name, limits in poll_limits_by_provider(settings).items()}

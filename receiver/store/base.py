@@ -5,16 +5,13 @@ Only modules under receiver/store/ speak SQL; the rest of the service sees this 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from receiver.engine import Outcome, StatusEvent, format_time
-
-if TYPE_CHECKING:  # the records of sends registered whole (that module imports this one)
-    from receiver.store.dashboard import WindowFigures
-    from receiver.store.sends import PageWritten, SendClaim, SendPage
 
 __all__ = ["format_time", "utcnow"]  # with the records and the Store interface below
 
@@ -158,6 +155,68 @@ EXPORT_COLUMNS = (
     "final_at",
     "final_reason",
 )
+
+
+# A stored time later than any real one: "never" in a column compared as text.
+NEVER = "9999"
+
+
+# The records of sends registered whole (store/sends.py holds their rules) and of the
+# dashboard's windows (store/dashboard.py): here, beside the interface that takes and gives them.
+
+
+@dataclass(frozen=True)
+class SendClaim:
+    """A send claimed for its sweep: where the sweep stands."""
+
+    provider: str
+    uuid: str
+    account: str | None
+    cursor: int  # the `after` of the next page (0: a sweep from the start)
+    created_at: str
+    sent_at: str | None
+    sweeps: int  # sweeps finished before
+
+
+@dataclass(frozen=True)
+class SendPage:
+    """One page of a send's recipients, as read."""
+
+    provider: str
+    uuid: str
+    after: int  # the cursor it was asked with
+    events: Sequence[StatusEvent]
+    next_cursor: int | None  # None: the sweep's last page
+    malformed: Sequence[str] = ()  # recipients that could not be read, as raw JSON text
+    lease_until: str = NEVER  # the lease, renewed by the page
+    next_sweep_at: str | None = None  # when the next sweep is due, if this one ends unsettled
+    give_up_reason: str | None = None  # set: the send is past its age; give recipients up
+
+
+@dataclass
+class PageWritten:
+    """What writing a page did (None from record_page: the send is no longer this owner's)."""
+
+    done: bool  # the sweep ended with this page
+    settled: bool = False  # ...and every recipient is final: no more sweeps
+    tally: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class WindowFigures:
+    """The kept counts of one window (and provider, when one is chosen)."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    final_via: dict[str, int] = field(default_factory=dict)
+    # (chart bucket: a prefix of the rollup bucket, status, count), oldest first.
+    over_time: list[tuple[str, str, int]] = field(default_factory=list)
+    # (provider, error code, count), most frequent first; "" is a failure without a code.
+    errors: list[tuple[str, str, int]] = field(default_factory=list)
+    # (time bin, count), shortest first (bin_range), and the percentiles /v1/stats gives.
+    final_bins: list[tuple[int, int]] = field(default_factory=list)
+    timed: int = 0
+    median: float | None = None
+    p95: float | None = None
 
 
 class Store(Protocol):

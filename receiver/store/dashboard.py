@@ -8,11 +8,14 @@ buckets, exactly what /v1/stats counts with `since` set to that boundary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from receiver.store.answers import nearest_rank
+from receiver.store.base import WindowFigures
+
+__all__ = ["WindowFigures"]  # defined beside the Store interface; with the helpers below
 
 # Statuses whose error code the rollup keeps: a failure's code says why.
 FAILED_STATUSES = ("undelivered", "failed", "rejected", "expired")
@@ -37,23 +40,6 @@ def bin_range(b: int) -> tuple[int | None, int]:
         return lead, lead + 1
     scale = 10 ** (digits - 2)
     return lead * scale, (lead + 1) * scale
-
-
-@dataclass
-class WindowFigures:
-    """The kept counts of one window (and provider, when one is chosen)."""
-
-    by_status: dict[str, int] = field(default_factory=dict)
-    final_via: dict[str, int] = field(default_factory=dict)
-    # (chart bucket: a prefix of the rollup bucket, status, count), oldest first.
-    over_time: list[tuple[str, str, int]] = field(default_factory=list)
-    # (provider, error code, count), most frequent first; "" is a failure without a code.
-    errors: list[tuple[str, str, int]] = field(default_factory=list)
-    # (time bin, count), shortest first (bin_range), and the percentiles /v1/stats gives.
-    final_bins: list[tuple[int, int]] = field(default_factory=list)
-    timed: int = 0
-    median: float | None = None
-    p95: float | None = None
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,8 @@ from typing import Any, NamedTuple, Protocol
 from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
 from receiver.push import payload
-from receiver.store.base import DueMessage, PollDone, Recorded, Registered, Registration
+from receiver.store.base import NEVER, DueMessage, PollDone, Recorded, Registered, Registration
 from receiver.store.parts import Part
-
-# A time later than every kept time: "not due until something says so".
-NEVER = "9999"
 
 
 class Current(NamedTuple):

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from receiver import engine
 from receiver.engine import MessageState, Outcome, Status, StatusEvent
 from receiver.store import rules
-from receiver.store.base import DueMessage, Registered, Registration
+from receiver.store.base import (
+    DueMessage,
+    PageWritten,
+    Registered,
+    Registration,
+    SendClaim,
+    SendPage,
+)
+
+# The records of a send's sweep live beside the Store interface; importable from here too.
+__all__ = ["PageWritten", "SendClaim", "SendPage"]  # with the rules below
 
 # The raw malformed recipients kept with a send (the first ones; the rest are counted).
 MALFORMED_KEPT = 10
@@ -76,43 +85,6 @@ class SendAccess(Protocol):
     def counts(self, uuid: str) -> dict[str, int]:
         """The send's recipients per status (statuses with none left out)."""
         ...
-
-
-@dataclass(frozen=True)
-class SendClaim:
-    """A send claimed for its sweep: where the sweep stands."""
-
-    provider: str
-    uuid: str
-    account: str | None
-    cursor: int  # the `after` of the next page (0: a sweep from the start)
-    created_at: str
-    sent_at: str | None
-    sweeps: int  # sweeps finished before
-
-
-@dataclass(frozen=True)
-class SendPage:
-    """One page of a send's recipients, as read."""
-
-    provider: str
-    uuid: str
-    after: int  # the cursor it was asked with
-    events: Sequence[StatusEvent]
-    next_cursor: int | None  # None: the sweep's last page
-    malformed: Sequence[str] = ()  # recipients that could not be read, as raw JSON text
-    lease_until: str = rules.NEVER  # the lease, renewed by the page
-    next_sweep_at: str | None = None  # when the next sweep is due, if this one ends unsettled
-    give_up_reason: str | None = None  # set: the send is past its age; give recipients up
-
-
-@dataclass
-class PageWritten:
-    """What writing a page did (None from record_page: the send is no longer this owner's)."""
-
-    done: bool  # the sweep ended with this page
-    settled: bool = False  # ...and every recipient is final: no more sweeps
-    tally: Counter[str] = field(default_factory=Counter)
 
 
 def _send_uuid(reg: Registration) -> str:

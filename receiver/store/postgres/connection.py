@@ -16,7 +16,7 @@ import psycopg
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.string import StrDumperUnknown
 
-from receiver.settings import read_database_url, redact_database_url
+from receiver.env import read_database_url, redact_database_url
 
 ESCAPE = "\ue000"
 
