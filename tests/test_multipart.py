@@ -356,6 +356,14 @@ def _truth(sim: SimulatorClient, parts: list[str]) -> str:
     return engine.fold_parts([finals[p] for p in parts]).value
 
 
+def _truth_so_far(sim: SimulatorClient, parts: list[str]) -> str | None:
+    """_truth once the simulator has decided every part's fate (None before)."""
+    finals = {m["message_id"]: m["final"] for m in sim.messages(provider="telecom23")}
+    if not all(finals.get(p) for p in parts):
+        return None
+    return engine.fold_parts([finals[p]["status"] for p in parts]).value
+
+
 def _final(server: LiveServer, message_id: str) -> dict[str, Any] | None:
     found = message(server, message_id)
     return found if found["final"] else None
@@ -702,3 +710,67 @@ def test_two_instances_reporting_the_first_part_while_registering_agree(
     assert m["status"] == "delivered" and m["parts"]["delivered"] == 10
     report, found = verify(b, run)
     assert found == [] and report.checked == 1
+
+
+def test_a_long_text_registered_under_its_first_segments_id_end_to_end(
+    sim_and_receiver: tuple[SimulatorClient, LiveServer],
+) -> None:
+    """23 Telecom's segmented send registered under each recipient's first segment's id: the
+    segments' DLRs (some before the registration, creating a message under that id) fold into
+    one status, and `receiver verify` finds every status its events' fold."""
+    sim, receiver = sim_and_receiver
+    sim.configure(realism={"delivered": 0.5, "drop_all": 0, "drop_final": 0})
+    response = httpx.post(
+        sim.telecom23_api_base + "/sms/send",
+        headers={"X-API-Key": ACCOUNTS.telecom23_api_key},
+        json={
+            "to": ["+447911123456", "+14155551234", "+4915112345678"],
+            "message": "y" * 400,
+            "sender_id": "Shop",
+        },
+    )
+    assert response.status_code == 200, response.text
+    by_number: dict[str, list[str]] = {}
+    for segment in sorted(response.json()["messages"], key=lambda s: s["segment_num"]):
+        by_number.setdefault(segment["dnis"], []).append(segment["message_id"])
+    assert all(len(parts) == 3 for parts in by_number.values())
+    registrations = [
+        {"provider": "telecom23", "message_id": parts[0], "to": number, "parts": parts}
+        for number, parts in sorted(by_number.items())
+    ]
+    with receiver.client() as client:
+        answer = client.post("/v1/messages", json={"messages": registrations})
+        assert answer.status_code == 200, answer.text
+        assert all(item.get("error_code") is None for item in answer.json()["messages"])
+        again = client.post("/v1/messages", json=registrations[0])
+        assert again.status_code == 200 and not again.json()["created"]
+    for reg in registrations:
+        mid = reg["message_id"]
+        # Final as soon as one segment fails (a worse failure may follow): wait for the fold
+        # of every segment's fate as the simulator tells it.
+        found = wait_until(
+            lambda reg=reg: (
+                (m := _final(receiver, reg["message_id"]))
+                and m["status"] == _truth_so_far(sim, reg["parts"])
+                and m
+            ),
+            what=f"{mid} final, folded from every segment's fate",
+        )
+        assert found["parts"]["total"] == 3
+        history = events(receiver, mid)
+        assert {e["part"] for e in history if "part" in e} == set(reg["parts"])
+        assert any(e["outcome"] == "applied" and "part" not in e for e in history)
+        for part in reg["parts"][1:]:  # the later segments are not messages
+            with receiver.client() as client:
+                assert client.get(f"/v1/messages/{part}").status_code == 404
+    with receiver.client() as client:
+        assert client.get("/v1/stats").json()["total"] == 3
+    report = subprocess.run(
+        [str(BIN), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RECEIVER_DATABASE": receiver.settings.database},
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "3 message(s) checked against their events, 0 mismatch(es)" in report.stdout

@@ -248,8 +248,8 @@ SCHEMAS: dict[str, Schema] = {
                 "maxItems": parts.MAX_PARTS,
                 "uniqueItems": True,
                 "description": "a multipart message: the provider's ids of its segments, in "
-                "order, none of them message_id (the app's id for the whole); each part's "
-                "DLRs are folded into the message's status",
+                "order; message_id is the app's id for the whole, or the first segment's (no "
+                "other segment's); each part's DLRs are folded into the message's status",
             },
         },
         "required": ["provider", "message_id"],
