@@ -120,8 +120,8 @@ class Registration(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
                 max_length=MAX_PARTS,
                 extra_json_schema={"uniqueItems": True},
                 description="a multipart message: the provider's ids of its segments, in "
-                "order, none of them message_id (the app's id for the whole); each part's DLRs "
-                "are folded into the message's status",
+                "order; message_id is the app's id for the whole, or the first segment's (no "
+                "other segment's); each part's DLRs are folded into the message's status",
             ),
         ]
         | None

@@ -63,6 +63,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
             "0010_sends",
             "0011_dashboard_rollups",
             "0013_message_parts",
+            "0015_part_events",
         ],
         "providers_configured": ["twilio"],
         "providers_not_configured": ["telecom23", "mesms", "standard"],

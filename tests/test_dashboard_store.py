@@ -162,7 +162,11 @@ def test_an_upgrade_counts_the_messages_already_there(tmp_path: Path) -> None:
         )
     conn.close()
     store = SQLiteStore(str(path))
-    assert store.migrate() == ["0011_dashboard_rollups", "0013_message_parts"]
+    assert store.migrate() == [
+        "0011_dashboard_rollups",
+        "0013_message_parts",
+        "0015_part_events",
+    ]
 
     async def both() -> tuple[dict[str, Any], dict[str, Any]]:
         await store.open()

@@ -351,14 +351,30 @@ def sim_and_receiver(tmp_path: Path) -> Iterator[tuple[SimulatorClient, LiveServ
             sim_server.stop()
 
 
-def _truth(sim: SimulatorClient, parts: list[str]) -> str:
-    finals = {m["message_id"]: m["final"]["status"] for m in sim.messages(provider="telecom23")}
-    return engine.fold_parts([finals[p] for p in parts]).value
+def _truth_so_far(sim: SimulatorClient, parts: list[str]) -> str | None:
+    """The fold of the parts' fates once the simulator has decided each (None before)."""
+    finals = {m["message_id"]: m["final"] for m in sim.messages(provider="telecom23")}
+    if not all(finals.get(p) for p in parts):
+        return None
+    return engine.fold_parts([finals[p]["status"] for p in parts]).value
 
 
 def _final(server: LiveServer, message_id: str) -> dict[str, Any] | None:
     found = message(server, message_id)
     return found if found["final"] else None
+
+
+def _settled(
+    sim: SimulatorClient, server: LiveServer, message_id: str, parts: list[str]
+) -> dict[str, Any]:
+    """The message once it shows the fold of every segment's fate, as the simulator tells it:
+    it is final as soon as one segment fails, and a worse failure may still follow."""
+    return wait_until(
+        lambda: (
+            (m := _final(server, message_id)) and m["status"] == _truth_so_far(sim, parts) and m
+        ),
+        what=f"{message_id} final, folded from every segment's fate",
+    )
 
 
 def test_a_long_text_sent_through_23_telecom_is_one_message_folded_from_its_segments(
@@ -390,8 +406,7 @@ def test_a_long_text_sent_through_23_telecom_is_one_message_folded_from_its_segm
     assert answer.json()["created"] == 2
     for reg in registrations:
         mid = reg["message_id"]
-        found = wait_until(lambda mid=mid: _final(receiver, mid), what=f"{mid} final")
-        assert found["status"] == _truth(sim, reg["parts"])
+        found = _settled(sim, receiver, mid, reg["parts"])
         counts = found["parts"]
         assert counts["total"] == 3 == counts["delivered"] + counts["failed"] + counts["pending"]
         history = events(receiver, reg["message_id"])
@@ -419,8 +434,7 @@ def test_segments_whose_dlrs_are_dropped_are_polled_as_the_parts_still_pending(
         )
     assert response.status_code == 200, response.text
     for mid, parts in messages.items():
-        found = wait_until(lambda mid=mid: _final(receiver, mid), what=f"{mid} final")
-        assert found["status"] == _truth(sim, parts)
+        found = _settled(sim, receiver, mid, parts)
         assert found["final_via"] == "poll" and found["poll"]["attempts"] >= 1
     asked = {m["message_id"]: m["status_requests"] for m in sim.messages(provider="telecom23")}
     assert all(asked[p] >= 1 for parts in messages.values() for p in parts)
@@ -455,7 +469,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         (["p1", "x" * 257], "invalid_parts"),
         (["p1", "p2", "p1"], "duplicate_parts"),
         ([f"p{i}" for i in range(256)], "too_many_parts"),
-        (["A1", "p2"], "part_is_message_id"),
+        (["p1", "A1"], "part_is_message_id"),  # only the first part's id may be the message's
     ],
 )
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
@@ -525,3 +539,244 @@ def test_pushes_and_the_change_log_report_the_message_never_its_parts(
         ("M1", "sent"),
         ("M1", "rejected"),
     ]
+
+
+# -- a message registered under its first part's id ---------------------------------------------
+
+FIRST = ("id-1", "id-2", "id-3")
+
+
+def _parts_history(s: Store, run: Run, message_id: str = "id-1") -> list[tuple[str, str]]:
+    return [
+        (e["part"], e["status"]) for e in run(s.get_events("telecom23", message_id)) if "part" in e
+    ]
+
+
+def _folds(s: Store, run: Run, message_id: str = "id-1") -> list[str]:
+    return [e["status"] for e in run(s.get_events("telecom23", message_id)) if "part" not in e]
+
+
+def test_the_first_parts_id_may_be_the_messages_id(store_factory: StoreFactory, run: Run) -> None:
+    """A report under that id is the first part's, decided on the part and folded, never
+    applied to the message directly; the ledger tells the part's events from the message's."""
+    s = store_factory()
+    r, _ = run(s.register([multipart("id-1", FIRST), Registration("telecom23", "single")]))
+    assert r.created and r.conflict is None and r.status == "registered"
+    (delivered,) = run(s.record([event("id-1", S.DELIVERED, dedupe_key="d1")]))
+    assert delivered.parent_id == "id-1" and delivered.status == "delivered"
+    m = one(s, run, "id-1")
+    assert m["status"] == "registered"  # not the first part's delivered: two are unheard of
+    assert m["parts"] == {"total": 3, "delivered": 1, "failed": 0, "pending": 2}
+    (dup,) = run(s.record([event("id-1", S.UNDELIVERED, dedupe_key="d1")]))
+    (regression,) = run(s.record([event("id-1", S.SENT)]))
+    assert dup.outcome.value == "duplicate" and regression.outcome.value == "regression"
+    run(s.record([event("id-2", S.SENT), event("id-3", S.SENT)]))
+    assert one(s, run, "id-1")["status"] == "sent"
+    assert verify(s, run)[1] == []
+    run(s.record([event("id-2", S.DELIVERED), event("id-3", S.DELIVERED)]))
+    m = one(s, run, "id-1")
+    assert m["status"] == "delivered" and m["final"]
+    assert m["parts"] == {"total": 3, "delivered": 3, "failed": 0, "pending": 0}
+    assert _parts_history(s, run) == [
+        ("id-1", "delivered"),
+        ("id-1", "undelivered"),  # the duplicate, kept as the part's
+        ("id-1", "sent"),
+        ("id-2", "sent"),
+        ("id-3", "sent"),
+        ("id-2", "delivered"),
+        ("id-3", "delivered"),
+    ]
+    assert _folds(s, run) == ["sent", "delivered"]  # the message's own changes
+    assert run(s.get_messages("id-2")) == []
+    report, found = verify(s, run)
+    assert found == [] and report.checked == 2
+    # A status changed by hand is found, and repaired from the message's own events.
+    from test_ledger import execute
+
+    execute(s, "UPDATE messages SET status = 'undelivered' WHERE message_id = 'id-1'")
+    report, found = verify(s, run)
+    assert [m.row.message_id for m in found] == ["id-1"]
+    assert found[0].differences["status"] == ("undelivered", "delivered")
+    report = run(ledger.verify(s, page_size=3, repair=True))
+    assert report.repaired == 1 and one(s, run, "id-1")["status"] == "delivered"
+    assert verify(s, run)[1] == []
+
+
+def test_registering_under_the_first_parts_id_again_is_idempotent_and_conflicts_stay(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    s = store_factory()
+    run(s.register([multipart("id-1", FIRST), Registration("telecom23", "single")]))
+    run(s.record([event("id-1", S.DELIVERED)]))
+    (again,) = run(s.register([multipart("id-1", FIRST)]))
+    assert not again.created and again.conflict is None and again.status == "registered"
+    assert one(s, run, "id-1")["parts"]["delivered"] == 1
+    cases = {
+        "parts_differ": multipart("id-1", ("id-1", "id-2")),
+        "message_not_multipart": multipart("single", ("single", "x2")),
+        "part_of_another_message": multipart("id-2", ("id-2", "x3")),
+        "part_is_a_message": multipart("x4", ("x4", "single")),
+    }
+    for code, reg in cases.items():
+        (r,) = run(s.register([reg]))
+        assert r.conflict is not None and r.conflict[0] == code, code
+    assert run(s.get_messages("x4")) == [] and run(s.get_messages("id-2")) == []
+    assert one(s, run, "single").get("parts") is None
+    report, found = verify(s, run)
+    assert found == [] and report.checked == 2
+
+
+@pytest.mark.parametrize("unknown_messages", ["create", "hold"])
+def test_an_early_dlr_under_the_first_parts_id_becomes_that_parts(
+    store_factory: StoreFactory, run: Run, unknown_messages: str
+) -> None:
+    """With `create`, the message the early report created under that id becomes the
+    multipart message (the same row: its history stays), its state the first part's; with
+    `hold`, the held report is decided on the first part."""
+    s = store_factory(unknown_messages=unknown_messages)
+    run(s.record([event("id-1", S.SENT), event("id-1", S.DELIVERED), event("id-2", S.SENT)]))
+    early = run(s.get_messages("id-1"))
+    assert len(early) == (1 if unknown_messages == "create" else 0)
+    (r,) = run(s.register([multipart("id-1", FIRST)]))
+    assert r.conflict is None and r.pending_applied >= 2
+    assert r.created is (unknown_messages == "hold")
+    assert r.status == "registered"  # delivered, sent, and one unheard of
+    m = one(s, run, "id-1")
+    assert m["status"] == "registered" and not m["final"] and m["registered"]
+    assert m["parts"] == {"total": 3, "delivered": 1, "failed": 0, "pending": 2}
+    if early:
+        assert m["created_at"] == early[0]["created_at"]  # the same message, kept
+    assert run(s.get_messages("id-2")) == []
+    assert _parts_history(s, run) == [("id-1", "sent"), ("id-1", "delivered"), ("id-2", "sent")]
+    report, found = verify(s, run)
+    assert found == [] and report.checked == 1
+    run(s.record([event("id-3", S.DELIVERED), event("id-2", S.UNDELIVERED)]))
+    m = one(s, run, "id-1")
+    assert m["status"] == "undelivered" and m["final"]
+    assert m["parts"] == {"total": 3, "delivered": 2, "failed": 1, "pending": 0}
+    report, found = verify(s, run)
+    assert found == [] and report.checked == 1
+    (again,) = run(s.register([multipart("id-1", FIRST)]))
+    assert not again.created and again.conflict is None and again.status == "undelivered"
+
+
+def test_polling_a_message_under_its_first_parts_id_asks_its_parts_and_settles_it_once(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from receiver.engine import format_time
+    from receiver.store.base import PollDone
+
+    s = store_factory()
+    run(s.register([multipart("id-1", FIRST)]))
+    run(s.record([event("id-3", S.DELIVERED)]))
+    attempts = one(s, run, "id-1")["poll"]["attempts"]
+    far = format_time(datetime.now(UTC) + timedelta(days=1))
+    claimed = run(s.claim_due("telecom23", now=far, limit=100, lease_until=far, owner="me"))
+    assert [m.message_id for m in claimed] == ["id-1", "id-2"]
+    polled = [event("id-1", S.DELIVERED, source="poll"), event("id-2", S.SENT, source="poll")]
+    done = [PollDone(m, "ok", far) for m in reversed(claimed)]
+    recorded = run(s.finish_polls("me", polled, done))
+    assert [(r.event.message_id, r.status, r.parent_id) for r in recorded] == [
+        ("id-1", "delivered", "id-1"),
+        ("id-2", "sent", "id-1"),
+    ]
+    m = one(s, run, "id-1")
+    assert m["status"] == "sent" and m["poll"]["attempts"] == attempts + 1
+    assert m["parts"] == {"total": 3, "delivered": 2, "failed": 0, "pending": 1}
+    # The same status polled again is nothing new, for the first part as for any.
+    assert run(s.finish_polls("me", [event("id-1", S.DELIVERED, source="poll")], [])) == []
+    assert verify(s, run)[1] == []
+
+
+def test_two_instances_reporting_the_first_part_while_registering_agree(
+    store_factory: StoreFactory, run: Run
+) -> None:
+    """Reports for every part, the first under the message's own id, through two stores on
+    one database at once, with the registration again meanwhile."""
+    import asyncio
+
+    a, b = store_factory("shared"), store_factory("shared")
+    parts = tuple(f"s{i}" for i in range(10))
+    run(a.register([multipart("s0", parts)]))
+
+    async def both() -> None:
+        await asyncio.gather(
+            *(
+                (a if i % 2 else b).record([event(p, S.SENT), event(p, S.DELIVERED)])
+                for i, p in enumerate(parts)
+            ),
+            b.register([multipart("s0", parts)]),
+            a.register([multipart("s0", parts)]),
+        )
+
+    run(both())
+    m = one(a, run, "s0")
+    assert m["status"] == "delivered" and m["parts"]["delivered"] == 10
+    report, found = verify(b, run)
+    assert found == [] and report.checked == 1
+
+
+def test_a_long_text_registered_under_its_first_segments_id_end_to_end(
+    sim_and_receiver: tuple[SimulatorClient, LiveServer],
+) -> None:
+    """23 Telecom's segmented send registered under each recipient's first segment's id: the
+    segments' DLRs (some before the registration, creating a message under that id) fold into
+    one status, and `receiver verify` finds every status its events' fold."""
+    sim, receiver = sim_and_receiver
+    sim.configure(realism={"delivered": 0.5, "drop_all": 0, "drop_final": 0})
+    response = httpx.post(
+        sim.telecom23_api_base + "/sms/send",
+        headers={"X-API-Key": ACCOUNTS.telecom23_api_key},
+        json={
+            "to": ["+447911123456", "+14155551234", "+4915112345678"],
+            "message": "y" * 400,
+            "sender_id": "Shop",
+        },
+    )
+    assert response.status_code == 200, response.text
+    by_number: dict[str, list[str]] = {}
+    for segment in sorted(response.json()["messages"], key=lambda s: s["segment_num"]):
+        by_number.setdefault(segment["dnis"], []).append(segment["message_id"])
+    assert all(len(parts) == 3 for parts in by_number.values())
+    registrations = [
+        {"provider": "telecom23", "message_id": parts[0], "to": number, "parts": parts}
+        for number, parts in sorted(by_number.items())
+    ]
+    with receiver.client() as client:
+        answer = client.post("/v1/messages", json={"messages": registrations})
+        assert answer.status_code == 200, answer.text
+        assert all(item.get("error_code") is None for item in answer.json()["messages"])
+        again = client.post("/v1/messages", json=registrations[0])
+        assert again.status_code == 200 and not again.json()["created"]
+    for reg in registrations:
+        mid = reg["message_id"]
+        # Final as soon as one segment fails (a worse failure may follow): wait for the fold
+        # of every segment's fate as the simulator tells it.
+        found = wait_until(
+            lambda reg=reg: (
+                (m := _final(receiver, reg["message_id"]))
+                and m["status"] == _truth_so_far(sim, reg["parts"])
+                and m
+            ),
+            what=f"{mid} final, folded from every segment's fate",
+        )
+        assert found["parts"]["total"] == 3
+        history = events(receiver, mid)
+        assert {e["part"] for e in history if "part" in e} == set(reg["parts"])
+        assert any(e["outcome"] == "applied" and "part" not in e for e in history)
+        for part in reg["parts"][1:]:  # the later segments are not messages
+            with receiver.client() as client:
+                assert client.get(f"/v1/messages/{part}").status_code == 404
+    with receiver.client() as client:
+        assert client.get("/v1/stats").json()["total"] == 3
+    report = subprocess.run(
+        [str(BIN), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RECEIVER_DATABASE": receiver.settings.database},
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "3 message(s) checked against their events, 0 mismatch(es)" in report.stdout

@@ -1,5 +1,6 @@
 """A registration's `parts` (a multipart message: receiver.store.parts), checked in one place:
-the provider's ids of its segments, in order, under the app's message id."""
+the provider's ids of its segments, in order, under the app's message id (or the first
+segment's id)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,15 @@ def parts_field(item: Mapping[str, Any], index: int, message_id: str) -> tuple[s
                 position=position,
             )
         seen.add(part)
-    if message_id in seen:
+    if message_id in seen and parts[0] != message_id:
+        # The message's id is the app's own, or its first part's: never a later part's.
         raise ApiError(
             400,
             "part_is_message_id",
-            "message_id must be the app's own id for the whole message, not one of its parts'",
+            "message_id may be the first part's id, never another part's: "
+            f"{message_id!r} is part {parts.index(message_id) + 1} of {len(parts)}",
             index=index,
             field="parts",
+            position=parts.index(message_id),
         )
     return tuple(parts)

@@ -151,7 +151,8 @@ def events_sql(mark: str = "?") -> str:
     # A part's events (receiver.store.parts) carry the part's id: `part` names it.
     columns = ", ".join("e." + c for c in EVENT_SELECT.split(", "))
     return (
-        f"SELECT {columns}, nullif(e.message_id, m.message_id) AS part FROM events e "
+        f"SELECT {columns}, CASE WHEN e.is_part = 1 THEN e.message_id "
+        "ELSE nullif(e.message_id, m.message_id) END AS part FROM events e "
         f"JOIN messages m ON m.id = e.message_pk "
         f"WHERE m.provider = {mark} AND m.message_id = {mark} ORDER BY e.id"
     )

@@ -141,6 +141,20 @@ class PartRows:
             [*changes.values(), pk],
         )
 
+    def mark_part_events(self, parent_pk: int, part_id: str, *, latest: bool = False) -> None:
+        """Mark the events kept under `parent_pk` with the part's id as the part's (events.
+        is_part, migration 0015): needed when the part's id is its message's own. All of them
+        (at the registration, before the message has folds of its own), or the latest only
+        (the one just inserted: the message's lock, held, keeps other writers of that id out)."""
+        if latest:
+            sql = (
+                "UPDATE events SET is_part = 1 WHERE id = (SELECT max(id) FROM events "
+                "WHERE message_pk = ? AND message_id = ?)"
+            )
+        else:
+            sql = "UPDATE events SET is_part = 1 WHERE message_pk = ? AND message_id = ?"
+        self.conn.execute(self._sql(sql), (parent_pk, part_id))
+
     def adopt_message(self, pk: int, parent_pk: int) -> None:
         """The message `pk` (created by an early callback for what is a part) becomes a part of
         `parent_pk`: its events move to the parent, and its row goes."""

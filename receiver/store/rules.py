@@ -38,6 +38,7 @@ class Current(NamedTuple):
     poll_attempts: int = 0
     poll_lease: str | None = None  # the claimer holding it, while a poll is under way
     next_poll_at: str | None = None  # None: out of the poll queue
+    parts: int | None = None  # a multipart message: how many parts (receiver.store.parts)
 
 
 class Queued(NamedTuple):
@@ -214,6 +215,11 @@ class RowAccess(Protocol):
         """The message `pk` becomes a part of `parent_pk`: its events move there, its row goes."""
         ...
 
+    def mark_part_events(self, parent_pk: int, part_id: str, *, latest: bool = False) -> None:
+        """Mark the events under `parent_pk` with the id `part_id` (the message's own: its
+        first part's) as the part's; all of them, or the latest only."""
+        ...
+
     def pending_parts(self, parent_pks: Sequence[int]) -> dict[int, list[Part]]:
         """The parts not final yet of those of these messages that have parts, in order."""
         ...
@@ -284,7 +290,10 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
     """
     now, due = policy.now_and_due(ev.provider)
     current, seen = rows.message_for_event(ev)
-    if current is None and (part := rows.part(ev.provider, ev.message_id)) is not None:
+    if current is None:
+        if (part := rows.part(ev.provider, ev.message_id)) is not None:
+            return record_part(rows, policy, part, ev, now, due, seen=seen)
+    elif current.parts and (part := _first_part(rows, current, ev)) is not None:
         return record_part(rows, policy, part, ev, now, due, seen=seen)
     status = current.state.status.value if current else None
     if seen:
@@ -361,6 +370,7 @@ def apply(
         poll_attempts=current.poll_attempts,
         poll_lease=current.poll_lease,
         next_poll_at=next_poll_at,
+        parts=current.parts,
     )
     rows.update_message(
         current.pk,
@@ -673,14 +683,19 @@ def record_polled(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded 
     unknown (a poll never creates one), or it says what the message already says."""
     now, due = policy.now_and_due(ev.provider)
     current = rows.message(ev.provider, ev.message_id)
+    part = None
     if current is None:
         part = rows.part(ev.provider, ev.message_id)
+    elif current.parts:
+        part = _first_part(rows, current, ev)
+    if part is not None or current is None:
         if part is None or (
             part.provider_status == ev.provider_status
             and (ev.status is None or ev.status is part.state.status)
         ):
             return None
         return record_part(rows, policy, part, ev, now, due)
+    assert current is not None
     status = current.state.status.value
     if current.provider_status == ev.provider_status and (
         ev.status is None or ev.status.value == status
@@ -710,6 +725,10 @@ def finish_polls(
             if found is None:
                 continue
             item, current = found
+        elif current.parts:  # a multipart message asked about as its first part (same id)
+            if current.pk in settled:
+                continue
+            settled.add(current.pk)
         if current is None or current.pk != item.message.pk or current.poll_lease != owner:
             continue
         if item.give_up_reason is not None and not current.state.final:
@@ -900,17 +919,31 @@ def record_part(
     folded into the message's status (fold_into_message). The part owes no push and logs no
     change of its own: its message's change, when there is one, is the change."""
     before = part.state.status.value
+    # The message's first part under the message's own id: its events are marked as the part's.
+    first = part.part_id == part.parent_id
     if seen:  # the same delivery again (a provider's retry)
         _event(rows, ev, part.parent_pk, before, Outcome.DUPLICATE, now)
+        if first:
+            rows.mark_part_events(part.parent_pk, part.part_id, latest=True)
         return Recorded(ev, Outcome.DUPLICATE, before, before, parent_id=part.parent_id)
     outcome, new = engine.apply_event(part.state, ev, now)
     if new is not None:
         rows.update_part(part.pk, _part_changes(new, ev, now))
     _event(rows, ev, part.parent_pk, before, outcome, now)
+    if first:
+        rows.mark_part_events(part.parent_pk, part.part_id, latest=True)
     if new is not None:
         fold_into_message(rows, policy, ev.provider, part.parent_id, ev, now, due)
     after = new.status.value if new is not None else before
     return Recorded(ev, outcome, before, after, parent_id=part.parent_id)
+
+
+def _first_part(rows: RowAccess, current: Current, ev: StatusEvent) -> Part | None:
+    """The multipart message `current`'s first part, when it has the message's own id (it was
+    registered under it): a report under that id is the part's. Only read for a message with
+    parts (Current.parts), so a message of one part costs nothing more."""
+    part = rows.part(ev.provider, ev.message_id)
+    return part if part is not None and part.parent_pk == current.pk else None
 
 
 def _part_changes(new: MessageState, ev: StatusEvent, now: str) -> dict[str, Any]:
@@ -981,12 +1014,18 @@ def register_multipart(
     message's part. A message an early callback created for a part's id (unknown messages
     `create`) becomes that part, its events moved to the message; events held for a part's
     id (`hold`) are decided on the part. Then the parts are folded into the message.
+
+    The message's id may be its first part's (the API refuses any other part's): then a
+    message an early callback created under that id becomes the message, reset to registered,
+    and its state and events become the first part's; and that part's events are marked as
+    the part's (events.is_part), since they carry the message's own id.
     """
     assert reg.parts
     now, due = at
     parts = list(reg.parts)
     single = replace(reg, parts=None)
     current = rows.message(reg.provider, reg.message_id)
+    early: dict[str, Current] = {}
     if current is not None:
         kept = [p.part_id for p in rows.parts_of(current.pk)]
         if kept == parts:
@@ -995,16 +1034,21 @@ def register_multipart(
             return _conflict(
                 reg, "parts_differ", f"{reg.message_id!r} is registered with other parts"
             )
-        return _conflict(
-            reg, "message_not_multipart", f"{reg.message_id!r} is kept as a message of one part"
-        )
-    early: dict[str, Current] = {}
+        if current.registered or parts[0] != reg.message_id:
+            return _conflict(
+                reg,
+                "message_not_multipart",
+                f"{reg.message_id!r} is kept as a message of one part",
+            )
+        early[reg.message_id] = current  # an early callback's, for the first part
     for part_id in parts:
         other = rows.part(reg.provider, part_id)
         if other is not None:
             return _conflict(
                 reg, "part_of_another_message", f"part {part_id!r} is a part of {other.parent_id!r}"
             )
+        if part_id == reg.message_id:
+            continue  # the message itself (its first part's id): new, or the one above
         known = rows.message(reg.provider, part_id)
         if known is not None:
             if known.registered:
@@ -1012,7 +1056,11 @@ def register_multipart(
                     reg, "part_is_a_message", f"part {part_id!r} is registered as a message"
                 )
             early[part_id] = known
-    current = _insert_registered(rows, policy, single, now, due)
+    created = current is None
+    if current is None:
+        current = _insert_registered(rows, policy, single, now, due)
+    else:
+        current = _reset_registered(rows, policy, single, current, now, due)
     rows.update_message(current.pk, {"parts": len(parts)})
     applied = 0
     trigger: StatusEvent | None = None
@@ -1020,7 +1068,9 @@ def register_multipart(
         known = early.get(part_id)
         state = known.state if known else MessageState(Status.REGISTERED)
         provider_status = known.provider_status if known else None
-        if known is not None:  # it was never a message: it becomes this part
+        if known is not None and known.pk == current.pk:  # the message's own row: the part
+            applied += 1  # keeps its events (marked below)
+        elif known is not None:  # it was never a message: it becomes this part
             rows.adopt_message(known.pk, current.pk)
             applied += 1
         rows.insert_part(
@@ -1056,6 +1106,8 @@ def register_multipart(
                 )
                 applied += 1
             rows.adopt_events(reg.provider, part_id, current.pk)
+        if part_id == reg.message_id:  # before the message has any fold of its own
+            rows.mark_part_events(current.pk, part_id)
         if state.status is not Status.REGISTERED and (
             trigger is None
             or engine.RANK[state.status] >= engine.RANK[trigger.status or state.status]
@@ -1073,7 +1125,53 @@ def register_multipart(
         folded = rows.message(reg.provider, reg.message_id)
         assert folded is not None
         status = folded.state.status.value
-    return Registered(reg.provider, reg.message_id, True, status, applied, created_at=now)
+    return Registered(
+        reg.provider, reg.message_id, created, status, applied, created_at=current.created_at
+    )
+
+
+def _reset_registered(
+    rows: RowAccess, policy: Policy, reg: Registration, current: Current, now: str, due: str
+) -> Current:
+    """The message an early callback created under the first part's id, registered as the
+    multipart message: its status starts again from `registered` (its reports are its first
+    part's now, and the parts' fold decides it), with the app's facts as a registration
+    gives them; its key, and so its history, changes and pushes, stay."""
+    next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
+    if current.poll_lease is not None:  # a poll under way keeps its lease (as apply does)
+        next_poll_at = max(current.next_poll_at or "", next_poll_at)
+    changes: dict[str, Any] = {
+        "registered": True,
+        "status": Status.REGISTERED.value,
+        "provider_status": None,
+        "error_code": None,
+        "is_final": False,
+        "final_via": None,
+        "final_at": None,
+        "final_reason": None,
+        "sent_at": reg.sent_at,
+        "registered_sent_at": reg.sent_at,
+        "to_number": _correct(current.to_number, reg.to_number),
+        "from_number": _correct(current.from_number, reg.from_number),
+        "account": _correct(current.account, reg.account),
+        "updated_at": now,
+        "next_poll_at": next_poll_at,
+    }
+    if reg.metadata:
+        changes["metadata"] = reg.metadata
+    rows.update_message(current.pk, changes)
+    if reg.deadline is not None or reg.deadline_after is not None:
+        rows.set_deadline(current.pk, deadline_at(reg, reg.sent_at, now))
+    return current._replace(
+        state=MessageState(Status.REGISTERED, sent_at=reg.sent_at),
+        provider_status=None,
+        account=changes["account"],
+        to_number=changes["to_number"],
+        from_number=changes["from_number"],
+        registered=True,
+        updated_at=now,
+        next_poll_at=next_poll_at,
+    )
 
 
 def poll_parts(rows: RowAccess, claimed: list[DueMessage]) -> list[DueMessage]:

@@ -24,7 +24,8 @@ _PAGE = (
     f"SELECT m.*, {', '.join('e.e_' + c for c in _EVENT)} "
     f"FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s) m "
     f"LEFT JOIN LATERAL (SELECT {', '.join(f'{c} AS e_{c}' for c in _EVENT)} "
-    "FROM events WHERE message_pk = m.id AND message_id = m.message_id ORDER BY id) e ON true "
+    "FROM events WHERE message_pk = m.id AND message_id = m.message_id AND is_part IS NULL "
+    "ORDER BY id) e ON true "
     "ORDER BY m.id, e.e_id"
 )
 
@@ -50,7 +51,8 @@ def locked(conn: psycopg.Connection[Any], pk: int) -> Locked | None:
     if row is None:
         return None
     events = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = %s AND message_id = %s ORDER BY id",
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = %s AND message_id = %s "
+        "AND is_part IS NULL ORDER BY id",
         (pk, row[2]),
     ).fetchall()
     return Locked(LedgerRow(*row[:11]), [LedgerEvent(*e) for e in events], row[11])

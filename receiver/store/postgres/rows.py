@@ -46,6 +46,7 @@ def _current(row: Sequence[Any]) -> Current | None:
         poll_attempts=row[12],
         poll_lease=row[13],
         next_poll_at=row[14],
+        parts=row[16],  # row[15] is `seen` (migration 0015 added `parts` after it)
     )
 
 

@@ -618,6 +618,37 @@ def _message_parts(conn: psycopg.Connection) -> None:
         conn.execute(statement)
 
 
+@step("0015_part_events")
+def _part_events(conn: psycopg.Connection) -> None:
+    # As SQLite's 0015: the events of a part whose id is its message's are marked (1). And a
+    # callback's locked read (0005's receiver_lock_message) also answers the message's
+    # `parts`, so a callback for a multipart message's first part is recorded on the part.
+    conn.execute("ALTER TABLE events ADD COLUMN is_part INTEGER")
+    conn.execute("DROP FUNCTION receiver_lock_message(TEXT, TEXT, TEXT)")
+    conn.execute(
+        f"""
+        CREATE FUNCTION receiver_lock_message(p TEXT, mid TEXT, key TEXT,
+            OUT id BIGINT, OUT status TEXT, OUT sent_at TEXT, OUT final_at TEXT,
+            OUT final_via TEXT, OUT provider_status TEXT, OUT account TEXT, OUT to_number TEXT,
+            OUT from_number TEXT, OUT registered INTEGER, OUT created_at TEXT,
+            OUT updated_at TEXT, OUT poll_attempts INTEGER, OUT poll_lease TEXT,
+            OUT next_poll_at TEXT, OUT seen BOOLEAN, OUT parts INTEGER)
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended(p || E'\n' || mid, 0));
+            SELECT {", ".join("m." + c.strip() for c in CURRENT_COLUMNS.split(","))}, m.parts
+              INTO id, status, sent_at, final_at, final_via, provider_status, account,
+                   to_number, from_number, registered, created_at, updated_at, poll_attempts,
+                   poll_lease, next_poll_at, parts
+              FROM messages m WHERE m.provider = p AND m.message_id = mid FOR UPDATE;
+            seen := key IS NOT NULL AND EXISTS (
+                SELECT 1 FROM events e
+                WHERE e.provider = p AND e.dedupe_key = key AND e.message_id = mid);
+        END $$
+        """
+    )
+
+
 def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the pending steps in one transaction; the names applied.
 

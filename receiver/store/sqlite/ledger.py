@@ -22,6 +22,7 @@ _PAGE = (
     f"{', '.join('e.' + c for c in EVENT_COLUMNS.split(', '))} "
     f"FROM (SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?) m "
     "LEFT JOIN events e ON e.message_pk = m.id AND e.message_id = m.message_id "
+    "AND e.is_part IS NULL "  # a first part's under the message's id (migration 0015)
     "ORDER BY m.id, e.id"
 )
 
@@ -44,7 +45,8 @@ def locked(conn: sqlite3.Connection, pk: int) -> Locked | None:
     if row is None:
         return None
     events = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = ? AND message_id = ? ORDER BY id",
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE message_pk = ? AND message_id = ? "
+        "AND is_part IS NULL ORDER BY id",
         (pk, row[2]),
     ).fetchall()
     return Locked(LedgerRow(*tuple(row)[:11]), [LedgerEvent(*e) for e in events], row[11])

@@ -15,7 +15,8 @@ from receiver.store.sqlite import outbox, pollqueue
 
 _CURRENT_COLUMNS = (
     "id, status, sent_at, final_at, final_via, provider_status, account, to_number, "
-    "from_number, registered, created_at, updated_at, poll_attempts, poll_lease, next_poll_at"
+    "from_number, registered, created_at, updated_at, poll_attempts, poll_lease, next_poll_at, "
+    "parts"
 )
 
 # The event's message, if any, and whether its delivery id was seen before: one statement.
@@ -34,6 +35,7 @@ def _current(row: sqlite3.Row) -> rules.Current:
     # By position (the order of _CURRENT_COLUMNS): on the path of every callback.
     (pk, status, sent_at, final_at, final_via, provider_status, account, to_number) = row[:8]
     (from_number, registered, created_at, updated_at, attempts, lease, next_poll_at) = row[8:15]
+    parts = row[15]
     return rules.Current(
         pk,
         MessageState(_STATUSES[status], sent_at, final_at, final_via),
@@ -47,6 +49,7 @@ def _current(row: sqlite3.Row) -> rules.Current:
         poll_attempts=attempts,
         poll_lease=lease,
         next_poll_at=next_poll_at,
+        parts=parts,
     )
 
 

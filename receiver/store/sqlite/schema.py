@@ -439,6 +439,15 @@ def _message_parts(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="0015_part_events")
+def _part_events(db: Database) -> None:
+    # A multipart message registered under its first part's id (receiver.store.parts): that
+    # part's events carry the message's own id, so they are marked (1) to be told from the
+    # message's own (its folds, what `receiver verify` replays). NULL on every other event: a
+    # column added without a default rewrites nothing.
+    db.execute("ALTER TABLE events ADD COLUMN is_part INTEGER")
+
+
 def count_dashboard_rollups(conn: sqlite3.Connection) -> None:
     """Count the kept rows afresh from the messages (the migration, and bench/dashboard.py
     after it rewrites a filled database's times)."""
