@@ -162,7 +162,7 @@ def test_an_upgrade_counts_the_messages_already_there(tmp_path: Path) -> None:
         )
     conn.close()
     store = SQLiteStore(str(path))
-    assert store.migrate() == ["0011_dashboard_rollups"]
+    assert store.migrate() == ["0011_dashboard_rollups", "0012_bulk_registration"]
 
     async def both() -> tuple[dict[str, Any], dict[str, Any]]:
         await store.open()

@@ -30,6 +30,7 @@ MIGRATIONS = [
     "0009_registered_sent_at",
     "0010_sends",
     "0011_dashboard_rollups",
+    "0012_bulk_registration",
 ]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -217,6 +218,7 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
         "0009_registered_sent_at",
         "0010_sends",
         "0011_dashboard_rollups",
+        "0012_bulk_registration",
     ]
     assert column(s, "waiting", "next_poll_at") == at(10)  # due at once: it waited already
     assert column(s, "done", "next_poll_at") is None

@@ -143,6 +143,9 @@ class SqlRows:
     def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        raise NotImplementedError
+
     def insert_event(
         self,
         ev: StatusEvent,

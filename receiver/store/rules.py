@@ -161,6 +161,13 @@ class RowAccess(Protocol):
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
         ...
 
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert registered messages (keys as insert_message's) in one go, every kept count
+        (status counts, send counts, the dashboard's rollups) added once for the batch exactly
+        as a row's insert adds to it; their primary keys, in order. A registered message is
+        not a change: nothing goes to the change log."""
+        ...
+
     def insert_push(self, row: Mapping[str, Any]) -> None:
         """Add a push to the outbox (keys: receiver.store.outbox.PUSH_COLUMNS)."""
         ...
@@ -382,29 +389,63 @@ def _insert(
     next_poll_at: str | None = None,
 ) -> int:
     """Insert a message, registered or in `state` (the one its first event gave it)."""
-    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
     return rows.insert_message(
-        {
-            "provider": provider,
-            "message_id": message_id,
-            "account": account,
-            "status": state.status.value,
-            "provider_status": provider_status,
-            "error_code": error_code,
-            "to_number": to_number,
-            "from_number": from_number,
-            "metadata": metadata,
-            "registered": registered,
-            "is_final": state.final,
-            "final_via": state.final_via,
-            "created_at": now,
-            "updated_at": now,
-            "sent_at": state.sent_at,
-            "final_at": state.final_at,
-            "next_poll_at": None if state.final else next_poll_at,
-            **({"registered_sent_at": sent_at} if registered and sent_at else {}),
-        }
+        _message_row(
+            provider,
+            message_id,
+            now,
+            registered=registered,
+            to_number=to_number,
+            from_number=from_number,
+            account=account,
+            sent_at=sent_at,
+            metadata=metadata,
+            state=state,
+            provider_status=provider_status,
+            error_code=error_code,
+            next_poll_at=next_poll_at,
+        )
     )
+
+
+def _message_row(
+    provider: str,
+    message_id: str,
+    now: str,
+    *,
+    registered: bool,
+    to_number: str | None = None,
+    from_number: str | None = None,
+    account: str | None = None,
+    sent_at: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    state: MessageState | None = None,
+    provider_status: str | None = None,
+    error_code: str | None = None,
+    next_poll_at: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new message (see _insert)."""
+    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
+    return {
+        "provider": provider,
+        "message_id": message_id,
+        "account": account,
+        "status": state.status.value,
+        "provider_status": provider_status,
+        "error_code": error_code,
+        "to_number": to_number,
+        "from_number": from_number,
+        "metadata": metadata,
+        "registered": registered,
+        "is_final": state.final,
+        "final_via": state.final_via,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": state.sent_at,
+        "final_at": state.final_at,
+        "next_poll_at": None if state.final else next_poll_at,
+        **({"registered_sent_at": sent_at} if registered and sent_at else {}),
+    }
 
 
 def _event(
@@ -562,23 +603,11 @@ def _insert_registered(
     rows: RowAccess, policy: Policy, reg: Registration, now: str, due: str
 ) -> Current:
     """Insert a registered message nothing was known of."""
-    # Due the grace after it was sent, when the app says it was sent earlier.
-    next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
-    pk = _insert(
-        rows,
-        reg.provider,
-        reg.message_id,
-        now,
-        registered=True,
-        to_number=reg.to_number,
-        from_number=reg.from_number,
-        account=reg.account,
-        sent_at=reg.sent_at,
-        metadata=reg.metadata or None,
-        next_poll_at=next_poll_at,
-    )
+    row = _registered_row(policy, reg, now, due)
+    pk = rows.insert_message(row)
     if reg.deadline is not None or reg.deadline_after is not None:
         rows.set_deadline(pk, deadline_at(reg, reg.sent_at, now))
+    next_poll_at = row["next_poll_at"]
     return Current(
         pk,
         MessageState(Status.REGISTERED, sent_at=reg.sent_at),
@@ -592,6 +621,23 @@ def _insert_registered(
     )
 
 
+def _registered_row(policy: Policy, reg: Registration, now: str, due: str) -> dict[str, Any]:
+    """The row of a registered message nothing was known of."""
+    return _message_row(
+        reg.provider,
+        reg.message_id,
+        now,
+        registered=True,
+        to_number=reg.to_number,
+        from_number=reg.from_number,
+        account=reg.account,
+        sent_at=reg.sent_at,
+        metadata=reg.metadata or None,
+        # Due the grace after it was sent, when the app says it was sent earlier.
+        next_poll_at=min(due, policy.due_after(reg.provider, reg.sent_at)),
+    )
+
+
 def register_batch(
     rows: RowAccess, policy: Policy, registrations: Sequence[Registration]
 ) -> list[Registered]:
@@ -599,7 +645,10 @@ def register_batch(
     write transaction is one moment, and a batch of 1,000 then reads the clock once.
 
     The ids nothing is known of (no message, no held event: rows.unseen, one read for the
-    batch) are inserted straight away, as register() would insert them, without a read each.
+    batch) are inserted as register() would insert them, without a read each, and together
+    (rows.insert_registered: one statement, the kept counts added once for them all). Those
+    waiting to be inserted are inserted before any other registration of the batch is
+    decided, so ids follow the batch's order and a second registration of one id finds it.
     """
     at: dict[str, tuple[str, str]] = {}
     fresh: dict[str, set[str]] = {}
@@ -608,6 +657,15 @@ def register_batch(
     for provider, ids in fresh.items():
         fresh[provider] = rows.unseen(provider, sorted(ids))
     results = []
+    waiting: list[tuple[Registration, dict[str, Any]]] = []
+
+    def insert_waiting() -> None:
+        pks = rows.insert_registered([row for _, row in waiting])
+        for (reg, row), pk in zip(waiting, pks, strict=True):
+            if reg.deadline is not None or reg.deadline_after is not None:
+                rows.set_deadline(pk, deadline_at(reg, reg.sent_at, row["created_at"]))
+        waiting.clear()
+
     for reg in registrations:
         when = at.get(reg.provider)
         if when is None:
@@ -616,19 +674,17 @@ def register_batch(
         if reg.message_id in unseen:
             unseen.discard(reg.message_id)  # a second registration in the batch finds it
             now = when[0]
-            current = _insert_registered(rows, policy, reg, now, when[1])
+            waiting.append((reg, _registered_row(policy, reg, now, when[1])))
+            registered = Status.REGISTERED.value
             results.append(
-                Registered(
-                    reg.provider,
-                    reg.message_id,
-                    True,
-                    current.state.status.value,
-                    0,
-                    created_at=now,
-                )
+                Registered(reg.provider, reg.message_id, True, registered, 0, created_at=now)
             )
         else:
+            if waiting:
+                insert_waiting()
             results.append(register(rows, policy, reg, when))
+    if waiting:
+        insert_waiting()
     return results
 
 
