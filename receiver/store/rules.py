@@ -172,6 +172,14 @@ class RowAccess(Protocol):
         """Add a push to the outbox (keys: receiver.store.outbox.PUSH_COLUMNS)."""
         ...
 
+    def insert_change_pushes(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Add pushes of changes to the outbox, each row (webhook_id, endpoint, type,
+        message_pk, provider, message_id, created_at, next_attempt_at, then the change's
+        facts: receiver.store.outbox.CHANGE_COLUMNS, then message_pk again: the app's
+        metadata is the message's, read by the insert). Their body is built from these
+        when it is read (outbox.body)."""
+        ...
+
     def message_metadata(self, pk: int) -> dict[str, Any] | None:
         """The app's metadata of the message `pk` (None: none)."""
         ...
@@ -297,7 +305,7 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
         new_status = new.status.value if new else Status.REGISTERED.value
         _event(rows, ev, pk, None, outcome, now)
         if new is not None and policy.push is not None:  # a change from nothing
-            _owe_change(rows, policy.push, pk, None, new, ev, ev.to_number, ev.account, now, None)
+            _owe_change(rows, policy.push, pk, None, new, ev, ev.to_number, ev.account, now)
         return Recorded(ev, outcome, None, new_status, created=True)
 
     return _decide(rows, current, ev, now, due, policy.push)
@@ -363,11 +371,7 @@ def apply(
     )
     if push is not None:
         status = current.state.status.value
-        # Only a registration gives a message metadata: no read for one a callback created.
-        metadata = _READ if current.registered else None
-        _owe_change(
-            rows, push, current.pk, status, new, ev, after.to_number, after.account, now, metadata
-        )
+        _owe_change(rows, push, current.pk, status, new, ev, after.to_number, after.account, now)
     return outcome, after
 
 
@@ -818,8 +822,6 @@ def claim_due(
 
 # -- the push outbox ------------------------------------------------------------------------
 
-_READ = object()  # the message's metadata: read it from its row
-
 
 def owe_push(
     rows: RowAccess,
@@ -864,30 +866,27 @@ def _owe_change(
     to_number: str | None,
     account: str | None,
     now: str,
-    metadata: Any = _READ,
 ) -> None:
-    """A message.status_changed push for an applied change, if the policy's events take it."""
-    if push.events == "final" and not new.final:
+    """A message.status_changed push for an applied change, if the policy's events take it:
+    the change's facts, kept as they are now (its body is built from them when it is sent;
+    the app's metadata is the message's, read by the insert)."""
+    if (push.events == "final" and not new.final) or not push.endpoints:
         return
-    owe_push(
-        rows,
-        push,
-        payload.STATUS_CHANGED,
-        payload.message_data(
-            provider=ev.provider,
-            message_id=ev.message_id,
-            status=new.status.value,
-            previous_status=previous,
-            provider_status=ev.provider_status,
-            error_code=ev.error_code,
-            final=new.final,
-            final_via=new.final_via,
-            to=to_number,
-            account=account,
-            metadata=rows.message_metadata(pk) if metadata is _READ else metadata,
-            sent_at=new.sent_at,
-            final_at=new.final_at,
-        ),
-        message_pk=pk,
-        now=now,
+    facts = (
+        new.status.value,
+        previous,
+        ev.provider_status,
+        ev.error_code,
+        new.final_via,
+        to_number,
+        account,
+        new.sent_at,
+        new.final_at,
+    )
+    kind, provider, message_id = payload.STATUS_CHANGED, ev.provider, ev.message_id
+    rows.insert_change_pushes(
+        [
+            (payload.new_webhook_id(), url, kind, pk, provider, message_id, now, now, *facts, pk)
+            for url in push.endpoints
+        ]
     )

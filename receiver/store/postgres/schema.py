@@ -671,6 +671,20 @@ def _bulk_registration(conn: psycopg.Connection) -> None:
         "REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT "
         "EXECUTE FUNCTION receiver_count_inserted()"
     )
+    # As SQLite's 0012: a change's push keeps the change's facts, its body built when read.
+    columns = (
+        "data_status",
+        "data_previous_status",
+        "data_provider_status",
+        "data_error_code",
+        "data_final_via",
+        "data_to",
+        "data_account",
+        "data_sent_at",
+        "data_final_at",
+        "data_metadata",
+    )
+    conn.execute("ALTER TABLE pushes " + ", ".join(f"ADD COLUMN {c} {T}" for c in columns))
 
 
 def migrate(conn: psycopg.Connection) -> list[str]:

@@ -485,6 +485,18 @@ def create_dashboard_triggers(conn: sqlite3.Connection, *, bulk_aware: bool = Tr
 
 # True unless rows are being inserted in bulk (receiver.store.sqlite.bulk), which counts them.
 NOT_BULK = "NOT EXISTS (SELECT 1 FROM bulk_insert)"
+# receiver.store.outbox.CHANGE_COLUMNS (the schema does not import the store's modules).
+PUSH_CHANGE_COLUMNS = (
+    "data_status",
+    "data_previous_status",
+    "data_provider_status",
+    "data_error_code",
+    "data_final_via",
+    "data_to",
+    "data_account",
+    "data_sent_at",
+    "data_final_at",
+)
 
 
 @migrations(name="0012_bulk_registration")
@@ -514,6 +526,10 @@ def _bulk_registration(db: Database) -> None:
         "CREATE TRIGGER dashboard_counted_in AFTER INSERT ON messages "
         f"WHEN {NOT_BULK} BEGIN {_rollup_sql('NEW', '1')} END"
     )
+    # A change's push keeps the change's facts in columns, its body built when it is read
+    # (receiver.store.outbox.body): no JSON built in the transaction of a callback.
+    for column in (*PUSH_CHANGE_COLUMNS, "data_metadata"):
+        db.execute(f"ALTER TABLE pushes ADD COLUMN {column} TEXT")
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
