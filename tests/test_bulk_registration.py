@@ -6,18 +6,24 @@ did row by row: ids in the batch's order, held events decided, duplicates found.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 
 from receiver.dashboard import figures
 from receiver.engine import Status, StatusEvent, format_time
 from receiver.store import MessageFilter, Registration, Store
+from receiver.store.sqlite import SQLiteStore, schema
 
 Run = Callable[[Awaitable[Any]], Any]
 UUID = "6f1c2a9e-0000-4000-8000-00000000abcd"
+APP = "http://127.0.0.1:9/push"
+LATER = "2999-01-01T00:00:00.000Z"
 
 
 @pytest.fixture
@@ -132,3 +138,41 @@ def test_a_thousand_in_one_batch(store: Store, run: Run) -> None:
     assert all(r.created for r in run(store.register(batch)))
     assert run(store.register(batch[:10])) and _counts_agree(store, run) == {"registered": 1000}
     assert run(store.send_summary(UUID))["recipients"] == 250
+
+
+def test_a_database_from_before_0012_keeps_its_counts_and_pushes(tmp_path: Path, run: Run) -> None:
+    """SQLite upgraded from 0011: its counts go on from where they were, and a push owed
+    before (its body kept whole) is sent and shown as it was kept."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.migrations.apply(Database(conn), stop_before="0012_bulk_registration")
+    now = format_time(datetime.now(UTC))
+    conn.execute(
+        "INSERT INTO messages (provider, message_id, status, registered, is_final, created_at, "
+        "updated_at) VALUES ('twilio', 'SMold', 'registered', 1, 0, ?, ?)",
+        (now, now),
+    )
+    kept_body = '{"type":"message.status_changed","timestamp":"x","data":{"status":"delivered"}}'
+    conn.execute(
+        "INSERT INTO pushes (webhook_id, endpoint, type, message_pk, provider, message_id, "
+        "payload, status, created_at, next_attempt_at) VALUES ('msg_old', ?, "
+        "'message.status_changed', 1, 'twilio', 'SMold', ?, 'pending', ?, ?)",
+        (APP, kept_body, now, now),
+    )
+    conn.close()
+    store = SQLiteStore(str(path))
+    assert store.migrate() == ["0012_bulk_registration"]
+    run(store.open())
+    try:
+        run(store.register([Registration("twilio", f"SMnew{i}") for i in range(5)]))
+        run(store.register([Registration("twilio", "SMold"), Registration("mesms", f"{UUID}:1")]))
+        assert _counts_agree(store, run) == {"registered": 7}
+        assert run(store.get_push("msg_old"))["payload"] == kept_body  # type: ignore[attr-defined]
+        jobs = run(
+            store.claim_pushes(  # type: ignore[attr-defined]
+                owner="a", now=LATER, lease_until=LATER, endpoints=[APP], limit=10
+            )
+        )
+        assert [(j.webhook_id, j.payload) for j in jobs] == [("msg_old", kept_body)]
+    finally:
+        run(store.close())
