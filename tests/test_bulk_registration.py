@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlite_utils import Database
+from stores import StoreFactory
 
 from receiver.dashboard import figures
 from receiver.engine import Status, StatusEvent, format_time
@@ -27,7 +28,7 @@ LATER = "2999-01-01T00:00:00.000Z"
 
 
 @pytest.fixture
-def store(store_factory: Any) -> Store:
+def store(store_factory: StoreFactory) -> Store:
     return store_factory(unknown_messages="hold")
 
 
@@ -167,11 +168,9 @@ def test_a_database_from_before_0012_keeps_its_counts_and_pushes(tmp_path: Path,
         run(store.register([Registration("twilio", f"SMnew{i}") for i in range(5)]))
         run(store.register([Registration("twilio", "SMold"), Registration("mesms", f"{UUID}:1")]))
         assert _counts_agree(store, run) == {"registered": 7}
-        assert run(store.get_push("msg_old"))["payload"] == kept_body  # type: ignore[attr-defined]
+        assert run(store.get_push("msg_old"))["payload"] == kept_body
         jobs = run(
-            store.claim_pushes(  # type: ignore[attr-defined]
-                owner="a", now=LATER, lease_until=LATER, endpoints=[APP], limit=10
-            )
+            store.claim_pushes(owner="a", now=LATER, lease_until=LATER, endpoints=[APP], limit=10)
         )
         assert [(j.webhook_id, j.payload) for j in jobs] == [("msg_old", kept_body)]
     finally:

@@ -84,6 +84,13 @@ def count_in(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         conn.execute(_BATCH + sql, (batch,))
 
 
+def count_in_all(conn: sqlite3.Connection) -> None:
+    """Add every message to the kept counts: for a new database filled while `bulk_insert`
+    held its row (bench/fill.py), whose counts are still empty."""
+    for sql in _COUNTS:
+        conn.execute("WITH batch AS (SELECT * FROM messages) " + sql)
+
+
 def values(row: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
     """A row's values in the order of `columns` (a missing one NULL), as JSON can carry them:
     bools as 1/0, metadata as compact JSON text."""
