@@ -62,6 +62,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
             "0009_registered_sent_at",
             "0010_sends",
             "0011_dashboard_rollups",
+            "0012_bulk_registration",
             "0013_message_parts",
             "0015_part_events",
         ],

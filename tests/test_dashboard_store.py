@@ -164,6 +164,7 @@ def test_an_upgrade_counts_the_messages_already_there(tmp_path: Path) -> None:
     store = SQLiteStore(str(path))
     assert store.migrate() == [
         "0011_dashboard_rollups",
+        "0012_bulk_registration",
         "0013_message_parts",
         "0015_part_events",
     ]

@@ -517,6 +517,22 @@ def test_parts_that_contradict_what_is_kept_are_a_409_or_the_batch_items_error(
     }
 
 
+def test_a_part_that_is_a_message_earlier_in_the_same_batch_is_a_conflict(
+    api: LiveServer,
+) -> None:
+    """New messages of a batch are inserted together; one a later multipart registration
+    names as its part is inserted first, so the conflict is found as across two requests."""
+    single = {"provider": "twilio", "message_id": "B1"}
+    whole = {"provider": "twilio", "message_id": "B2", "parts": ["B1", "b2"]}
+    with api.client() as client:
+        batch = client.post("/v1/messages", json=[single, whole])
+        assert batch.status_code == 200, batch.text
+        first_item, second_item = batch.json()["messages"]
+        assert first_item["created"]
+        assert second_item["error_code"] == "part_is_a_message" and not second_item["created"]
+        assert client.get("/v1/messages/B2").status_code == 404
+
+
 def test_pushes_and_the_change_log_report_the_message_never_its_parts(
     store_factory: StoreFactory, run: Run
 ) -> None:

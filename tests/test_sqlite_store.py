@@ -30,6 +30,7 @@ MIGRATIONS = [
     "0009_registered_sent_at",
     "0010_sends",
     "0011_dashboard_rollups",
+    "0012_bulk_registration",
     "0013_message_parts",
     "0015_part_events",
 ]
@@ -219,6 +220,7 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
         "0009_registered_sent_at",
         "0010_sends",
         "0011_dashboard_rollups",
+        "0012_bulk_registration",
         "0013_message_parts",
         "0015_part_events",
     ]

@@ -144,7 +144,12 @@ class Dispatcher:
             await self._client.aclose()
 
     def wake(self) -> None:
-        """A commit owed pushes (or a retry was asked for): look now."""
+        """A commit owed pushes (or a retry was asked for): look now. Not while every endpoint
+        is in its wait after an unreachable attempt (none disabled): the loop would claim
+        nothing, and it wakes by itself when the first wait is over. Commits owing pushes
+        to a down endpoint then cost no wake-up each, and no read of the outbox."""
+        if self._wake.is_set() or (not self.disabled and not self._reachable()):
+            return
         self._wake.set()
 
     def status(self) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from receiver.engine import is_final
+from receiver.push import payload
 from receiver.store.base import PushAttempt, PushJob
 from receiver.store.rows import marked
 
@@ -40,7 +42,31 @@ CLAIMABLE = (
     "AND NOT EXISTS (SELECT 1 FROM pushes q WHERE q.message_pk = p.message_pk "
     "AND q.endpoint = p.endpoint AND q.id < p.id AND q.status = 'pending')"
 )
-JOB_COLUMNS = "id, webhook_id, endpoint, payload, attempts, retry_step, lease_owner"
+# A change's push (rules._owe_change) keeps the facts of the change in its own columns rather
+# than its JSON body (payload ''): the body is built from them when it is read, byte for byte
+# what it would have been at the change, so the write transaction of a callback only binds
+# them (the app's metadata read by the INSERT itself). Other pushes keep their body as built.
+CHANGE_COLUMNS = (
+    "data_status",
+    "data_previous_status",
+    "data_provider_status",
+    "data_error_code",
+    "data_final_via",
+    "data_to",
+    "data_account",
+    "data_sent_at",
+    "data_final_at",
+)
+BODY_COLUMNS = "payload, type, created_at, provider, message_id, data_metadata, " + ", ".join(
+    CHANGE_COLUMNS
+)
+_INSERT_CHANGE = (
+    "INSERT INTO pushes (webhook_id, endpoint, type, message_pk, provider, message_id, payload, "
+    f"status, created_at, next_attempt_at, {', '.join(CHANGE_COLUMNS)}, data_metadata) "
+    f"VALUES (?, ?, ?, ?, ?, ?, '', 'pending', ?, ?, {', '.join('?' * len(CHANGE_COLUMNS))}, "
+    "(SELECT metadata FROM messages WHERE id = ?))"
+)
+JOB_COLUMNS = "id, webhook_id, endpoint, attempts, retry_step, lease_owner, " + BODY_COLUMNS
 
 # The columns the API shows of a push, and of an attempt.
 PUBLIC_COLUMNS = (
@@ -51,7 +77,39 @@ ATTEMPT_COLUMNS = "attempted_at, http_status, error, duration_ms, response"
 
 
 def job(row: Sequence[Any]) -> PushJob:
-    return PushJob(*tuple(row)[:7])
+    """A claimed push from a row of JOB_COLUMNS."""
+    return PushJob(row[0], row[1], row[2], body(row[6:]), row[3], row[4], row[5])
+
+
+def body(row: Sequence[Any]) -> str:
+    """A push's JSON body from a row of BODY_COLUMNS: as kept, or built from a change's facts
+    (as payload.body built it when it was kept whole)."""
+    if row[0]:
+        return str(row[0])
+    kind, created_at, provider, message_id, metadata = row[1:6]
+    status, previous, provider_status, error_code, final_via, to, account, sent_at, final_at = row[
+        6:15
+    ]
+    found = json.loads(metadata) if metadata is not None else None
+    return payload.body(
+        kind,
+        created_at,
+        payload.message_data(
+            provider=provider,
+            message_id=message_id,
+            status=status,
+            previous_status=previous,
+            provider_status=provider_status,
+            error_code=error_code,
+            final=is_final(status),
+            final_via=final_via,
+            to=to,
+            account=account,
+            metadata=found if isinstance(found, dict) else None,
+            sent_at=sent_at,
+            final_at=final_at,
+        ),
+    )
 
 
 def public(row: Sequence[Any]) -> dict[str, Any]:
@@ -110,6 +168,18 @@ def page(rows: list[Any], limit: int) -> tuple[list[dict[str, Any]], int | None]
 
 def insert_push(conn: Any, row: Mapping[str, Any], mark: str = "?") -> None:
     conn.execute(marked(_INSERT, mark), [row[c] for c in PUSH_COLUMNS])
+
+
+def insert_change_pushes(
+    conn: Any,
+    rows: Sequence[tuple[Any, ...]],
+    mark: str = "?",
+) -> None:
+    """Insert change pushes, each (webhook_id, endpoint, type, message_pk, provider,
+    message_id, created_at, next_attempt_at, *CHANGE_COLUMNS, message_pk)."""
+    sql = marked(_INSERT_CHANGE, mark)
+    for row in rows:  # one per endpoint: usually one
+        conn.execute(sql, row)
 
 
 def message_metadata(conn: Any, pk: int, mark: str = "?") -> dict[str, Any] | None:

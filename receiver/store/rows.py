@@ -119,6 +119,7 @@ class OutboxStatements(Protocol):
     """A dialect's outbox module: the push rows the rules write, on the writer's connection."""
 
     def insert_push(self, conn: Any, row: Mapping[str, Any]) -> None: ...
+    def insert_change_pushes(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> None: ...
     def message_metadata(self, conn: Any, pk: int) -> dict[str, Any] | None: ...
 
 
@@ -143,6 +144,9 @@ class SqlRows(PartRows):
         raise NotImplementedError
 
     def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
         raise NotImplementedError
 
     def insert_event(
@@ -214,6 +218,9 @@ class SqlRows(PartRows):
     # The push outbox's statements are in the dialect's outbox.py.
     def insert_push(self, row: Mapping[str, Any]) -> None:
         self.outbox.insert_push(self.conn, row)
+
+    def insert_change_pushes(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.outbox.insert_change_pushes(self.conn, rows)
 
     def message_metadata(self, pk: int) -> dict[str, Any] | None:
         return self.outbox.message_metadata(self.conn, pk)

@@ -161,8 +161,23 @@ class RowAccess(Protocol):
         """Lease these messages to `owner`: poll_lease = owner, next_poll_at = until."""
         ...
 
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert registered messages (keys as insert_message's) in one go, every kept count
+        (status counts, send counts, the dashboard's rollups) added once for the batch exactly
+        as a row's insert adds to it; their primary keys, in order. A registered message is
+        not a change: nothing goes to the change log."""
+        ...
+
     def insert_push(self, row: Mapping[str, Any]) -> None:
         """Add a push to the outbox (keys: receiver.store.outbox.PUSH_COLUMNS)."""
+        ...
+
+    def insert_change_pushes(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Add pushes of changes to the outbox, each row (webhook_id, endpoint, type,
+        message_pk, provider, message_id, created_at, next_attempt_at, then the change's
+        facts: receiver.store.outbox.CHANGE_COLUMNS, then message_pk again: the app's
+        metadata is the message's, read by the insert). Their body is built from these
+        when it is read (outbox.body)."""
         ...
 
     def message_metadata(self, pk: int) -> dict[str, Any] | None:
@@ -325,7 +340,7 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
         new_status = new.status.value if new else Status.REGISTERED.value
         _event(rows, ev, pk, None, outcome, now)
         if new is not None and policy.push is not None:  # a change from nothing
-            _owe_change(rows, policy.push, pk, None, new, ev, ev.to_number, ev.account, now, None)
+            _owe_change(rows, policy.push, pk, None, new, ev, ev.to_number, ev.account, now)
         return Recorded(ev, outcome, None, new_status, created=True)
 
     return _decide(rows, current, ev, now, due, policy.push)
@@ -392,11 +407,7 @@ def apply(
     )
     if push is not None:
         status = current.state.status.value
-        # Only a registration gives a message metadata: no read for one a callback created.
-        metadata = _READ if current.registered else None
-        _owe_change(
-            rows, push, current.pk, status, new, ev, after.to_number, after.account, now, metadata
-        )
+        _owe_change(rows, push, current.pk, status, new, ev, after.to_number, after.account, now)
     return outcome, after
 
 
@@ -418,29 +429,63 @@ def _insert(
     next_poll_at: str | None = None,
 ) -> int:
     """Insert a message, registered or in `state` (the one its first event gave it)."""
-    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
     return rows.insert_message(
-        {
-            "provider": provider,
-            "message_id": message_id,
-            "account": account,
-            "status": state.status.value,
-            "provider_status": provider_status,
-            "error_code": error_code,
-            "to_number": to_number,
-            "from_number": from_number,
-            "metadata": metadata,
-            "registered": registered,
-            "is_final": state.final,
-            "final_via": state.final_via,
-            "created_at": now,
-            "updated_at": now,
-            "sent_at": state.sent_at,
-            "final_at": state.final_at,
-            "next_poll_at": None if state.final else next_poll_at,
-            **({"registered_sent_at": sent_at} if registered and sent_at else {}),
-        }
+        _message_row(
+            provider,
+            message_id,
+            now,
+            registered=registered,
+            to_number=to_number,
+            from_number=from_number,
+            account=account,
+            sent_at=sent_at,
+            metadata=metadata,
+            state=state,
+            provider_status=provider_status,
+            error_code=error_code,
+            next_poll_at=next_poll_at,
+        )
     )
+
+
+def _message_row(
+    provider: str,
+    message_id: str,
+    now: str,
+    *,
+    registered: bool,
+    to_number: str | None = None,
+    from_number: str | None = None,
+    account: str | None = None,
+    sent_at: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    state: MessageState | None = None,
+    provider_status: str | None = None,
+    error_code: str | None = None,
+    next_poll_at: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new message (see _insert)."""
+    state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
+    return {
+        "provider": provider,
+        "message_id": message_id,
+        "account": account,
+        "status": state.status.value,
+        "provider_status": provider_status,
+        "error_code": error_code,
+        "to_number": to_number,
+        "from_number": from_number,
+        "metadata": metadata,
+        "registered": registered,
+        "is_final": state.final,
+        "final_via": state.final_via,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": state.sent_at,
+        "final_at": state.final_at,
+        "next_poll_at": None if state.final else next_poll_at,
+        **({"registered_sent_at": sent_at} if registered and sent_at else {}),
+    }
 
 
 def _event(
@@ -602,23 +647,11 @@ def _insert_registered(
     rows: RowAccess, policy: Policy, reg: Registration, now: str, due: str
 ) -> Current:
     """Insert a registered message nothing was known of."""
-    # Due the grace after it was sent, when the app says it was sent earlier.
-    next_poll_at = min(due, policy.due_after(reg.provider, reg.sent_at))
-    pk = _insert(
-        rows,
-        reg.provider,
-        reg.message_id,
-        now,
-        registered=True,
-        to_number=reg.to_number,
-        from_number=reg.from_number,
-        account=reg.account,
-        sent_at=reg.sent_at,
-        metadata=reg.metadata or None,
-        next_poll_at=next_poll_at,
-    )
+    row = _registered_row(policy, reg, now, due)
+    pk = rows.insert_message(row)
     if reg.deadline is not None or reg.deadline_after is not None:
         rows.set_deadline(pk, deadline_at(reg, reg.sent_at, now))
+    next_poll_at = row["next_poll_at"]
     return Current(
         pk,
         MessageState(Status.REGISTERED, sent_at=reg.sent_at),
@@ -632,6 +665,23 @@ def _insert_registered(
     )
 
 
+def _registered_row(policy: Policy, reg: Registration, now: str, due: str) -> dict[str, Any]:
+    """The row of a registered message nothing was known of."""
+    return _message_row(
+        reg.provider,
+        reg.message_id,
+        now,
+        registered=True,
+        to_number=reg.to_number,
+        from_number=reg.from_number,
+        account=reg.account,
+        sent_at=reg.sent_at,
+        metadata=reg.metadata or None,
+        # Due the grace after it was sent, when the app says it was sent earlier.
+        next_poll_at=min(due, policy.due_after(reg.provider, reg.sent_at)),
+    )
+
+
 def register_batch(
     rows: RowAccess, policy: Policy, registrations: Sequence[Registration]
 ) -> list[Registered]:
@@ -639,7 +689,10 @@ def register_batch(
     write transaction is one moment, and a batch of 1,000 then reads the clock once.
 
     The ids nothing is known of (no message, no held event: rows.unseen, one read for the
-    batch) are inserted straight away, as register() would insert them, without a read each.
+    batch) are inserted as register() would insert them, without a read each, and together
+    (rows.insert_registered: one statement, the kept counts added once for them all). Those
+    waiting to be inserted are inserted before any other registration of the batch is
+    decided, so ids follow the batch's order and a second registration of one id finds it.
     """
     at: dict[str, tuple[str, str]] = {}
     fresh: dict[str, set[str]] = {}
@@ -648,6 +701,15 @@ def register_batch(
     for provider, ids in fresh.items():
         fresh[provider] = rows.unseen(provider, sorted(ids))
     results = []
+    waiting: list[tuple[Registration, dict[str, Any]]] = []
+
+    def insert_waiting() -> None:
+        pks = rows.insert_registered([row for _, row in waiting])
+        for (reg, row), pk in zip(waiting, pks, strict=True):
+            if reg.deadline is not None or reg.deadline_after is not None:
+                rows.set_deadline(pk, deadline_at(reg, reg.sent_at, row["created_at"]))
+        waiting.clear()
+
     for reg in registrations:
         when = at.get(reg.provider)
         if when is None:
@@ -655,23 +717,23 @@ def register_batch(
         unseen = fresh[reg.provider]
         if reg.parts:
             unseen.discard(reg.message_id)
+            if waiting:  # a part may be one of them (a conflict it must find)
+                insert_waiting()
             results.append(register_multipart(rows, policy, reg, when))
         elif reg.message_id in unseen:
             unseen.discard(reg.message_id)  # a second registration in the batch finds it
             now = when[0]
-            current = _insert_registered(rows, policy, reg, now, when[1])
+            waiting.append((reg, _registered_row(policy, reg, now, when[1])))
+            registered = Status.REGISTERED.value
             results.append(
-                Registered(
-                    reg.provider,
-                    reg.message_id,
-                    True,
-                    current.state.status.value,
-                    0,
-                    created_at=now,
-                )
+                Registered(reg.provider, reg.message_id, True, registered, 0, created_at=now)
             )
         else:
+            if waiting:
+                insert_waiting()
             results.append(register(rows, policy, reg, when))
+    if waiting:
+        insert_waiting()
     return results
 
 
@@ -826,8 +888,6 @@ def claim_due(
 
 # -- the push outbox ------------------------------------------------------------------------
 
-_READ = object()  # the message's metadata: read it from its row
-
 
 def owe_push(
     rows: RowAccess,
@@ -872,32 +932,29 @@ def _owe_change(
     to_number: str | None,
     account: str | None,
     now: str,
-    metadata: Any = _READ,
 ) -> None:
-    """A message.status_changed push for an applied change, if the policy's events take it."""
-    if push.events == "final" and not new.final:
+    """A message.status_changed push for an applied change, if the policy's events take it:
+    the change's facts, kept as they are now (its body is built from them when it is sent;
+    the app's metadata is the message's, read by the insert)."""
+    if (push.events == "final" and not new.final) or not push.endpoints:
         return
-    owe_push(
-        rows,
-        push,
-        payload.STATUS_CHANGED,
-        payload.message_data(
-            provider=ev.provider,
-            message_id=ev.message_id,
-            status=new.status.value,
-            previous_status=previous,
-            provider_status=ev.provider_status,
-            error_code=ev.error_code,
-            final=new.final,
-            final_via=new.final_via,
-            to=to_number,
-            account=account,
-            metadata=rows.message_metadata(pk) if metadata is _READ else metadata,
-            sent_at=new.sent_at,
-            final_at=new.final_at,
-        ),
-        message_pk=pk,
-        now=now,
+    facts = (
+        new.status.value,
+        previous,
+        ev.provider_status,
+        ev.error_code,
+        new.final_via,
+        to_number,
+        account,
+        new.sent_at,
+        new.final_at,
+    )
+    kind, provider, message_id = payload.STATUS_CHANGED, ev.provider, ev.message_id
+    rows.insert_change_pushes(
+        [
+            (payload.new_webhook_id(), url, kind, pk, provider, message_id, now, now, *facts, pk)
+            for url in push.endpoints
+        ]
     )
 
 

@@ -34,6 +34,10 @@ def insert_push(conn: Conn, row: Any) -> None:
     outbox.insert_push(conn, row, MARK)
 
 
+def insert_change_pushes(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
+    outbox.insert_change_pushes(conn, rows, MARK)
+
+
 def message_metadata(conn: Conn, pk: int) -> dict[str, Any] | None:
     return outbox.message_metadata(conn, pk, MARK)
 
@@ -90,7 +94,7 @@ async def list_pushes(
 async def get_push(conn: AsyncConn, webhook_id: str) -> dict[str, Any] | None:
     rows = await _all(
         conn,
-        f"SELECT {outbox.PUBLIC_COLUMNS}, payload FROM pushes WHERE webhook_id = ?",
+        f"SELECT {outbox.PUBLIC_COLUMNS}, {outbox.BODY_COLUMNS} FROM pushes WHERE webhook_id = ?",
         (webhook_id,),
     )
     if not rows:
@@ -103,7 +107,7 @@ async def get_push(conn: AsyncConn, webhook_id: str) -> dict[str, Any] | None:
     )
     return {
         **outbox.public(row),
-        "payload": row[13],
+        "payload": outbox.body(row[13:]),
         "attempts": list(map(outbox.attempt, attempts)),
     }
 

@@ -116,3 +116,29 @@ class PgRows(SqlRows):
         columns = _checked(changes)
         values = [_column_value(c, changes[c]) for c in columns]
         self.conn.execute(_update_sql(columns), [*values, pk])
+
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        # One INSERT for the batch: its rows are counted once, from the statement's transition
+        # table (migration 0012).
+        if not rows:
+            return []
+        columns = tuple(dict.fromkeys(c for row in rows for c in row))
+        unknown = set(columns) - MESSAGE_COLUMNS
+        if unknown:
+            raise ValueError(f"not columns of messages: {sorted(unknown)}")
+        records = [{c: _column_value(c, row.get(c)) for c in columns} for row in rows]
+        found = self.conn.execute(
+            _bulk_insert_sql(columns), (json.dumps(records, separators=(",", ":")),)
+        ).fetchall()
+        ids = {(provider, message_id): pk for pk, provider, message_id in found}
+        return [ids[(row["provider"], row["message_id"])] for row in rows]
+
+
+@cache
+def _bulk_insert_sql(columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    return (
+        f"INSERT INTO messages ({names}) SELECT {names} "
+        "FROM json_populate_recordset(NULL::messages, %s::json) "
+        "RETURNING id, provider, message_id"
+    )

@@ -16,6 +16,7 @@ from receiver.store import outbox
 from receiver.store.base import PushJob
 
 insert_push = outbox.insert_push
+insert_change_pushes = outbox.insert_change_pushes
 message_metadata = outbox.message_metadata
 
 
@@ -42,7 +43,7 @@ def claim(
         "UPDATE pushes SET lease_owner = ?, lease_until = ? WHERE id = ?",
         [(owner, lease_until, row[0]) for row in rows],
     )
-    return [outbox.job((*tuple(row)[:6], owner)) for row in rows]
+    return [outbox.job((*tuple(row)[:5], owner, *tuple(row)[6:])) for row in rows]
 
 
 def release(conn: sqlite3.Connection, dead: Callable[[str], bool]) -> int:
@@ -80,7 +81,8 @@ def list_pushes(
 
 def get_push(conn: sqlite3.Connection, webhook_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        f"SELECT {outbox.PUBLIC_COLUMNS}, payload FROM pushes WHERE webhook_id = ?", (webhook_id,)
+        f"SELECT {outbox.PUBLIC_COLUMNS}, {outbox.BODY_COLUMNS} FROM pushes WHERE webhook_id = ?",
+        (webhook_id,),
     ).fetchone()
     if row is None:
         return None
@@ -90,7 +92,7 @@ def get_push(conn: sqlite3.Connection, webhook_id: str) -> dict[str, Any] | None
     ).fetchall()
     return {
         **outbox.public(row),
-        "payload": row[13],
+        "payload": outbox.body(row[13:]),
         "attempts": list(map(outbox.attempt, attempts)),
     }
 

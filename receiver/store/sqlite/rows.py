@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store import rules
 from receiver.store.rows import SqlRows
-from receiver.store.sqlite import outbox, pollqueue
+from receiver.store.sqlite import bulk, outbox, pollqueue
 
 _CURRENT_COLUMNS = (
     "id, status, sent_at, final_at, final_via, provider_status, account, to_number, "
@@ -108,3 +108,17 @@ class SQLiteRows(SqlRows):
 
     def update_message(self, pk: int, changes: Mapping[str, Any]) -> None:
         self.conn.execute(_update_sql(tuple(changes)), [*_values(changes), pk])
+
+    def insert_registered(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        columns = _columns(rows)
+        ids = bulk.insert_registered(self.conn, columns, [bulk.values(r, columns) for r in rows])
+        return [ids[(row["provider"], row["message_id"])] for row in rows]
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Every column any of the rows sets, checked."""
+    columns = tuple(dict.fromkeys(c for row in rows for c in row))
+    unknown = set(columns) - rules.MESSAGE_COLUMNS
+    if unknown:
+        raise ValueError(f"not a column the rules write: {sorted(unknown)}")
+    return columns
