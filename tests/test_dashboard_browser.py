@@ -52,6 +52,12 @@ if _missing() is None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+# A page a click or a submit leads to: loaded within this, however busy the machine.
+PAGE_DEADLINE = 60.0
 
 
 @dataclass
@@ -152,6 +158,21 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
+def _follow(driver: WebDriver, element: WebElement, submit: bool = False) -> None:
+    """Click a link or button (or submit a form) and wait until the page it leads to has
+    replaced this one: a click returns once sent, and the old page's elements would answer
+    (or go stale under) the next lookups."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    if submit:
+        element.submit()
+    else:
+        element.click()
+    WebDriverWait(driver, PAGE_DEADLINE).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, PAGE_DEADLINE).until(
+        expected_conditions.presence_of_element_located((By.TAG_NAME, "main"))
+    )
+
+
 def _text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
@@ -161,7 +182,7 @@ def _log_in(driver: WebDriver, stack: Stack, token: str = TOKEN) -> None:
     driver.get(stack.receiver.base_url + "/dashboard")
     assert urlparse(driver.current_url).path == "/dashboard/login"
     driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.ID, "login").click()
+    _follow(driver, driver.find_element(By.ID, "login"))
 
 
 def _query(driver: WebDriver) -> dict[str, str]:
@@ -200,7 +221,7 @@ def test_open_a_message_from_the_failures_list_and_see_its_timeline(
     links = browser.find_elements(By.CSS_SELECTOR, "#failures a.message-link")
     assert links, "the failures list is empty"
     message_id = links[0].text
-    links[0].click()
+    _follow(browser, links[0])
     assert _text(browser, "message-id") == message_id
     provider = urlparse(browser.current_url).path.split("/")[3]
     history = stack.api(f"/v1/messages/{message_id}/events", provider=provider)
@@ -212,14 +233,14 @@ def test_open_a_message_from_the_failures_list_and_see_its_timeline(
 
 def test_switch_provider_and_window(stack: Stack, browser: WebDriver) -> None:
     _log_in(browser, stack)
-    browser.find_element(By.CSS_SELECTOR, 'a.provider[data-provider="mesms"]').click()
+    _follow(browser, browser.find_element(By.CSS_SELECTOR, 'a.provider[data-provider="mesms"]'))
     assert _query(browser) == {"window": "24h", "provider": "mesms"}
     assert _text(browser, "chosen-provider") == "mesms"
     since = browser.find_element(By.ID, "since").get_attribute("datetime")
     stats = stack.api("/v1/stats", since=str(since), provider="mesms")
     assert _text(browser, "total") == str(stats["total"]) == str(PROVIDERS["mesms"])
     assert _text(browser, "delivery-rate") == rate(stats["delivery_rate"])
-    browser.find_element(By.CSS_SELECTOR, 'a.window[data-window="1h"]').click()
+    _follow(browser, browser.find_element(By.CSS_SELECTOR, 'a.window[data-window="1h"]'))
     assert _query(browser) == {"window": "1h", "provider": "mesms"}
     chosen = browser.find_element(By.CSS_SELECTOR, "a.window.chosen")
     assert chosen.get_attribute("data-window") == "1h"
@@ -232,7 +253,7 @@ def test_a_message_id_holding_script_is_shown_as_text(stack: Stack, browser: Web
     _log_in(browser, stack)
     search = browser.find_element(By.NAME, "q")
     search.send_keys(SCRIPT_ID)
-    search.submit()
+    _follow(browser, search, submit=True)
     assert _text(browser, "message-id") == SCRIPT_ID
     assert browser.find_elements(By.TAG_NAME, "script") == []
     assert "<script>" in browser.title
