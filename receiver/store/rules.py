@@ -323,19 +323,20 @@ def record(rows: RowAccess, policy: Policy, ev: StatusEvent) -> Recorded:
         # A new message is inserted in the state the event gives it (one write rather than an
         # insert and an update), decided exactly as for a registered one.
         outcome, new = engine.apply_event(MessageState(Status.REGISTERED), ev, now)
-        pk = _insert(
-            rows,
-            ev.provider,
-            ev.message_id,
-            now,
-            registered=False,
-            to_number=ev.to_number,
-            from_number=ev.from_number,
-            account=ev.account,
-            state=new,
-            provider_status=ev.provider_status if new else None,
-            error_code=ev.error_code if new else None,
-            next_poll_at=due,
+        pk = rows.insert_message(
+            _message_row(
+                ev.provider,
+                ev.message_id,
+                now,
+                registered=False,
+                to_number=ev.to_number,
+                from_number=ev.from_number,
+                account=ev.account,
+                state=new,
+                provider_status=ev.provider_status if new else None,
+                error_code=ev.error_code if new else None,
+                next_poll_at=due,
+            )
         )
         new_status = new.status.value if new else Status.REGISTERED.value
         _event(rows, ev, pk, None, outcome, now)
@@ -411,43 +412,6 @@ def apply(
     return outcome, after
 
 
-def _insert(
-    rows: RowAccess,
-    provider: str,
-    message_id: str,
-    now: str,
-    *,
-    registered: bool,
-    to_number: str | None = None,
-    from_number: str | None = None,
-    account: str | None = None,
-    sent_at: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    state: MessageState | None = None,
-    provider_status: str | None = None,
-    error_code: str | None = None,
-    next_poll_at: str | None = None,
-) -> int:
-    """Insert a message, registered or in `state` (the one its first event gave it)."""
-    return rows.insert_message(
-        _message_row(
-            provider,
-            message_id,
-            now,
-            registered=registered,
-            to_number=to_number,
-            from_number=from_number,
-            account=account,
-            sent_at=sent_at,
-            metadata=metadata,
-            state=state,
-            provider_status=provider_status,
-            error_code=error_code,
-            next_poll_at=next_poll_at,
-        )
-    )
-
-
 def _message_row(
     provider: str,
     message_id: str,
@@ -464,7 +428,8 @@ def _message_row(
     error_code: str | None = None,
     next_poll_at: str | None = None,
 ) -> dict[str, Any]:
-    """The columns of a new message (see _insert)."""
+    """The columns of a new message, registered or in `state` (the one its first event gave
+    it)."""
     state = state or MessageState(Status.REGISTERED, sent_at=sent_at)
     return {
         "provider": provider,

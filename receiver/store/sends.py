@@ -305,18 +305,19 @@ def _learn(
         return after._replace(next_poll_at=None)
     # One insert in the state the event gives it, as a callback creates a message.
     outcome, new = engine.apply_event(MessageState(Status.REGISTERED), ev, now)
-    pk = rules._insert(
-        rows,
-        ev.provider,
-        ev.message_id,
-        now,
-        registered=True,
-        to_number=ev.to_number,
-        account=ev.account,
-        state=new,
-        provider_status=ev.provider_status,
-        error_code=ev.error_code if new else None,
-        next_poll_at=None,
+    pk = rows.insert_message(
+        rules._message_row(
+            ev.provider,
+            ev.message_id,
+            now,
+            registered=True,
+            to_number=ev.to_number,
+            account=ev.account,
+            state=new,
+            provider_status=ev.provider_status,
+            error_code=ev.error_code if new else None,
+            next_poll_at=None,
+        )
     )
     rules._event(rows, ev, pk, Status.REGISTERED.value, outcome, now)
     state = new or MessageState(Status.REGISTERED)
