@@ -224,6 +224,16 @@ _MESSAGE_ID = {
 _SINCE = _query("since", {"type": "string"}, "ISO 8601 time or date (inclusive), on created_at")
 _UNTIL = _query("until", {"type": "string"}, "ISO 8601 time or date (exclusive), on created_at")
 _BAD_QUERY = _error("bad query", "invalid_parameter", "unknown_parameter")
+_BAD_PAGE_QUERY = _error("bad query", "invalid_parameter", "unknown_parameter", "invalid_cursor")
+# A keyset-paginated list's parameters (messages, pushes).
+_PAGE = [
+    _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": messages.MAX_LIMIT},
+        f"page size (default {messages.DEFAULT_LIMIT})",
+    ),
+    _query("cursor", {"type": "string"}, "a next_cursor from an earlier page"),
+]
 _UNAVAILABLE = _error("the database cannot answer now; retry", "store_unavailable")
 # The query API's access errors (see README "Auth").
 _GUARDED = {
@@ -292,18 +302,11 @@ def _operations(providers: list[str], webhooks: list[str]) -> dict[tuple[str, st
             "security": _API_SECURITY,
             "parameters": [
                 *filters,
-                _query(
-                    "limit",
-                    {"type": "integer", "minimum": 1, "maximum": messages.MAX_LIMIT},
-                    f"page size (default {messages.DEFAULT_LIMIT})",
-                ),
-                _query("cursor", {"type": "string"}, "a next_cursor from an earlier page"),
+                *_PAGE,
             ],
             "responses": {
                 "200": _json(_ref("MessagePage"), "one page"),
-                "400": _error(
-                    "bad query", "invalid_parameter", "unknown_parameter", "invalid_cursor"
-                ),
+                "400": _BAD_PAGE_QUERY,
                 **_GUARDED,
             },
         },
@@ -677,18 +680,11 @@ def _push_operations() -> dict[tuple[str, str], Schema]:
             "parameters": [
                 _query("status", {"enum": _PUSH_STATUSES}, "the push's status"),
                 _query("since", {"type": "string"}, "ISO 8601 time or date, on created_at"),
-                _query(
-                    "limit",
-                    {"type": "integer", "minimum": 1, "maximum": messages.MAX_LIMIT},
-                    f"page size (default {messages.DEFAULT_LIMIT})",
-                ),
-                _query("cursor", {"type": "string"}, "a next_cursor from an earlier page"),
+                *_PAGE,
             ],
             "responses": {
                 "200": _json(_ref("PushPage"), "one page"),
-                "400": _error(
-                    "bad query", "invalid_parameter", "unknown_parameter", "invalid_cursor"
-                ),
+                "400": _BAD_PAGE_QUERY,
                 **_GUARDED,
             },
         },
