@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from stores import StoreFactory
 from support import AppServer, LiveServer, assert_error, events, make_settings, message, wait_until
 
 from receiver import engine, ledger
-from receiver.engine import Status, StatusEvent
+from receiver.engine import Status, StatusEvent, format_time
 from receiver.simulator.app import create_simulator
 from receiver.simulator.client import SimulatorClient
 from receiver.simulator.config import Accounts, SimConfig
 from receiver.store import Registration, Store
+from receiver.store.base import PollDone
 
 ACCOUNTS = Accounts()
 BIN = Path(sys.executable).parent / "receiver"
@@ -273,11 +275,6 @@ def test_two_instances_folding_one_messages_parts_at_once_agree(
 def test_polling_asks_about_the_parts_still_pending_and_settles_the_message_once(
     store_factory: StoreFactory, run: Run
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from receiver.engine import format_time
-    from receiver.store.base import PollDone
-
     s = store_factory()
     run(s.register([multipart(), Registration("telecom23", "single")]))
     run(s.record([event("p2", S.DELIVERED)]))
@@ -685,11 +682,6 @@ def test_an_early_dlr_under_the_first_parts_id_becomes_that_parts(
 def test_polling_a_message_under_its_first_parts_id_asks_its_parts_and_settles_it_once(
     store_factory: StoreFactory, run: Run
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from receiver.engine import format_time
-    from receiver.store.base import PollDone
-
     s = store_factory()
     run(s.register([multipart("id-1", FIRST)]))
     run(s.record([event("id-3", S.DELIVERED)]))
