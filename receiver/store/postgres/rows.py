@@ -18,6 +18,7 @@ import psycopg
 
 from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store.postgres import outbox, pollqueue
+from receiver.store.postgres.connection import escape
 from receiver.store.rows import SqlRows
 from receiver.store.rules import MESSAGE_COLUMNS, Current
 
@@ -56,6 +57,13 @@ def _column_value(name: str, value: Any) -> Any:
     if name == "metadata" and value is not None and not isinstance(value, str):
         return json.dumps(value, separators=(",", ":"))
     return value
+
+
+def _record_value(name: str, value: Any) -> Any:
+    """A column's value inside the bulk INSERT's JSON, whose text skips the connection's NUL
+    escape: escaped here instead (JSON's \\u0000 is not text PostgreSQL takes)."""
+    value = _column_value(name, value)
+    return escape(value) if isinstance(value, str) else value
 
 
 @cache
@@ -126,7 +134,7 @@ class PgRows(SqlRows):
         unknown = set(columns) - MESSAGE_COLUMNS
         if unknown:
             raise ValueError(f"not columns of messages: {sorted(unknown)}")
-        records = [{c: _column_value(c, row.get(c)) for c in columns} for row in rows]
+        records = [{c: _record_value(c, row.get(c)) for c in columns} for row in rows]
         found = self.conn.execute(
             _bulk_insert_sql(columns), (json.dumps(records, separators=(",", ":")),)
         ).fetchall()

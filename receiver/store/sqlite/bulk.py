@@ -58,6 +58,13 @@ def _insert_sql(columns: Sequence[str]) -> str:
     )
 
 
+def _insert_one_sql(columns: Sequence[str]) -> str:
+    return (
+        f"INSERT INTO messages ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        "RETURNING id, provider, message_id"
+    )
+
+
 def insert_registered(
     conn: sqlite3.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> dict[tuple[str, str], int]:
@@ -65,11 +72,19 @@ def insert_registered(
     statement and count them in; each one's id by (provider, message_id)."""
     if not rows:
         return {}
+    # SQLite's JSON functions end a string at an escaped NUL, which a stored id may hold (the
+    # store keeps NUL): such rows go in one by one, still counted with the rest.
+    plain: list[Sequence[Any]] = []
+    odd: list[Sequence[Any]] = []
+    for row in rows:
+        (odd if any(isinstance(v, str) and "\x00" in v for v in row) else plain).append(row)
     conn.execute("INSERT INTO bulk_insert (one) VALUES (1)")
     try:
         found = conn.execute(
-            _insert_sql(columns), (json.dumps(rows, separators=(",", ":")),)
+            _insert_sql(columns), (json.dumps(plain, separators=(",", ":")),)
         ).fetchall()
+        one = _insert_one_sql(columns)
+        found += [conn.execute(one, row).fetchone() for row in odd]
     finally:
         conn.execute("DELETE FROM bulk_insert")
     ids = {(row[1], row[2]): row[0] for row in found}
