@@ -33,26 +33,19 @@ from harness import free_port, receiver_command, receiver_env, start, stop
 
 from receiver.dashboard.figures import WINDOWS as WINDOWS_BY_NAME
 from receiver.dashboard.figures import window_start
-from receiver.store.sqlite import connect
-from receiver.store.sqlite.schema import (
-    DASHBOARD_TRIGGERS,
-    count_dashboard_rollups,
-    create_dashboard_triggers,
-)
+from receiver.store.sqlite import connect, counts
 
 WINDOWS = ("1h", "24h", "7d", "30d")
 BUDGET_MS = 300.0
 
 
 def spread_over_a_month(path: Path, count: int) -> float:
-    """Rewrite the filled rows into the `month` shape; seconds taken. The dashboard's triggers
-    are dropped meanwhile and its counts made afresh after, as the migration makes them."""
+    """Rewrite the filled rows into the `month` shape; seconds taken. The kept counts are made
+    afresh after, from the rewritten rows."""
     started = time.perf_counter()
     conn = connect(str(path))
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
-    for name in DASHBOARD_TRIGGERS:
-        conn.execute(f"DROP TRIGGER {name}")
     now = datetime.now(UTC).timestamp() / 86400 + 2440587.5
     stamp = "strftime('%Y-%m-%dT%H:%M:%fZ', {})"
     # Oldest first, as ids grow in service; the newest a minute ago.
@@ -69,8 +62,7 @@ def spread_over_a_month(path: Path, count: int) -> float:
         "WHEN 1 THEN '30005' ELSE '30007' END END, "
         "final_via = CASE WHEN id % 7 = 0 THEN 'poll' ELSE 'callback' END"
     )
-    count_dashboard_rollups(conn)
-    create_dashboard_triggers(conn)
+    counts.recount(conn)
     conn.execute("COMMIT")
     conn.close()
     return time.perf_counter() - started

@@ -35,7 +35,7 @@ from harness import (
     twilio_params,
 )
 
-from receiver.store.sqlite import bulk, connect, schema
+from receiver.store.sqlite import connect, counts, schema
 
 MULTIPLIER = 2_654_435_761  # odd, so i -> i * MULTIPLIER mod 2**32 is a bijection
 SUFFIX = "b0a710ad" * 3  # marks a filled (backlog) message: no generated callback ends so
@@ -183,8 +183,6 @@ def fill(
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -1000000")  # KiB: the indexes stay in memory
     conn.execute("BEGIN")
-    # The insert triggers leave the kept counts to bulk.count_in_all (migration 0012).
-    conn.execute("INSERT INTO bulk_insert (one) VALUES (1)")
     indexes = []
     if indexes_last:
         indexes = conn.execute(
@@ -216,8 +214,7 @@ def fill(
             f"SELECT k + 1, {', '.join(expressions)} FROM ({source})",
             params,
         )
-    conn.execute("DELETE FROM bulk_insert")
-    bulk.count_in_all(conn)  # the kept counts, once for all the clones
+    counts.fold(conn)  # the kept counts, once for all the clones (no trigger counts inserts)
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")

@@ -65,6 +65,7 @@ def test_startup_is_one_summary_with_the_callback_urls_to_paste_into_each_provid
             "0012_bulk_registration",
             "0013_message_parts",
             "0015_part_events",
+            "0016_counted_per_batch",
         ],
         "providers_configured": ["twilio"],
         "providers_not_configured": ["telecom23", "mesms", "standard"],

@@ -38,12 +38,12 @@ def test_migrate_creates_the_database_and_is_repeatable(tmp_path: Path) -> None:
     db = tmp_path / "data" / "r.db"
     first = run(str(BIN), "migrate", env={"RECEIVER_DATABASE": str(db)})
     second = run(str(BIN), "migrate", env={"RECEIVER_DATABASE": str(db)})
-    assert first.returncode == 0 and "applied 13 migration(s): 0001_messages_and_events" in (
+    assert first.returncode == 0 and "applied 14 migration(s): 0001_messages_and_events" in (
         first.stdout
     )
     assert second.returncode == 0 and "up to date" in second.stdout
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 13
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 14
 
 
 def test_a_bad_setting_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:

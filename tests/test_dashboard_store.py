@@ -167,6 +167,7 @@ def test_an_upgrade_counts_the_messages_already_there(tmp_path: Path) -> None:
         "0012_bulk_registration",
         "0013_message_parts",
         "0015_part_events",
+        "0016_counted_per_batch",
     ]
 
     async def both() -> tuple[dict[str, Any], dict[str, Any]]:

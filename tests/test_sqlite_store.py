@@ -33,6 +33,7 @@ MIGRATIONS = [
     "0012_bulk_registration",
     "0013_message_parts",
     "0015_part_events",
+    "0016_counted_per_batch",
 ]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -223,6 +224,7 @@ def test_an_upgrade_puts_waiting_messages_in_the_queue_and_uses_its_index(
         "0012_bulk_registration",
         "0013_message_parts",
         "0015_part_events",
+        "0016_counted_per_batch",
     ]
     assert column(s, "waiting", "next_poll_at") == at(10)  # due at once: it waited already
     assert column(s, "done", "next_poll_at") is None

@@ -101,6 +101,7 @@ class Transactions:
         except _JobFailed:
             conn.execute("ROLLBACK")  # to be redone; any other error leaves it to the writer
             raise
+        self.before_commit(conn)
         conn.execute("COMMIT")
 
     @contextlib.contextmanager
@@ -117,6 +118,9 @@ class Transactions:
 
     def before_batch(self, conn: Any, locks: Sequence[str]) -> None:
         """Run first in each run of a batch, with the lock keys its jobs named (sorted)."""
+
+    def before_commit(self, conn: Any) -> None:
+        """Run last in each run of a batch, after its jobs, in its transaction."""
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether the batch may succeed if run again whole (nothing of it was kept)."""

@@ -29,6 +29,7 @@ from receiver.store.base import BackupInfo, CommitObserver, StoreUnavailable
 from receiver.store.facade import RulesStore
 from receiver.store.sqlite import (
     changelog,
+    counts,
     dashboard,
     ledger,
     maintenance,
@@ -37,7 +38,7 @@ from receiver.store.sqlite import (
     schema,
     sends,
 )
-from receiver.store.sqlite.connection import TRANSACTIONS, connect
+from receiver.store.sqlite.connection import connect
 from receiver.store.sqlite.rows import SQLiteRows
 from receiver.store.writer import Writer
 
@@ -105,7 +106,9 @@ class SQLiteStore(RulesStore[SQLiteRows]):
 
     async def open(self, on_commit: CommitObserver | None = None) -> list[str]:
         applied = await asyncio.to_thread(self.migrate)
-        self._writer = Writer(self._connect, transactions=TRANSACTIONS, on_commit=on_commit)
+        self._writer = Writer(
+            self._connect, transactions=counts.STORE_TRANSACTIONS, on_commit=on_commit
+        )
         self._writer.start()
         self._readers = ThreadPoolExecutor(self._reader_count, thread_name_prefix="receiver-read")
         return applied

@@ -556,6 +556,56 @@ def _part_events(db: Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN is_part INTEGER")
 
 
+# What every kept count reads of a message (receiver.store.sqlite.counts).
+COUNTED = (
+    "provider",
+    "message_id",
+    "status",
+    "created_at",
+    "final_via",
+    "error_code",
+    "is_final",
+    "sent_at",
+    "final_at",
+)
+_COUNT_TRIGGERS = (
+    "messages_counted_in",
+    "messages_counted_out",
+    "messages_recounted",
+    "sends_counted_in",
+    "sends_counted_out",
+    "sends_recounted",
+    *DASHBOARD_TRIGGERS,
+)
+
+
+@migrations(name="0016_counted_per_batch")
+def _counted_per_batch(db: Database) -> None:
+    # The kept counts are brought level once per write batch (receiver.store.sqlite.counts):
+    # nine triggers doing up to ten upserts per row become two that note a message changed or
+    # deleted, as the counts hold it; an inserted one is known by its id, above
+    # `counted_through`. The counts themselves stay as they are.
+    columns = ", ".join(COUNTED)
+    db.execute(f"CREATE TABLE pending_counts (id INTEGER PRIMARY KEY, {columns})")
+    db.execute("CREATE TABLE counted_through (one INTEGER PRIMARY KEY CHECK (one = 1), id INTEGER)")
+    db.execute("INSERT INTO counted_through (one, id) SELECT 1, max(id) FROM messages")
+    for name in _COUNT_TRIGGERS:
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("DROP TABLE bulk_insert")  # no insert trigger left to skip
+    # OR IGNORE: a message noted already keeps its first note (the state the counts hold).
+    noted = (
+        f"INSERT OR IGNORE INTO pending_counts (id, {columns}) "
+        f"VALUES (OLD.id, {', '.join(f'OLD.{c}' for c in COUNTED)});"
+    )
+    db.execute(f"CREATE TRIGGER messages_counted_out AFTER DELETE ON messages BEGIN {noted} END")
+    recounted = [c for c in COUNTED if c not in ("provider", "message_id", "created_at")]
+    db.execute(
+        f"CREATE TRIGGER messages_recounted AFTER UPDATE OF {', '.join(recounted)} "
+        f"ON messages WHEN {' OR '.join(f'OLD.{c} IS NOT NEW.{c}' for c in recounted)} "
+        f"BEGIN {noted} END"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations in one write transaction; return the names applied.
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from receiver.store.rows import SEND_NAMES, SqlSends, send_dict
 from receiver.store.sends import summary
+from receiver.store.sqlite import counts as kept_counts
 
 _COLUMNS = ", ".join(SEND_NAMES)
 
@@ -17,6 +18,7 @@ class Access(SqlSends):
     """receiver.store.sends.SendAccess on the writer's connection (SQL: receiver.store.rows)."""
 
     def counts(self, uuid: str) -> dict[str, int]:
+        kept_counts.fold(self.conn)  # this batch's changes so far, counted
         return counts(self.conn, uuid)
 
 
