@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 
 from starlette.requests import Request
@@ -11,7 +12,10 @@ from receiver.api.origin import client_ip, is_loopback
 from receiver.settings import Settings
 
 # Headers that proxies add; their presence means the peer address is not the client's.
-_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+_PROXY_HEADERS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip"))
+
+# The same few peer addresses come request after request: each is parsed once, not per request.
+_is_loopback = functools.lru_cache(maxsize=1024)(is_loopback)
 
 
 def require_api_access(request: Request) -> None:
@@ -21,14 +25,17 @@ def require_api_access(request: Request) -> None:
         # A proxy on this host makes every client look like loopback. Unless forwarded headers
         # are trusted (and then the proxy's own hop decides), a forwarded request is a remote
         # one, whatever the peer address says.
-        if not settings.trust_forwarded and any(h in request.headers for h in _PROXY_HEADERS):
+        # ASGI header names are lowercase: one pass over the raw list, no Headers lookups.
+        if not settings.trust_forwarded and any(
+            name in _PROXY_HEADERS for name, _ in request.scope["headers"]
+        ):
             raise ApiError(
                 403,
                 "loopback_only",
                 "this request came through a proxy and RECEIVER_API_TOKEN is not set; "
                 "set the token (or RECEIVER_TRUST_FORWARDED=on behind a trusted proxy)",
             )
-        if not is_loopback(client_ip(request, settings)):
+        if not _is_loopback(client_ip(request, settings)):
             raise ApiError(
                 403,
                 "loopback_only",

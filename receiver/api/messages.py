@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from receiver.api import realtime as realtime_api
-from receiver.api.answer import answer
+from receiver.api.answer import answer, plain_asgi
 from receiver.api.auth import require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
@@ -212,6 +212,7 @@ async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, 
     return matches[0]
 
 
+@plain_asgi  # the read that takes most of the API's traffic
 async def get_message(request: Request) -> Response:
     if "wait" not in request.query_params and "until" not in request.query_params:
         return answer(await _one_message(request))

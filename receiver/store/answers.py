@@ -137,13 +137,22 @@ def filter_sql(f: MessageFilter, mark: str = "?") -> tuple[list[str], list[Any]]
 
 
 def messages_sql(message_id: str, provider: str | None, mark: str = "?") -> tuple[str, list[Any]]:
-    """A message id's rows (one per provider), in insertion order."""
+    """A message id's rows (one per provider), in no order: messages() puts them in order."""
     sql = f"SELECT {MESSAGE_SELECT} FROM messages WHERE message_id = {mark}"
     params: list[Any] = [message_id]
     if provider is not None:
         sql += f" AND provider = {mark}"
         params.append(provider)
-    return sql + " ORDER BY id LIMIT 10", params
+    # No ORDER BY: SQLite would build a temporary b-tree on every lookup to sort the one row
+    # nearly every lookup finds. The unique (message_id, provider) index: one row a provider.
+    return sql + " LIMIT 10", params
+
+
+def messages(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The rows of messages_sql as the API's dicts, in insertion order."""
+    if len(rows) > 1:
+        rows = sorted(rows, key=lambda r: r["id"])
+    return [message_dict(r) for r in rows]
 
 
 def events_sql(mark: str = "?") -> str:

@@ -40,7 +40,7 @@ async def _all(conn: Conn, sql: str, params: Sequence[Any] = ()) -> list[tuple[A
 
 async def get_messages(conn: Conn, message_id: str, provider: str | None) -> list[dict[str, Any]]:
     sql, params = answers.messages_sql(message_id, provider, MARK)
-    return [answers.message_dict(r) for r in await _dicts(await conn.execute(sql, params))]
+    return answers.messages(await _dicts(await conn.execute(sql, params)))
 
 
 async def get_events(conn: Conn, provider: str, message_id: str) -> list[dict[str, Any]]:

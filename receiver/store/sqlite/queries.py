@@ -20,7 +20,7 @@ def get_messages(
     conn: sqlite3.Connection, message_id: str, provider: str | None
 ) -> list[dict[str, Any]]:
     sql, params = answers.messages_sql(message_id, provider)
-    return [answers.message_dict(r) for r in conn.execute(sql, params)]
+    return answers.messages(conn.execute(sql, params).fetchall())
 
 
 def get_events(conn: sqlite3.Connection, provider: str, message_id: str) -> list[dict[str, Any]]:
