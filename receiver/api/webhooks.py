@@ -10,12 +10,11 @@ from __future__ import annotations
 import time
 
 import structlog
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
-from receiver.api.body import read_limited
+from receiver.api.body import read_body
 from receiver.api.errors import error_response
 from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
@@ -29,25 +28,27 @@ from receiver.store import Store
 log = structlog.get_logger("receiver.webhook")
 
 
-async def receive_callback(request: Request, provider_name: str) -> Response | None:
+async def receive_callback(scope: Scope, receive: Receive, provider_name: str) -> Response | None:
     """The error response, or None once every event is committed (then the answer is 204)."""
     started = time.perf_counter()
-    settings: Settings = request.state.settings
-    provider: Provider = request.state.providers[provider_name]
-    store: Store = request.state.store
-    metrics: Metrics = request.state.metrics
+    # The lifespan's state, read from the scope: no Request and State objects per callback.
+    state = scope["state"]
+    settings: Settings = state["settings"]
+    provider: Provider = state["providers"][provider_name]
+    store: Store = state["store"]
+    metrics: Metrics = state["metrics"]
     structlog.contextvars.bind_contextvars(provider=provider_name)
-    url = external_url(request, settings)
-    client_host = client_ip(request, settings)
+    headers = _headers(scope)
+    path_params: dict[str, str] = scope.get("path_params", {})
+    url = external_url(scope, headers, settings)
+    client_host = client_ip(scope, settings)
     try:
-        body = await read_limited(request, settings.max_body)
+        body = await read_body(receive, headers.get("content-length", ""), settings.max_body)
         if body is None:
             raise CallbackRejected(
                 413, "body_too_large", f"the body is larger than {settings.max_body} bytes"
             )
-        inbound = InboundRequest(
-            request.method, url, _headers(request.scope), body, client_host, request.path_params
-        )
+        inbound = InboundRequest(scope["method"], url, headers, body, client_host, path_params)
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
         metrics.rejected(provider_name, exc.status, exc.error_code)
@@ -56,7 +57,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response | N
             status=exc.status,
             error_code=exc.error_code,
             reason=exc.message,
-            url=redact_token(url, request.path_params.get("token")),
+            url=redact_token(url, path_params.get("token")),
             client=client_host,
         )
         return error_response(exc.status, exc.error_code, exc.message)
@@ -100,8 +101,9 @@ class Endpoint:
     """A provider's callback endpoint as a plain ASGI app, bound to its adapter.
 
     Starlette wraps a request-response function in a second layer of exception handling and
-    a Response object per request; on the route that takes nearly all the traffic this
-    answers directly. Errors still reach the app's handlers, through ExceptionMiddleware.
+    a Request and a Response object per request; on the route that takes nearly all the
+    traffic this reads the scope and answers directly. Errors still reach the app's handlers,
+    through ExceptionMiddleware.
     """
 
     def __init__(self, provider_name: str) -> None:
@@ -109,7 +111,7 @@ class Endpoint:
         self.__name__ = f"{provider_name}_callback"  # the route's name, as for a function
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await receive_callback(Request(scope, receive), self.provider_name)
+        response = await receive_callback(scope, receive, self.provider_name)
         if response is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
