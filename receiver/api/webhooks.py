@@ -10,20 +10,21 @@ from __future__ import annotations
 import time
 
 import structlog
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.api.body import read_body
-from receiver.api.errors import error_response
+from receiver.api.errors import error_response, store_unavailable
 from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
 from receiver.metrics import Metrics
-from receiver.providers import callback_path
+from receiver.providers import REGISTRY, callback_path
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.providers.callback_auth import redact_token
 from receiver.settings import Settings
-from receiver.store import Store
+from receiver.store import Store, StoreUnavailable
 
 log = structlog.get_logger("receiver.webhook")
 
@@ -102,8 +103,9 @@ class Endpoint:
 
     Starlette wraps a request-response function in a second layer of exception handling and
     a Request and a Response object per request; on the route that takes nearly all the
-    traffic this reads the scope and answers directly. Errors still reach the app's handlers,
-    through ExceptionMiddleware.
+    traffic this reads the scope and answers directly. It answers StoreUnavailable with the
+    app's handler itself, as it may be reached past ExceptionMiddleware (CallbackDispatch);
+    any other error reaches ServerErrorMiddleware's 500.
     """
 
     def __init__(self, provider_name: str) -> None:
@@ -111,12 +113,42 @@ class Endpoint:
         self.__name__ = f"{provider_name}_callback"  # the route's name, as for a function
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await receive_callback(scope, receive, self.provider_name)
+        try:
+            response = await receive_callback(scope, receive, self.provider_name)
+        except StoreUnavailable as exc:
+            response = await store_unavailable(Request(scope), exc)
         if response is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await response(scope, receive, send)
+
+
+class CallbackDispatch:
+    """Middleware sending a POST to a provider's fixed callback path straight to its endpoint.
+
+    Nearly all the traffic is callbacks; the router finds them too, but through the exception
+    middleware's layer and a regex per route first. Anything else, and the callback paths
+    that hold parameters (a token, a source), goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.endpoints: dict[str, Endpoint] = {}
+        for name in REGISTRY:
+            path = callback_path(name)
+            if "{" not in path:
+                # With or without one trailing '/', as CallbackRoute matches it.
+                self.endpoints[path] = self.endpoints[path + "/"] = endpoint(name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = self.endpoints.get(scope["path"])
+        if found is None:
+            await self.app(scope, receive, send)
+        else:
+            await found(scope, receive, send)
 
 
 def endpoint(provider_name: str) -> Endpoint:
