@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     routes += dashboard.routes(settings)  # none when RECEIVER_DASHBOARD=off
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware), Middleware(webhooks.CallbackDispatch)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -35,7 +35,7 @@ def require_api_access(request: Request) -> None:
                 "this request came through a proxy and RECEIVER_API_TOKEN is not set; "
                 "set the token (or RECEIVER_TRUST_FORWARDED=on behind a trusted proxy)",
             )
-        if not _is_loopback(client_ip(request, settings)):
+        if not _is_loopback(client_ip(request.scope, settings)):
             raise ApiError(
                 403,
                 "loopback_only",

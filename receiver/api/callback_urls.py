@@ -30,7 +30,7 @@ def base_url(request: Request | None, settings: Settings) -> str:
     if request is None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6
         return f"http://{host}:{settings.port}"
-    parts = urlsplit(external_url(request, settings))
+    parts = urlsplit(external_url(request.scope, request.headers, settings))
     return f"{parts.scheme}://{parts.netloc}"
 
 

@@ -8,8 +8,9 @@ RECEIVER_TRUST_FORWARDED is on, else from the request itself.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 
-from starlette.requests import Request
+from starlette.types import Scope
 
 from receiver.settings import Settings
 
@@ -21,9 +22,12 @@ def _first(value: str | None) -> str | None:
     return first or None
 
 
-def external_url(request: Request, settings: Settings) -> str:
-    """The absolute URL the caller used, raw path and query exactly as sent."""
-    scope = request.scope
+def external_url(scope: Scope, headers: Mapping[str, str], settings: Settings) -> str:
+    """The absolute URL the caller used, raw path and query exactly as sent.
+
+    `headers` answers lower-case names with the first value of each (Starlette's Headers, or a
+    plain dict of them).
+    """
     raw_path = scope.get("raw_path")
     path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
     path = path.split("?", 1)[0]  # some servers keep the query in raw_path
@@ -31,7 +35,6 @@ def external_url(request: Request, settings: Settings) -> str:
     tail = path + ("?" + query if query else "")
     if settings.public_url:
         return settings.public_url + tail
-    headers = request.headers
     scheme: str = scope.get("scheme", "http")
     host = headers.get("host")
     if settings.trust_forwarded:
@@ -48,17 +51,22 @@ def external_url(request: Request, settings: Settings) -> str:
     return f"{scheme}://{host}{tail}"
 
 
-def client_ip(request: Request, settings: Settings) -> str | None:
+def client_ip(scope: Scope, settings: Settings) -> str | None:
     """The caller's address; behind a trusted proxy, the last X-Forwarded-For hop it added."""
     if settings.trust_forwarded:
         # Every X-Forwarded-For line, in order: a proxy may add its hop as a line of its own,
         # after one the client forged, so only the very last hop is the proxy's word.
-        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+        forwarded = ",".join(
+            value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name == b"x-forwarded-for"
+        )
         if forwarded:
             last = forwarded.split(",")[-1].strip()
             if last:
                 return last
-    return request.client.host if request.client else None
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def is_loopback(address: str | None) -> bool:

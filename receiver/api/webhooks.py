@@ -13,41 +13,43 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.api.body import read_limited
-from receiver.api.errors import error_response
+from receiver.api.body import read_body
+from receiver.api.errors import error_response, store_unavailable
 from receiver.api.origin import client_ip, external_url
 from receiver.engine import Outcome
 from receiver.metrics import Metrics
-from receiver.providers import callback_path
+from receiver.providers import REGISTRY, callback_path
 from receiver.providers.base import CallbackRejected, InboundRequest, Provider
 from receiver.providers.callback_auth import redact_token
 from receiver.settings import Settings
-from receiver.store import Store
+from receiver.store import Store, StoreUnavailable
 
 log = structlog.get_logger("receiver.webhook")
 
 
-async def receive_callback(request: Request, provider_name: str) -> Response | None:
+async def receive_callback(scope: Scope, receive: Receive, provider_name: str) -> Response | None:
     """The error response, or None once every event is committed (then the answer is 204)."""
     started = time.perf_counter()
-    settings: Settings = request.state.settings
-    provider: Provider = request.state.providers[provider_name]
-    store: Store = request.state.store
-    metrics: Metrics = request.state.metrics
+    # The lifespan's state, read from the scope: no Request and State objects per callback.
+    state = scope["state"]
+    settings: Settings = state["settings"]
+    provider: Provider = state["providers"][provider_name]
+    store: Store = state["store"]
+    metrics: Metrics = state["metrics"]
     structlog.contextvars.bind_contextvars(provider=provider_name)
-    url = external_url(request, settings)
-    client_host = client_ip(request, settings)
+    headers = _headers(scope)
+    path_params: dict[str, str] = scope.get("path_params", {})
+    url = external_url(scope, headers, settings)
+    client_host = client_ip(scope, settings)
     try:
-        body = await read_limited(request, settings.max_body)
+        body = await read_body(receive, headers.get("content-length", ""), settings.max_body)
         if body is None:
             raise CallbackRejected(
                 413, "body_too_large", f"the body is larger than {settings.max_body} bytes"
             )
-        inbound = InboundRequest(
-            request.method, url, _headers(request.scope), body, client_host, request.path_params
-        )
+        inbound = InboundRequest(scope["method"], url, headers, body, client_host, path_params)
         events = provider.read_callback(inbound)
     except CallbackRejected as exc:
         metrics.rejected(provider_name, exc.status, exc.error_code)
@@ -56,7 +58,7 @@ async def receive_callback(request: Request, provider_name: str) -> Response | N
             status=exc.status,
             error_code=exc.error_code,
             reason=exc.message,
-            url=redact_token(url, request.path_params.get("token")),
+            url=redact_token(url, path_params.get("token")),
             client=client_host,
         )
         return error_response(exc.status, exc.error_code, exc.message)
@@ -100,8 +102,10 @@ class Endpoint:
     """A provider's callback endpoint as a plain ASGI app, bound to its adapter.
 
     Starlette wraps a request-response function in a second layer of exception handling and
-    a Response object per request; on the route that takes nearly all the traffic this
-    answers directly. Errors still reach the app's handlers, through ExceptionMiddleware.
+    a Request and a Response object per request; on the route that takes nearly all the
+    traffic this reads the scope and answers directly. It answers StoreUnavailable with the
+    app's handler itself, as it may be reached past ExceptionMiddleware (CallbackDispatch);
+    any other error reaches ServerErrorMiddleware's 500.
     """
 
     def __init__(self, provider_name: str) -> None:
@@ -109,12 +113,42 @@ class Endpoint:
         self.__name__ = f"{provider_name}_callback"  # the route's name, as for a function
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await receive_callback(Request(scope, receive), self.provider_name)
+        try:
+            response = await receive_callback(scope, receive, self.provider_name)
+        except StoreUnavailable as exc:
+            response = await store_unavailable(Request(scope), exc)
         if response is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await response(scope, receive, send)
+
+
+class CallbackDispatch:
+    """Middleware sending a POST to a provider's fixed callback path straight to its endpoint.
+
+    Nearly all the traffic is callbacks; the router finds them too, but through the exception
+    middleware's layer and a regex per route first. Anything else, and the callback paths
+    that hold parameters (a token, a source), goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.endpoints: dict[str, Endpoint] = {}
+        for name in REGISTRY:
+            path = callback_path(name)
+            if "{" not in path:
+                # With or without one trailing '/', as CallbackRoute matches it.
+                self.endpoints[path] = self.endpoints[path + "/"] = endpoint(name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = self.endpoints.get(scope["path"])
+        if found is None:
+            await self.app(scope, receive, send)
+        else:
+            await found(scope, receive, send)
 
 
 def endpoint(provider_name: str) -> Endpoint:
