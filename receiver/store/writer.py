@@ -101,7 +101,6 @@ class Transactions:
         except _JobFailed:
             conn.execute("ROLLBACK")  # to be redone; any other error leaves it to the writer
             raise
-        self.before_commit(conn)
         conn.execute("COMMIT")
 
     @contextlib.contextmanager
@@ -120,7 +119,8 @@ class Transactions:
         """Run first in each run of a batch, with the lock keys its jobs named (sorted)."""
 
     def before_commit(self, conn: Any) -> None:
-        """Run last in each run of a batch, after its jobs, in its transaction."""
+        """Run last in each run of a batch, after its jobs, in its transaction (where the last
+        of them ran: on the event loop, for jobs that run there)."""
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether the batch may succeed if run again whole (nothing of it was kept)."""
@@ -365,6 +365,13 @@ class Writer(Generic[C]):
         (_JobFailed)."""
         if not isolated and self._tx.on_loop:
             return self._on_loops(conn, batch)
+        outcomes = self._run_here(conn, batch, isolated=isolated)
+        self._tx.before_commit(conn)
+        return outcomes
+
+    def _run_here(
+        self, conn: C, batch: list[_Job[Any]], *, isolated: bool
+    ) -> list[tuple[_Job[Any], Any, Exception | None]]:
         outcomes: list[tuple[_Job[Any], Any, Exception | None]] = []
         for job in batch:
             if not isolated:
@@ -379,8 +386,11 @@ class Writer(Generic[C]):
                 outcomes.append((job, result, None))
         return outcomes
 
-    def _call_all(self, conn: C, jobs: list[_Job[Any]]) -> list[Any]:
-        return [self._call(conn, job) for job in jobs]
+    def _call_all(self, conn: C, jobs: list[_Job[Any]], *, last: bool = False) -> list[Any]:
+        values = [self._call(conn, job) for job in jobs]
+        if last:
+            self._tx.before_commit(conn)
+        return values
 
     def _on_loops(
         self, conn: C, batch: list[_Job[Any]]
@@ -403,10 +413,14 @@ class Writer(Generic[C]):
             while end < len(batch) and (batch[end].loop if batch[end].on_loop else None) is loop:
                 end += 1
             segment = batch[start:end]
+            # The batch's last run of jobs also runs before_commit, where it runs: on a loop,
+            # a hand-off saved, and the loop's statements keep the GIL it holds anyway.
+            last = end == len(batch)
             if loop is None:
-                outcomes += [(job, self._call(conn, job), None) for job in segment]
+                values = self._call_all(conn, segment, last=last)
+                outcomes += [(job, r, None) for job, r in zip(segment, values, strict=True)]
             else:
-                handoff = _Handoff(functools.partial(self._call_all, conn, segment))
+                handoff = _Handoff(functools.partial(self._call_all, conn, segment, last=last))
                 handoff.run_on(loop)
                 values = handoff.value()
                 outcomes += [(job, r, None) for job, r in zip(segment, values, strict=True)]
