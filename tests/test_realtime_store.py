@@ -139,10 +139,13 @@ def test_a_reader_following_the_log_while_two_stores_write_misses_no_change(
         async def follow() -> None:
             after = 0
             for _ in range(100_000):
+                # Whether the writers were done before this read began: a read that began
+                # earlier may answer from a snapshot older than their last commits.
+                finished = done.is_set()
                 batch = await reader.changes_after(after)
                 seen.extend(c["id"] for c in batch)
                 after = seen[-1] if seen else 0
-                if done.is_set() and not batch:
+                if finished and not batch:
                     return
                 await asyncio.sleep(0)
 
