@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -140,16 +141,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured part")
-    args = parser.parse_args()
-    # The JSON log lines are written, as in production, but to nowhere.
+    return run_quiet(main_async(parser.parse_args()))
+
+
+def run_quiet(main: Coroutine[Any, Any, int]) -> int:
+    """Run an in-process bench's `main` as the service runs: on uvloop where it installs, with
+    the JSON log lines written, as in production, but to nowhere."""
     sys.stdout = io.TextIOWrapper(open(os.devnull, "wb"), write_through=True)  # noqa: SIM115
     configure_logging("info", "json")
     try:
         import uvloop
 
-        return uvloop.run(main_async(args))
+        return uvloop.run(main)
     except ImportError:
-        return asyncio.run(main_async(args))
+        return asyncio.run(main)
 
 
 if __name__ == "__main__":

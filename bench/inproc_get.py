@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import json
-import os
 import random
 import sys
 import tempfile
@@ -30,10 +28,10 @@ from typing import Any
 
 import fill
 from harness import receiver_env
+from inproc import run_quiet
 from scale import BACKLOG_AGE
 
 from receiver.app import create_app
-from receiver.logging import configure_logging
 from receiver.settings import Settings
 
 
@@ -138,15 +136,7 @@ def main() -> int:
             tpl = fill.template(Path(name))
             seconds = fill.fill(path, args.messages, datetime.now(UTC) - BACKLOG_AGE, tpl)
             print(f"filled {args.messages:,} messages in {seconds:.1f} s")
-        # The JSON log lines are written, as in production, but to nowhere.
-        sys.stdout = io.TextIOWrapper(open(os.devnull, "wb"), write_through=True)  # noqa: SIM115
-        configure_logging("info", "json")
-        try:
-            import uvloop
-
-            return uvloop.run(main_async(args, path))
-        except ImportError:
-            return asyncio.run(main_async(args, path))
+        return run_quiet(main_async(args, path))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
-import os
 import sys
 import tempfile
 import time
@@ -24,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import receiver_env
-from inproc import callbacks, drive
+from inproc import callbacks, drive, run_quiet
 
 from receiver.app import create_app
 from receiver.engine import Outcome
-from receiver.logging import configure_logging
 from receiver.providers.base import StatusEvent
 from receiver.settings import Settings
 from receiver.store.base import Recorded
@@ -80,16 +77,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the last round")
-    args = parser.parse_args()
-    # The JSON log lines are written, as in production, but to nowhere.
-    sys.stdout = io.TextIOWrapper(open(os.devnull, "wb"), write_through=True)  # noqa: SIM115
-    configure_logging("info", "json")
-    try:
-        import uvloop
-
-        return uvloop.run(main_async(args))
-    except ImportError:
-        return asyncio.run(main_async(args))
+    return run_quiet(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":
