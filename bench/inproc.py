@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -54,6 +56,36 @@ def callbacks(count: int, tag: str) -> list[tuple[list[tuple[bytes, bytes]], byt
         ]
         found.append((headers, body))
     return found
+
+
+@dataclass
+class Measured:
+    """CPU and wall seconds of a measured part (filled in when its block ends)."""
+
+    process: float = 0.0
+    thread: float = 0.0
+    wall: float = 0.0
+
+
+@contextlib.contextmanager
+def measured(profile_path: str | None) -> Iterator[Measured]:
+    """Time the block (the process's and this thread's CPU, and the wall clock), with a
+    cProfile of it written to `profile_path` if given."""
+    found = Measured()
+    profile = cProfile.Profile() if profile_path else None
+    cpu, thread, wall = time.process_time(), time.thread_time(), time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    try:
+        yield found
+    finally:
+        if profile is not None:
+            profile.disable()
+        found.process = time.process_time() - cpu
+        found.thread = time.thread_time() - thread
+        found.wall = time.perf_counter() - wall
+        if profile is not None and profile_path:
+            profile.dump_stats(profile_path)
 
 
 async def drive(app: Any, state: dict[str, Any], load: list[Any], concurrency: int) -> int:
@@ -111,24 +143,15 @@ async def main_async(args: argparse.Namespace) -> int:
         warm, load = callbacks(args.warmup, "0"), callbacks(args.count, "1")
         async with app.router.lifespan_context(app) as state:
             await drive(app, state, warm, args.concurrency)
-            profile = cProfile.Profile() if args.profile else None
-            cpu, thread, wall = time.process_time(), time.thread_time(), time.perf_counter()
-            if profile is not None:
-                profile.enable()
             batches = state["store"].write_stats
-            ok = await drive(app, state, load, args.concurrency)
+            with measured(args.profile) as took:
+                ok = await drive(app, state, load, args.concurrency)
             batches = [b - a for a, b in zip(batches, state["store"].write_stats, strict=True)]
-            if profile is not None:
-                profile.disable()
-            cpu = time.process_time() - cpu
-            thread = time.thread_time() - thread
-            wall = time.perf_counter() - wall
-    if profile is not None:
-        profile.dump_stats(args.profile)
     print(
         f"{args.count} callbacks ({ok} 2xx), {args.concurrency} at a time: "
-        f"{args.count / wall:,.0f}/s; loop thread {thread / args.count * 1e6:.0f} us, "
-        f"process {cpu / args.count * 1e6:.0f} us of CPU per callback; "
+        f"{args.count / took.wall:,.0f}/s; "
+        f"loop thread {took.thread / args.count * 1e6:.0f} us, "
+        f"process {took.process / args.count * 1e6:.0f} us of CPU per callback; "
         f"{batches[1] / max(batches[0], 1):.1f} jobs per commit",
         file=sys.__stdout__,
     )

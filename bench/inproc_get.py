@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
 import random
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fill
 from harness import receiver_env
-from inproc import run_quiet
+from inproc import measured, run_quiet
 from scale import BACKLOG_AGE
 
 from receiver.app import create_app
@@ -96,25 +94,16 @@ async def main_async(args: argparse.Namespace, path: Path) -> int:
     bodies: list[bytes] = []
     async with app.router.lifespan_context(app) as state:
         await drive(app, state, warm, args.concurrency, bodies)
-        profile = cProfile.Profile() if args.profile else None
-        cpu, thread, wall = time.process_time(), time.thread_time(), time.perf_counter()
-        if profile is not None:
-            profile.enable()
-        ok = await drive(app, state, load, args.concurrency, [])
-        if profile is not None:
-            profile.disable()
-        cpu = time.process_time() - cpu
-        thread = time.thread_time() - thread
-        wall = time.perf_counter() - wall
-    if profile is not None:
-        profile.dump_stats(args.profile)
+        with measured(args.profile) as took:
+            ok = await drive(app, state, load, args.concurrency, [])
     if json.loads(bodies[0]).get("message_id") not in warm:
         print(f"unexpected answer: {bodies[0]!r}", file=sys.__stdout__)
         return 1
     print(
         f"{args.count} GETs ({ok} 200) at {n:,} messages, {args.concurrency} at a time: "
-        f"{args.count / wall:,.0f}/s; loop thread {thread / args.count * 1e6:.0f} us, "
-        f"process {cpu / args.count * 1e6:.0f} us of CPU per GET",
+        f"{args.count / took.wall:,.0f}/s; "
+        f"loop thread {took.thread / args.count * 1e6:.0f} us, "
+        f"process {took.process / args.count * 1e6:.0f} us of CPU per GET",
         file=sys.__stdout__,
     )
     return 0 if ok == args.count else 1

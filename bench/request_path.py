@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness import receiver_env
-from inproc import callbacks, drive, run_quiet
+from inproc import callbacks, drive, measured, run_quiet
 
 from receiver.app import create_app
 from receiver.engine import Outcome
@@ -48,19 +46,12 @@ async def main_async(args: argparse.Namespace) -> int:
             state["store"].record = recorded_at_once
             await drive(app, state, warm, args.concurrency)
             for _ in range(args.rounds):
-                profile = cProfile.Profile() if args.profile else None
-                thread = time.thread_time()
-                if profile is not None:
-                    profile.enable()
-                ok = await drive(app, state, load, args.concurrency)
-                if profile is not None:
-                    profile.disable()
-                    profile.dump_stats(args.profile)
-                thread = time.thread_time() - thread
+                with measured(args.profile) as took:
+                    ok = await drive(app, state, load, args.concurrency)
                 if ok != args.count:
                     print(f"only {ok} of {args.count} got a 2xx", file=sys.__stdout__)
                     return 1
-                best = min(best, thread)
+                best = min(best, took.thread)
     print(
         f"{args.count} callbacks, {args.concurrency} at a time, store answered at once: "
         f"the loop thread's CPU per callback {best / args.count * 1e6:.1f} us "
