@@ -131,12 +131,56 @@ class Transactions:
         return False
 
 
+class _Answer(Generic[T]):
+    """A run() job's answer: the part of a concurrent Future the writer uses, without the
+    Condition a Future builds and takes at every step (a tenth of a job's cost). Its caller
+    is woken by the job's asyncio waiter, not by this."""
+
+    __slots__ = ("_lock", "_state", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # cancel() (the loop) against the writer's claim
+        self._state = "pending"  # pending | running | cancelled | done
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._lock:
+            if self._state == "cancelled":
+                return False
+            self._state = "running"
+            return True
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state != "pending":
+                return False
+            self._state = "cancelled"
+            return True
+
+    def done(self) -> bool:
+        return self._state in ("cancelled", "done")
+
+    def set_result(self, value: T) -> None:
+        self._value, self._state = value, "done"
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error, self._state = error, "done"
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        value: T = self._value
+        return value
+
+
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[[Any], T]
     # Keys the batch locks before any job runs (PostgreSQL: the messages the job decides).
     locks: Sequence[str] = ()
-    future: Future[T] = field(default_factory=Future)
+    # submit()'s callers get a concurrent Future; run()'s await `waiter` and read an _Answer.
+    future: Future[T] | _Answer[T] = field(default_factory=Future)
     # For run(): the event loop awaiting the job, and what wakes it there.
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[None] | None = None
@@ -244,9 +288,9 @@ class Writer(Generic[C]):
             self._thread.start()
 
     def submit(self, fn: Callable[[C], T], locks: Sequence[str] = ()) -> Future[T]:
-        job: _Job[T] = _Job(fn, locks)
-        self._enqueue(job)
-        return job.future
+        future: Future[T] = Future()
+        self._enqueue(_Job(fn, locks, future))
+        return future
 
     async def run(
         self, fn: Callable[[C], T], locks: Sequence[str] = (), *, on_loop: bool = True
@@ -254,7 +298,9 @@ class Writer(Generic[C]):
         """Submit from an event loop and await the job's committed result; `on_loop=False`
         runs it on the writer thread even where the dialect's jobs run on the loop."""
         loop = asyncio.get_running_loop()
-        job: _Job[T] = _Job(fn, locks, loop=loop, waiter=loop.create_future(), on_loop=on_loop)
+        job: _Job[T] = _Job(
+            fn, locks, _Answer(), loop=loop, waiter=loop.create_future(), on_loop=on_loop
+        )
         self._enqueue(job)
         assert job.waiter is not None
         try:
