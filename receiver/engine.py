@@ -25,6 +25,30 @@ def format_time(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+# Whole seconds (since the epoch) as kept, up to the milliseconds: the last few seen.
+_SECONDS: dict[int, str] = {}
+
+
+def format_timestamp(seconds: float) -> str:
+    """format_time of the moment `seconds` after the epoch (time.time()'s), without building
+    a datetime: the whole second's text is kept from its last use, so a callback's two times
+    (now, and when it falls due) cost a division and a string each, not a sixth as much as
+    the whole of its SQL.
+    """
+    # Rounded to the microsecond first, as datetime.fromtimestamp rounds: the fraction alone
+    # (exact), half to even.
+    whole = int(seconds // 1)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    prefix = _SECONDS.get(whole)
+    if prefix is None:
+        if len(_SECONDS) >= 8:
+            _SECONDS.clear()
+        prefix = _SECONDS[whole] = format_time(datetime.fromtimestamp(whole, UTC))[:-4]
+    return f"{prefix}{micros // 1000:03d}Z"
+
+
 def parse_time(text: str) -> datetime:
     """A time as kept (format_time), back as an aware datetime."""
     return datetime.fromisoformat(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +17,8 @@ from receiver.engine import (
     StatusEvent,
     apply_event,
     decide,
+    format_time,
+    format_timestamp,
     is_final,
     parse_status,
 )
@@ -162,3 +165,29 @@ def test_apply_event_changes_nothing_unless_applied(
     current: Status, new: Status | None, outcome: Outcome
 ) -> None:
     assert apply_event(MessageState(current, EARLIER), ev(new), NOW) == (outcome, None)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        0.0,
+        0.0005,
+        0.0009995,  # rounds up to the next millisecond only at the microsecond
+        0.9999995,  # rounds up into the next second
+        0.9999994,
+        1_796_326_441.953416,
+        2_033_705_952.0009995,
+        3_043_849_779.9999995,
+        253_402_300_799.999,  # 9999-12-31T23:59:59.999Z
+    ],
+)
+def test_a_timestamp_is_kept_as_its_datetime_is(seconds: float) -> None:
+    """format_timestamp (the service clock's cheap path) keeps the text format_time keeps."""
+    assert format_timestamp(seconds) == format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+def test_timestamps_agree_with_datetimes_over_a_random_sample() -> None:
+    rng = random.Random(16)
+    for _ in range(20_000):
+        seconds = rng.choice([rng.uniform(0, 4e9), int(rng.uniform(0, 4e9)) + rng.random()])
+        assert format_timestamp(seconds) == format_time(datetime.fromtimestamp(seconds, UTC))

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
+from receiver.engine import (
+    MessageState,
+    Outcome,
+    Status,
+    StatusEvent,
+    format_time,
+    parse_time,
+)
 from receiver.store import Registration, rules
 from receiver.store.base import DueMessage, PollDone
 
@@ -569,3 +576,15 @@ def test_a_message_final_before_its_give_up_is_not_given_up() -> None:
     rules.record(rows, POLICY, cb("SM1", Status.DELIVERED))
     assert rules.finish_polls(rows, POLICY, "x", [], [done(m, give_up_reason="max_age")]) == []
     assert rows.row("SM1")["final_reason"] is None
+
+
+def test_the_service_clock_gives_now_and_when_a_message_falls_due() -> None:
+    """The default clock's cheap path (receiver.engine.format_timestamp) keeps real times."""
+    policy = rules.Policy(dlr_grace=300, dlr_grace_by_provider={"mesms": 60})
+    before = format_time(datetime.now(UTC))
+    now, due = policy.now_and_due("twilio")
+    _, mesms_due = policy.now_and_due("mesms")
+    assert before <= now <= format_time(datetime.now(UTC))
+    grace = parse_time(due) - parse_time(now)
+    assert abs(grace - timedelta(seconds=300)) <= timedelta(milliseconds=1)
+    assert parse_time(mesms_due) - parse_time(now) < timedelta(seconds=61)

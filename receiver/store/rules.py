@@ -9,13 +9,21 @@ The status rule itself (ranks, positive evidence, non-regression) is receiver.en
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from receiver import engine
-from receiver.engine import MessageState, Outcome, Status, StatusEvent, format_time
+from receiver.engine import (
+    MessageState,
+    Outcome,
+    Status,
+    StatusEvent,
+    format_time,
+    format_timestamp,
+)
 from receiver.push import payload
 from receiver.store.base import NEVER, DueMessage, PollDone, Recorded, Registered, Registration
 from receiver.store.parts import Part
@@ -271,6 +279,9 @@ class Policy:
 
     def now_and_due(self, provider: str) -> tuple[str, str]:
         """Now, and when a message left non-final now falls due for a poll."""
+        if self.clock is _utc_now:  # the service's own clock: once per callback, kept cheap
+            seconds = time.time()
+            return format_timestamp(seconds), format_timestamp(seconds + self.grace(provider))
         moment = self.clock()
         return format_time(moment), format_time(moment + timedelta(seconds=self.grace(provider)))
 

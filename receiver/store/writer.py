@@ -136,7 +136,7 @@ class _Answer(Generic[T]):
     Condition a Future builds and takes at every step (a tenth of a job's cost). Its caller
     is woken by the job's asyncio waiter, not by this."""
 
-    __slots__ = ("_lock", "_state", "_value", "_error")
+    __slots__ = ("_error", "_lock", "_state", "_value")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # cancel() (the loop) against the writer's claim
