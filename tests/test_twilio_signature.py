@@ -440,6 +440,18 @@ def test_accepts_any_configured_token(tokens: Sequence[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    "url", ["https://example.com/cb", "https://example.com:443/cb", "http://localhost:8000/cb"]
+)
+@pytest.mark.parametrize("tokens", [[TOKEN, "other"], ["other", TOKEN]])
+def test_accepts_every_url_form_under_every_token(url: str, tokens: list[str]) -> None:
+    """The form as called is signed first and the others only when it fails: a signature over
+    any form, by any token, is accepted, and one by no token over no form is refused."""
+    for form in url_variants(url):
+        assert validate(url, PARAMS, None, compute_signature(form, PARAMS, TOKEN), tokens)
+        assert not validate(url, PARAMS, None, compute_signature(form, PARAMS, "54321"), tokens)
+
+
+@pytest.mark.parametrize(
     "signature",
     [
         None,

@@ -377,6 +377,27 @@ def test_unauthentic_callback_is_refused_and_nothing_stored(
     assert stored_rows(default_server, sid) == (0, 0)
 
 
+@pytest.mark.parametrize(("good_first", "expected"), [(True, 204), (False, 403)])
+def test_the_first_of_two_signature_headers_is_the_one_checked(
+    default_server: LiveServer, good_first: bool, expected: int
+) -> None:
+    """As Starlette's Headers.get answers: the first value of a repeated header counts."""
+    sid = new_sid()
+    body, headers = twilio_form(default_server.callback_url, status_params(sid, "sent"))
+    good = headers.pop("X-Twilio-Signature")
+    forged = RequestValidator("54321").compute_signature(default_server.callback_url, {})
+    signatures = [good, forged] if good_first else [forged, good]
+    with default_server.client() as client:
+        response = client.post(
+            default_server.callback_url,
+            content=body,
+            headers=[*headers.items(), *(("X-Twilio-Signature", s) for s in signatures)],
+        )
+
+    assert response.status_code == expected, response.text
+    assert stored_rows(default_server, sid) == ((1, 1) if good_first else (0, 0))
+
+
 @pytest.mark.parametrize(
     "removed",
     [

@@ -89,13 +89,15 @@ async def receive_callback(scope: Scope, receive: Receive, provider_name: str) -
 
 def _headers(scope: Scope) -> dict[str, str]:
     """The request's headers by lower-case name, the first of each (as Headers.get answers):
-    an adapter asks for several, and each Headers.get scans and decodes the whole list."""
-    found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1").lower()
-        if key not in found:
-            found[key] = value.decode("latin-1")
-    return found
+    an adapter asks for several, and each Headers.get scans and decodes the whole list.
+
+    ASGI servers give the names in lower case, as Starlette's Headers counts on too. Read
+    from the last, so the first of a repeated name is the one left.
+    """
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in reversed(scope["headers"])
+    }
 
 
 class Endpoint:
