@@ -31,7 +31,7 @@ class StoreUnavailable(Exception):
     closed): nothing of it was committed, so the caller may retry."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a value, built per callback: not frozen (see engine.StatusEvent)
 class Recorded:
     """What recording one event did."""
 
