@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from receiver.logging import LineWriter, configure_logging
+from receiver.logging import LineWriter, UtcTimestamp, configure_logging
 
 
 @pytest.fixture
@@ -40,6 +42,28 @@ def test_json_lines_carry_level_time_and_bound_context(capsys: pytest.CaptureFix
     assert record["event"] == "callback" and record["level"] == "info"
     assert record["request_id"] == "r1" and record["provider"] == "twilio"
     assert record["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_764_790_000_123_456_789,  # the microseconds are rounded down, as datetime.now() does
+        1_764_790_000_000_000_999,  # a zero fraction is left out, as isoformat() does
+        1_764_790_001_000_001_000,
+        951_782_400_999_999_999,  # 2000-02-29, a second before midnight
+    ],
+)
+def test_timestamp_is_the_iso_utc_text_of_structlogs_timestamper(
+    ns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    stamp = UtcTimestamp()
+    expected = datetime.datetime.fromtimestamp(0, datetime.UTC) + datetime.timedelta(
+        microseconds=ns // 1000
+    )
+    for _ in range(2):  # the second time from the second's cached text
+        record = stamp(None, "info", {})
+        assert record["timestamp"] == expected.isoformat().replace("+00:00", "Z")
 
 
 @pytest.mark.usefixtures("restore_logging")
