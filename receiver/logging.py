@@ -180,7 +180,8 @@ class RequestContextMiddleware:
         # 32 hex digits, as uuid4().hex gave, without its os.urandom: a system call that let
         # the reading threads take the GIL from the loop on every request.
         request_id = request_id or f"{random.getrandbits(128):032x}"
-        structlog.contextvars.clear_contextvars()
+        # Bound without a clear_contextvars() first: uvicorn runs each request in a task of its
+        # own, and the clear in `finally` leaves nothing behind where requests share a task.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
