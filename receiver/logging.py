@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import json
 import logging
 import random
@@ -84,6 +85,29 @@ def render_json(logger: Any, method_name: str, event_dict: structlog.typing.Even
     return _encode(event_dict)
 
 
+class UtcTimestamp:
+    """Adds `timestamp` as structlog's TimeStamper(fmt="iso", utc=True) does, the same text,
+    with the date and time of day formatted once a second: per line, datetime's formatting
+    was a sixth of the log line's cost."""
+
+    def __init__(self) -> None:
+        self._second = (-1, "")  # the last second formatted, and its text
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        # Microseconds rounded down, as datetime.now() takes them from the same clock.
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        cached, text = self._second
+        if second != cached:
+            moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)
+        # isoformat() leaves a zero fraction out.
+        event_dict["timestamp"] = f"{text}.{micro:06d}Z" if micro else f"{text}Z"
+        return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = True) -> None:
     """Set structlog's production chain; `fmt` is json, console, or auto (console on a tty)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
@@ -92,7 +116,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, cache: bool = T
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
     ]
     # uvicorn's own lines (start-up, errors) go through the same renderer, so the output is
     # one format from end to end.
@@ -156,7 +180,8 @@ class RequestContextMiddleware:
         # 32 hex digits, as uuid4().hex gave, without its os.urandom: a system call that let
         # the reading threads take the GIL from the loop on every request.
         request_id = request_id or f"{random.getrandbits(128):032x}"
-        structlog.contextvars.clear_contextvars()
+        # Bound without a clear_contextvars() first: uvicorn runs each request in a task of its
+        # own, and the clear in `finally` leaves nothing behind where requests share a task.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from starlette.types import Message, Receive, Scope, Send
 
-from receiver.logging import LineWriter, configure_logging
+from receiver.logging import LineWriter, RequestContextMiddleware, UtcTimestamp, configure_logging
 
 
 @pytest.fixture
@@ -40,6 +43,28 @@ def test_json_lines_carry_level_time_and_bound_context(capsys: pytest.CaptureFix
     assert record["event"] == "callback" and record["level"] == "info"
     assert record["request_id"] == "r1" and record["provider"] == "twilio"
     assert record["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_764_790_000_123_456_789,  # the microseconds are rounded down, as datetime.now() does
+        1_764_790_000_000_000_999,  # a zero fraction is left out, as isoformat() does
+        1_764_790_001_000_001_000,
+        951_782_400_999_999_999,  # 2000-02-29, a second before midnight
+    ],
+)
+def test_timestamp_is_the_iso_utc_text_of_structlogs_timestamper(
+    ns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    stamp = UtcTimestamp()
+    expected = datetime.datetime.fromtimestamp(0, datetime.UTC) + datetime.timedelta(
+        microseconds=ns // 1000
+    )
+    for _ in range(2):  # the second time from the second's cached text
+        record = stamp(None, "info", {})
+        assert record["timestamp"] == expected.isoformat().replace("+00:00", "Z")
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -106,3 +131,43 @@ def test_two_event_loops_in_two_threads_each_write_their_own_lines() -> None:
     lines = stream.getvalue().splitlines()
     assert sorted(lines) == sorted(f"{n}{i}" for n in "ab" for i in range(50))
     assert [line for line in lines if line.startswith("a")] == [f"a{i}" for i in range(50)]
+
+
+def test_a_request_binds_its_id_and_leaves_no_context_behind() -> None:
+    """Requests run one after another in one task (as an in-process client runs them): each
+    line carries its own request's id and context, and none is left once a request is done."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        structlog.contextvars.bind_contextvars(provider=scope["path"].rsplit("/", 1)[-1])
+        structlog.get_logger("t").info("callback")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = RequestContextMiddleware(endpoint)
+    echoed: list[bytes] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            echoed.append(dict(message["headers"])[b"x-request-id"])
+
+    async def main() -> dict[str, object]:
+        for request_id, provider in [("r1", "twilio"), ("r2", "mesms")]:
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": f"/v1/webhook/{provider}",
+                "headers": [(b"x-request-id", request_id.encode())],
+            }
+            await app(scope, receive, send)
+        return structlog.contextvars.get_contextvars()
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        left = asyncio.run(main())
+    assert [(e["request_id"], e["provider"]) for e in logs] == [("r1", "twilio"), ("r2", "mesms")]
+    assert echoed == [b"r1", b"r2"]
+    assert left == {}
