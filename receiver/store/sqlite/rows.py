@@ -10,6 +10,7 @@ from typing import Any
 
 from receiver.engine import MessageState, Status, StatusEvent
 from receiver.store import rules
+from receiver.store.parts import Part
 from receiver.store.rows import SqlRows
 from receiver.store.sqlite import bulk, outbox, pollqueue
 
@@ -19,11 +20,14 @@ _CURRENT_COLUMNS = (
     "parts"
 )
 
-# The event's message, if any, and whether its delivery id was seen before: one statement.
+# The event's message, if any, whether its delivery id was seen before, and, when there is
+# no such message, whether the id is a multipart message's part: one statement.
 _LOOKUP = (
     f"SELECT {', '.join('m.' + c for c in _CURRENT_COLUMNS.split(', '))}, "
     "(? IS NOT NULL AND EXISTS (SELECT 1 FROM events "
-    "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen "
+    "WHERE provider = ? AND dedupe_key = ? AND message_id = ?)) AS seen, "
+    "(m.id IS NULL AND EXISTS (SELECT 1 FROM message_parts "
+    "WHERE provider = ? AND part_id = ?)) AS a_part "
     "FROM (SELECT 1) LEFT JOIN messages m ON m.provider = ? AND m.message_id = ?"
 )
 
@@ -85,14 +89,31 @@ class SQLiteRows(SqlRows):
     queue = pollqueue
     outbox = outbox
     conn: sqlite3.Connection
+    # (provider, id) of the unknown message the last lookup found no part for either: the
+    # rules' next question, part(), is answered without a statement (and only once).
+    _not_a_part: tuple[str, str] | None = None
 
     def message_for_event(self, ev: StatusEvent) -> tuple[rules.Current | None, bool]:
+        provider, message_id = ev.provider, ev.message_id
         row = self.conn.execute(
             _LOOKUP,
-            (ev.dedupe_key, ev.provider, ev.dedupe_key, ev.message_id, ev.provider, ev.message_id),
+            (ev.dedupe_key, provider, ev.dedupe_key, message_id, *(provider, message_id) * 2),
         ).fetchone()
         seen = bool(row["seen"])
-        return (None if row["id"] is None else _current(row)), seen
+        if row["id"] is not None:
+            return _current(row), seen
+        self._not_a_part = None if row["a_part"] else (provider, message_id)
+        return None, seen
+
+    def part(self, provider: str, part_id: str) -> Part | None:
+        if self._not_a_part == (provider, part_id):
+            self._not_a_part = None
+            return None
+        return super().part(provider, part_id)
+
+    def insert_part(self, row: Mapping[str, Any]) -> None:
+        self._not_a_part = None
+        super().insert_part(row)
 
     def message(self, provider: str, message_id: str) -> rules.Current | None:
         row = self.conn.execute(
