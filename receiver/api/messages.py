@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from receiver.api import realtime as realtime_api
-from receiver.api.answer import answer
+from receiver.api.answer import answer, send_answer
 from receiver.api.auth import check_api_access, require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
@@ -223,7 +223,7 @@ class GetMessage:
     endpoint (as receiver.api.webhooks.Endpoint is): Starlette wraps a function endpoint in a
     second layer of exception handling per request. Errors still reach the app's handlers,
     through ExceptionMiddleware. A call with no query string, as nearly all are, is answered
-    from the scope alone: no Request, no query parsing, no State object.
+    from the scope alone, with no Request, QueryParams, State or Response object.
     """
 
     __name__ = "get_message"  # the route's name, as for a function
@@ -231,12 +231,12 @@ class GetMessage:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["query_string"]:
             response = await _get_message(Request(scope, receive))
-        else:
-            state = scope["state"]
-            check_api_access(scope, state["settings"])
-            message_id = scope["path_params"]["message_id"]
-            response = answer(_only(await state["store"].get_messages(message_id), message_id))
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return
+        state = scope["state"]
+        check_api_access(scope, state["settings"])
+        message_id = scope["path_params"]["message_id"]
+        await send_answer(send, _only(await state["store"].get_messages(message_id), message_id))
 
 
 get_message = GetMessage()
