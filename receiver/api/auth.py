@@ -6,6 +6,7 @@ import functools
 import hmac
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from receiver.api.errors import ApiError
 from receiver.api.origin import client_ip, is_loopback
@@ -20,14 +21,18 @@ _is_loopback = functools.lru_cache(maxsize=1024)(is_loopback)
 
 def require_api_access(request: Request) -> None:
     """Raise ApiError 401/403 unless the caller may use the query API."""
-    settings: Settings = request.state.settings
+    check_api_access(request.scope, request.state.settings)
+
+
+def check_api_access(scope: Scope, settings: Settings) -> None:
+    """require_api_access from the ASGI scope, for an endpoint that makes no Request."""
     if settings.api_token is None:
         # A proxy on this host makes every client look like loopback. Unless forwarded headers
         # are trusted (and then the proxy's own hop decides), a forwarded request is a remote
         # one, whatever the peer address says.
         # ASGI header names are lowercase: one pass over the raw list, no Headers lookups.
         if not settings.trust_forwarded and any(
-            name in _PROXY_HEADERS for name, _ in request.scope["headers"]
+            name in _PROXY_HEADERS for name, _ in scope["headers"]
         ):
             raise ApiError(
                 403,
@@ -35,14 +40,14 @@ def require_api_access(request: Request) -> None:
                 "this request came through a proxy and RECEIVER_API_TOKEN is not set; "
                 "set the token (or RECEIVER_TRUST_FORWARDED=on behind a trusted proxy)",
             )
-        if not _is_loopback(client_ip(request.scope, settings)):
+        if not _is_loopback(client_ip(scope, settings)):
             raise ApiError(
                 403,
                 "loopback_only",
                 "RECEIVER_API_TOKEN is not set, so the API answers loopback clients only",
             )
         return
-    _require_bearer(request, settings.api_token, "RECEIVER_API_TOKEN")
+    _require_bearer(scope, settings.api_token, "RECEIVER_API_TOKEN")
 
 
 def require_metrics_access(request: Request) -> None:
@@ -55,11 +60,13 @@ def require_metrics_access(request: Request) -> None:
     if settings.metrics_token is None:
         require_api_access(request)
     else:
-        _require_bearer(request, settings.metrics_token, "RECEIVER_METRICS_TOKEN")
+        _require_bearer(request.scope, settings.metrics_token, "RECEIVER_METRICS_TOKEN")
 
 
-def _require_bearer(request: Request, expected: str, variable: str) -> None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _require_bearer(scope: Scope, expected: str, variable: str) -> None:
+    # The first Authorization header, as Starlette's Headers.get gives it.
+    value = next((v for name, v in scope["headers"] if name == b"authorization"), b"")
+    scheme, _, token = value.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", f"send Authorization: Bearer <{variable}>")
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):

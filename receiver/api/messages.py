@@ -15,10 +15,11 @@ from typing import Any
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from receiver.api import realtime as realtime_api
-from receiver.api.answer import answer, plain_asgi
-from receiver.api.auth import require_api_access
+from receiver.api.answer import answer, send_answer
+from receiver.api.auth import check_api_access, require_api_access
 from receiver.api.body import read_limited
 from receiver.api.errors import ApiError
 from receiver.api.query import parse_time as parse_time  # importable from here too
@@ -200,6 +201,11 @@ async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, 
     params = query(request, {"provider", *also})
     message_id = request.path_params["message_id"]
     matches = await store.get_messages(message_id, _provider_param(request, params))
+    return _only(matches, message_id)
+
+
+def _only(matches: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
+    """The message a lookup by id found: 404 for none, 409 for several (one per provider)."""
     if not matches:
         raise ApiError(404, "message_not_found", f"no message {message_id!r} is tracked")
     if len(matches) > 1:
@@ -212,8 +218,32 @@ async def _one_message(request: Request, also: Iterable[str] = ()) -> dict[str, 
     return matches[0]
 
 
-@plain_asgi  # the read that takes most of the API's traffic
-async def get_message(request: Request) -> Response:
+class GetMessage:
+    """GET /v1/messages/{id}, the read that takes most of the API's traffic, as a plain ASGI
+    endpoint (as receiver.api.webhooks.Endpoint is): Starlette wraps a function endpoint in a
+    second layer of exception handling per request. Errors still reach the app's handlers,
+    through ExceptionMiddleware. A call with no query string, as nearly all are, is answered
+    from the scope alone, with no Request, QueryParams, State or Response object.
+    """
+
+    __name__ = "get_message"  # the route's name, as for a function
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["query_string"]:
+            response = await _get_message(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        state = scope["state"]
+        check_api_access(scope, state["settings"])
+        message_id = scope["path_params"]["message_id"]
+        await send_answer(send, _only(await state["store"].get_messages(message_id), message_id))
+
+
+get_message = GetMessage()
+
+
+async def _get_message(request: Request) -> Response:
+    """GET /v1/messages/{id} with a query string: ?provider=, or a long poll."""
     if "wait" not in request.query_params and "until" not in request.query_params:
         return answer(await _one_message(request))
     # A long poll (receiver.realtime.waiters): the same answer, once it is worth giving.

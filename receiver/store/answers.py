@@ -1,8 +1,8 @@
 """The API's answers, one copy for both stores: a message or event row as the API's dict,
 the stats summary, export rows, and the read SQL the dialects share (placeholders aside).
 
-A dialect runs the SQL and hands its rows here: anything indexable by column name (sqlite3.Row,
-a dict of a psycopg row) for the dicts, a tuple in EXPORT_SELECT order for export rows.
+A dialect runs the SQL and hands its rows here: a dict by column name for the dicts (each
+dialect's _dicts), a tuple in EXPORT_SELECT order for export rows.
 """
 
 from __future__ import annotations
