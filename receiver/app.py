@@ -113,8 +113,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             await the_store.close()
             log.info("stopped")
 
-    # The callbacks first: they are nearly all the traffic, and Starlette tries routes in order.
-    routes: list[BaseRoute] = [webhooks.route(name) for name in REGISTRY]
+    # Starlette tries routes in order: the app's reads of one message first (the callbacks at
+    # fixed paths, nearly all the traffic, never reach the router: webhooks.CallbackDispatch).
+    # Before /v1/messages/{message_id}, which would otherwise take "export" for an id.
+    # Ids may hold "/" (a Standard Webhooks sender's, or one registered so): the path
+    # convertor takes them whole; /events first, so it is not read as part of an id.
+    routes: list[BaseRoute] = [
+        Route("/v1/messages/export", messages.export_messages, methods=["GET"]),
+        Route(
+            "/v1/messages/{message_id:path}/events", messages.get_message_events, methods=["GET"]
+        ),
+        Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
+    ]
+    routes += [webhooks.route(name) for name in REGISTRY]
     routes += [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -125,14 +136,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             methods=["GET"],
         ),
         _route("/v1/messages", GET=messages.list_messages, POST=messages.register_messages),
-        # Before /v1/messages/{message_id}, which would otherwise take "export" for an id.
-        Route("/v1/messages/export", messages.export_messages, methods=["GET"]),
-        # Ids may hold "/" (a Standard Webhooks sender's, or one registered so): the path
-        # convertor takes them whole; /events first, so it is not read as part of an id.
-        Route(
-            "/v1/messages/{message_id:path}/events", messages.get_message_events, methods=["GET"]
-        ),
-        Route("/v1/messages/{message_id:path}", messages.get_message, methods=["GET"]),
         Route("/v1/stats", messages.stats, methods=["GET"]),
         Route("/v1/stream", stream.stream, methods=["GET"]),
         Route("/v1/sends/{uuid}", messages.get_send, methods=["GET"]),
