@@ -50,9 +50,9 @@ def targets(n: int, db: str) -> dict[str, tuple[list[str], list[str]]]:
 
 def instructions(args: list[str]) -> int:
     """The instructions valgrind counted for one run of a bench script."""
+    valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     run = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-        + [str(BENCH / args[0]), *args[1:]],
+        [*valgrind, sys.executable, str(BENCH / args[0]), *args[1:]],
         capture_output=True,
         text=True,
         check=False,
