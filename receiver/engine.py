@@ -29,18 +29,17 @@ def format_time(moment: datetime) -> str:
 _SECONDS: dict[int, str] = {}
 
 
-def format_timestamp(seconds: float) -> str:
-    """format_time of the moment `seconds` after the epoch (time.time()'s), without building
-    a datetime: the whole second's text is kept from its last use, so a callback's two times
-    (now, and when it falls due) cost a division and a string each, not a sixth as much as
-    the whole of its SQL.
+def format_timestamp(seconds: float, later: float = 0.0) -> str:
+    """format_time of the moment `seconds` after the epoch (time.time()'s), `later` seconds
+    on, without building a datetime: the whole second's text is kept from its last use, so a
+    callback's two times (now, and when it falls due) cost a division and a string each, not
+    a sixth as much as the whole of its SQL.
     """
-    # Rounded to the microsecond first, as datetime.fromtimestamp rounds: the fraction alone
-    # (exact), half to even.
+    # Rounded to the microsecond first, as datetime.fromtimestamp rounds (the fraction alone,
+    # exact, half to even), then `later` added in whole microseconds, as a timedelta adds.
     whole = int(seconds // 1)
-    micros = round((seconds - whole) * 1_000_000)
-    if micros == 1_000_000:
-        whole, micros = whole + 1, 0
+    micros = round((seconds - whole) * 1_000_000) + round(later * 1_000_000)
+    whole, micros = whole + micros // 1_000_000, micros % 1_000_000
     prefix = _SECONDS.get(whole)
     if prefix is None:
         if len(_SECONDS) >= 8:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -191,3 +191,16 @@ def test_timestamps_agree_with_datetimes_over_a_random_sample() -> None:
     for _ in range(20_000):
         seconds = rng.choice([rng.uniform(0, 4e9), int(rng.uniform(0, 4e9)) + rng.random()])
         assert format_timestamp(seconds) == format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+@pytest.mark.parametrize("later", [0.01, 0.3, 12.345, 300.0, 604_800.0])
+def test_a_timestamp_later_is_kept_as_a_datetime_plus_its_timedelta(later: float) -> None:
+    """A due time (now plus a grace) is added in whole microseconds, as a timedelta adds."""
+    rng = random.Random(17)
+    for _ in range(5_000):
+        seconds = rng.uniform(1.7e9, 1.9e9)
+        kept = format_time(datetime.fromtimestamp(seconds, UTC) + timedelta(seconds=later))
+        assert format_timestamp(seconds, later) == kept
+    # The reviewer's case: adding the grace to the float first gave 47.964Z.
+    moment = datetime.fromtimestamp(1797032675.6189995, UTC) + timedelta(seconds=12.345)
+    assert format_timestamp(1797032675.6189995, 12.345) == format_time(moment)

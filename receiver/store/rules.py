@@ -281,7 +281,7 @@ class Policy:
         """Now, and when a message left non-final now falls due for a poll."""
         if self.clock is _utc_now:  # the service's own clock: once per callback, kept cheap
             seconds = time.time()
-            return format_timestamp(seconds), format_timestamp(seconds + self.grace(provider))
+            return format_timestamp(seconds), format_timestamp(seconds, self.grace(provider))
         moment = self.clock()
         return format_time(moment), format_time(moment + timedelta(seconds=self.grace(provider)))
 

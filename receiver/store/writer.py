@@ -168,6 +168,8 @@ class _Answer(Generic[T]):
         self._error, self._state = error, "done"
 
     def result(self) -> T:
+        # Read only once the job's waiter is released, which follows set_result or
+        # set_exception: unlike Future.result, it neither blocks nor raises if not done.
         if self._error is not None:
             raise self._error
         value: T = self._value
